@@ -1,0 +1,28 @@
+"""loracle: fine-tuning language models when labels are scarce.
+
+Active learning with LoRA (STAR), half-frozen LoRA (LoRA-SP) and Bayesian LoRA (MonteCLoRA), with calibration.
+"""
+
+from loracle.adapters import (
+    AdapterConfig,
+    LoRAConfig,
+    adapter_layers,
+    apply_adapter,
+    merge_adapters,
+    remove_adapters,
+    trainable_parameters,
+    unmerge_adapters,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterConfig",
+    "LoRAConfig",
+    "adapter_layers",
+    "apply_adapter",
+    "merge_adapters",
+    "remove_adapters",
+    "trainable_parameters",
+    "unmerge_adapters",
+]

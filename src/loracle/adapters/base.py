@@ -1,0 +1,236 @@
+"""The adapter protocol: one config base class, one layer base class, one registry.
+
+Every adapter wraps a frozen linear layer ``y = W0 x`` and adds a low-rank update
+
+    y = W0 x + s · B A x,        s = alpha / r   (or alpha / sqrt(r) with rsLoRA)
+
+with ``A`` of shape ``(r, in)`` (random init) and ``B`` of shape ``(out, r)`` (zero init). A variant is a config
+dataclass plus an :class:`AdapterLayer` subclass registered with :func:`register_adapter`; nothing else in the
+package needs to know which variant it holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTERS: dict[str, type["AdapterConfig"]] = {}
+
+
+def register_adapter(config_cls: type["AdapterConfig"]) -> type["AdapterConfig"]:
+    """Class decorator: make a config class (and through it its layer class) known by its ``method`` name."""
+    ADAPTERS[config_cls.method] = config_cls
+    return config_cls
+
+
+def config_from_dict(data: dict[str, Any]) -> "AdapterConfig":
+    """Rebuild a config saved with :meth:`AdapterConfig.to_dict`.
+
+    Raises:
+        ValueError: if the method is unknown (the message lists the registered ones).
+    """
+    data = dict(data)
+    method = data.pop("method", None)
+    if method not in ADAPTERS:
+        raise ValueError(f"unknown adapter method {method!r}; registered methods: {sorted(ADAPTERS)}")
+    return ADAPTERS[method].from_dict(data)
+
+
+@dataclass
+class AdapterConfig:
+    """Options shared by every adapter. Subclasses add their own fields and must set ``method``/``layer_class``.
+
+    Args:
+        rank: ``r``, the inner dimension of the update (>= 1).
+        alpha: scale numerator; the update is multiplied by ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA).
+        dropout: dropout probability on the adapter's input; also the source of MC-dropout uncertainty.
+        target_modules: which layers to adapt. A list of names matched as a suffix on ``.``-boundaries
+            (``"query"`` matches ``bert.encoder.layer.0.attention.self.query``), or a single string that is a
+            regular expression matched in full against the module name. ``None`` targets every linear layer
+            except the output head.
+        layers: keep only targets inside these transformer block indices (``...layer.3...`` or ``...layers.3...``).
+        modules_to_save: names (suffix match) of modules that are trained in full beside the adapters, such as a
+            classification head (``["classifier"]`` or ``["score"]``).
+        use_rslora: use ``alpha / sqrt(r)`` scaling (rank-stabilised LoRA).
+        seed: seeds the adapters' random initialisation (and any random masks).
+    """
+
+    method: ClassVar[str] = ""
+    layer_class: ClassVar[type["AdapterLayer"]]
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] | str | None = None
+    layers: list[int] | None = None
+    modules_to_save: list[str] = field(default_factory=list)
+    use_rslora: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        problems = self.validate()
+        if problems:
+            raise ValueError(f"invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems))
+
+    def validate(self) -> list[str]:
+        """Return every problem with this config (empty when valid). Subclasses extend the list."""
+        problems = []
+        if not isinstance(self.rank, int) or self.rank < 1:
+            problems.append(f"rank must be an integer >= 1, got {self.rank!r}")
+        if not isinstance(self.alpha, (int, float)) or self.alpha < 0:
+            problems.append(f"alpha must be a number >= 0, got {self.alpha!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            problems.append("target_modules is an empty list; give names such as ['query', 'value'] or None for all")
+        if self.layers is not None and any(not isinstance(i, int) or i < 0 for i in self.layers):
+            problems.append(f"layers must be non-negative integers, got {self.layers!r}")
+        return problems
+
+    @property
+    def scaling(self) -> float:
+        """The factor ``s`` in ``W0 x + s · B A x``."""
+        return self.alpha / (math.sqrt(self.rank) if self.use_rslora else self.rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict that :func:`config_from_dict` turns back into this config."""
+        return {"method": self.method, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AdapterConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "AdapterConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def linear_shape(base_layer: nn.Module) -> tuple[int, int, bool]:
+    """Return ``(in_features, out_features, fan_in_fan_out)`` of an ``nn.Linear`` or GPT-2 style ``Conv1D``.
+
+    ``Conv1D`` stores its weight as ``(in, out)``, hence ``fan_in_fan_out=True``.
+
+    Raises:
+        TypeError: for any other module type.
+    """
+    if isinstance(base_layer, nn.Linear):
+        return base_layer.in_features, base_layer.out_features, False
+    if type(base_layer).__name__ == "Conv1D" and hasattr(base_layer, "nf"):
+        in_features, out_features = base_layer.weight.shape
+        return int(in_features), int(out_features), True
+    raise TypeError(
+        f"cannot adapt a {type(base_layer).__name__}; loracle adapts torch.nn.Linear and transformers' Conv1D"
+    )
+
+
+class AdapterLayer(nn.Module):
+    """Base class of every adapter layer: wraps a frozen linear layer and adds ``s · B A x``.
+
+    Subclasses implement :meth:`lora_A` and :meth:`lora_B` (the full matrices at the posterior mean / with frozen
+    entries filled in) and may override :meth:`adapter_forward` (for example to sample ``A``) and :meth:`aux_loss`.
+
+    Stochastic inference is an explicit switch, independent of ``train()``/``eval()``: the flags
+    ``stochastic_dropout`` and ``sample_posterior`` are set by :func:`loracle.uncertainty.sampling.stochastic`.
+    Merging is always an explicit call.
+    """
+
+    # True for adapters whose ``A`` has a posterior that ``sample_posterior`` draws from (MonteCLoRA).
+    has_posterior: ClassVar[bool] = False
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.config = config
+        self.in_features, self.out_features, self.fan_in_fan_out = linear_shape(base_layer)
+        self.rank = config.rank
+        self.scaling = config.scaling
+        self.merged = False
+        self.stochastic_dropout = False
+        self.sample_posterior = False
+
+    # -- what a variant provides -------------------------------------------------------------------------------
+    def lora_A(self) -> torch.Tensor:
+        """The full ``A`` of shape ``(r, in)`` used at the posterior mean."""
+        raise NotImplementedError(f"{type(self).__name__} must implement lora_A()")
+
+    def lora_B(self) -> torch.Tensor:
+        """The full ``B`` of shape ``(out, r)``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement lora_B()")
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An extra loss term the training loop adds (MonteCLoRA's KL); ``None`` when the adapter has none."""
+        return None
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The update ``s · B A x`` for an input that has already been through the adapter dropout.
+
+        Args:
+            x: ``(..., in)``.
+
+        Returns:
+            ``(..., out)``.
+        """
+        return F.linear(F.linear(x, self.lora_A()), self.lora_B()) * self.scaling
+
+    # -- shared behaviour --------------------------------------------------------------------------------------
+    @property
+    def stochastic(self) -> bool:
+        """True when a forward pass is random: training mode, MC dropout on, or posterior sampling on."""
+        return (self.training and self.config.dropout > 0) or self.stochastic_dropout or self.sample_posterior
+
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.config.dropout
+        if p == 0.0:
+            return x
+        return F.dropout(x, p, training=self.training or self.stochastic_dropout)
+
+    def delta_weight(self) -> torch.Tensor:
+        """``s · B A`` in the layout of the base weight: ``(out, in)`` for Linear, ``(in, out)`` for Conv1D."""
+        delta = (self.lora_B() @ self.lora_A()) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            if self.stochastic_dropout or self.sample_posterior:
+                raise RuntimeError(
+                    "stochastic inference needs unmerged adapters; call loracle.unmerge_adapters(model) first"
+                )
+            return result
+        update = self.adapter_forward(self.dropout(x.to(self.lora_dtype)))
+        return result + update.to(result.dtype)
+
+    @property
+    def lora_dtype(self) -> torch.dtype:
+        return self.lora_B().dtype
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Add the update into the base weight (idempotent)."""
+        if not self.merged:
+            weight = self.base_layer.weight
+            weight.add_(self.delta_weight().to(weight.dtype))
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update from the base weight again (idempotent)."""
+        if self.merged:
+            weight = self.base_layer.weight
+            weight.sub_(self.delta_weight().to(weight.dtype))
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"method={self.config.method}, in={self.in_features}, out={self.out_features}, r={self.rank}"

@@ -1,0 +1,1 @@
+"""Uncertainty: the stochastic-inference switch, MC prediction, pure scores and STAR's dynamic mix."""

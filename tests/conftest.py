@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny models built in code (hidden size 32, 2 layers), so the unit suite needs no download."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
+
+VOCAB = 99
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_llama_config(**overrides) -> LlamaConfig:
+    values = dict(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=0,
+    )
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+def tiny_llama_lm(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+def tiny_llama_classifier(num_labels: int = 2, seed: int = 0) -> LlamaForSequenceClassification:
+    torch.manual_seed(seed)
+    return LlamaForSequenceClassification(tiny_llama_config(num_labels=num_labels)).eval()
+
+
+def tiny_gpt2(num_labels: int = 2, seed: int = 0) -> GPT2ForSequenceClassification:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=num_labels,
+                        pad_token_id=0)
+    return GPT2ForSequenceClassification(config).eval()
+
+
+MODEL_BUILDERS = {"bert": tiny_bert, "llama": tiny_llama_classifier, "gpt2": tiny_gpt2}
+
+
+@pytest.fixture
+def token_batch() -> dict[str, torch.Tensor]:
+    """Four sequences of 7 tokens, the last two padded (attention mask zeros at the end)."""
+    gen = torch.Generator().manual_seed(123)
+    input_ids = torch.randint(1, VOCAB, (4, 7), generator=gen)
+    attention_mask = torch.ones(4, 7, dtype=torch.long)
+    attention_mask[2:, 5:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}

@@ -1,0 +1,5 @@
+import sys
+
+from loracle.cli import main
+
+sys.exit(main())

@@ -138,6 +138,8 @@ def load_model(
             raise ValueError("classification needs num_labels or label_names (e.g. num_labels=2)")
         num_labels = num_labels if num_labels is not None else len(label_names)
         kwargs["num_labels"] = num_labels
+        # A checkpoint with another head size (or none) gets a fresh head for the requested label set.
+        kwargs["ignore_mismatched_sizes"] = True
         if label_names is not None:
             kwargs["id2label"] = dict(enumerate(label_names))
             kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
@@ -160,6 +162,6 @@ def load_model(
         ) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
+    # The tokenizer makes the inputs, so its pad id is the one the model must skip (e.g. to find the last token).
+    model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

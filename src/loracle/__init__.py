@@ -6,10 +6,16 @@ Active learning with LoRA (STAR), half-frozen LoRA (LoRA-SP) and Bayesian LoRA (
 from loracle.adapters import (
     AdapterConfig,
     LoRAConfig,
+    LoRASPConfig,
+    MonteCLoRAConfig,
     adapter_layers,
     apply_adapter,
+    export_peft,
+    import_peft,
+    load_adapter,
     merge_adapters,
     remove_adapters,
+    save_adapter,
     trainable_parameters,
     unmerge_adapters,
 )
@@ -19,10 +25,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterConfig",
     "LoRAConfig",
+    "LoRASPConfig",
+    "MonteCLoRAConfig",
     "adapter_layers",
     "apply_adapter",
+    "export_peft",
+    "import_peft",
+    "load_adapter",
     "merge_adapters",
     "remove_adapters",
+    "save_adapter",
     "trainable_parameters",
     "unmerge_adapters",
 ]

@@ -1,0 +1,53 @@
+"""LoRA-SP layer: LoRA with exactly half of ``A`` and of ``B`` frozen at their initial values."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from loracle.adapters.base import AdapterConfig, AdapterLayer
+from loracle.adapters.lora.layer import init_lora_A
+from loracle.adapters.lora_sp.mask import assemble, split_matrix
+
+
+class LoRASPLayer(AdapterLayer):
+    """``x ↦ W0 x + (alpha / r) · B A x`` with half of ``A`` and of ``B`` frozen (LoRA-SP, arXiv 2403.08822 §3;
+    design in METHODS.md §2).
+
+    A seeded random permutation picks exactly ``floor(n / 2)`` trainable units of each matrix (entries, rows or
+    columns, per ``config.mask_mode``). Only those are :class:`~torch.nn.Parameter` s (``lora_A_trainable``,
+    ``lora_B_trainable``); the frozen values and the gather indices are buffers, so gradients, optimizer state and
+    decoupled weight decay touch the trainable half only and the frozen half stays bit-identical. Frozen entries keep
+    their initial values (Kaiming-uniform for ``A``, zero for ``B``).
+
+    Buffers: ``lora_A_frozen``/``lora_B_frozen`` (frozen values), ``lora_A_index``/``lora_B_index`` (int64 gather
+    index, see :mod:`loracle.adapters.lora_sp.mask`). Shapes for ``A`` (``r × in``) in element mode:
+    trainable ``(r·in/2,)``, frozen ``(r·in/2,)``, index ``(r·in,)``.
+    """
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, generator: torch.Generator) -> None:
+        super().__init__(base_layer, config, generator)
+        dtype = base_layer.weight.dtype if base_layer.weight.is_floating_point() else torch.float32
+        self.mask_mode: str = config.mask_mode  # type: ignore[attr-defined]
+        self.shape_A = (self.rank, self.in_features)
+        self.shape_B = (self.out_features, self.rank)
+        a_init = init_lora_A(self.rank, self.in_features, generator).to(dtype)
+        b_init = torch.zeros(self.shape_B, dtype=dtype)
+        for name, init in (("lora_A", a_init), ("lora_B", b_init)):
+            trainable, frozen, index = split_matrix(init, self.mask_mode, generator)
+            self.register_parameter(f"{name}_trainable", nn.Parameter(trainable))
+            self.register_buffer(f"{name}_frozen", frozen)
+            self.register_buffer(f"{name}_index", index)
+
+    def lora_A(self) -> torch.Tensor:
+        return assemble(self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.mask_mode, self.shape_A)
+
+    def lora_B(self) -> torch.Tensor:
+        return assemble(self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.mask_mode, self.shape_B)
+
+    @property
+    def lora_dtype(self) -> torch.dtype:
+        return self.lora_B_trainable.dtype
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mask_mode={self.mask_mode}"

@@ -63,3 +63,35 @@ def token_batch() -> dict[str, torch.Tensor]:
     attention_mask = torch.ones(4, 7, dtype=torch.long)
     attention_mask[2:, 5:] = 0
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# -- a tiny word-level tokenizer for task/training/evaluation/CLI tests (appended by the training engineer) ---------
+TINY_WORDS = (
+    "question answer yes no good bad great awful fun dull movie film plot the a an is was it this that very not "
+    "and or but of to in what how many does did do why who two plus minus equals sum i love hate liked boring "
+    "0 1 2 3 4 5 6 7 8 9 : ? . , ! + - = '"
+).split()
+
+
+def tiny_tokenizer():
+    """A ``PreTrainedTokenizerFast`` over a lower-cased word-level vocabulary of < 99 ids (fits the tiny models).
+
+    Ids: 0 ``[PAD]``, 1 ``[UNK]``, 2 ``[BOS]``, 3 ``[EOS]``, then :data:`TINY_WORDS`. No special tokens are added
+    automatically; digits and punctuation are single tokens.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[BOS]", "[EOS]", *TINY_WORDS])}
+    assert len(vocab) <= VOCAB
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(True)])
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins word tokens with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()

@@ -3,13 +3,29 @@
 ``with stochastic(model, dropout=True):`` turns on the adapters' dropout (MC dropout) without touching train/eval
 mode; ``posterior=True`` makes MonteCLoRA adapters sample ``A`` from their posterior; ``base_dropout=True`` also
 turns on the model's own ``nn.Dropout`` modules. Leaving the block restores everything.
+
+:func:`mc_probs` is the one MC-prediction routine. It is fast without being approximate:
+
+1. Items are sorted by length so each batch pads only to its own longest item (outputs are returned in the
+   caller's order).
+2. The transformer blocks below the first block that holds a stochastic adapter are deterministic, so they are
+   computed once per batch: a forward hook on the last deterministic block captures its output (and stops the
+   pass), and during the S sample passes those blocks are short-circuited to return the cached output.
+3. For classification the S samples run as one forward over the batch repeated S times (every row draws its own
+   dropout mask), which keeps the matrix multiplications large.
+4. ``stochastic_layers=k`` keeps MC dropout / posterior sampling only in the adapters of the last ``k`` blocks,
+   so the cached prefix covers the rest of the network.
+
+With ``samples=0`` one deterministic pass is made, equal to the plain forward up to float rounding from
+the different padding. With a fixed ``seed`` results are reproducible.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -19,6 +35,10 @@ from loracle.adapters.inject import adapter_layers
 if TYPE_CHECKING:
     from loracle.data.examples import Example
     from loracle.tasks.base import Task
+
+# Names of the ModuleList that holds a model's transformer blocks (BERT ``encoder.layer``, Llama ``model.layers``,
+# GPT-2 ``transformer.h``, T5/others ``block``).
+_BLOCK_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
 
 
 @contextlib.contextmanager
@@ -63,8 +83,123 @@ def stochastic(
             module.train(mode)
 
 
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` as its adapter-free base model for the duration of the block (adapters stay in place).
+
+    Each adapter layer forwards straight to its frozen base layer; merged adapters are unmerged first and merged
+    again on exit. Modules trained in full (``modules_to_save``, such as a classification head) are kept.
+    """
+    layers = [layer for _, layer in adapter_layers(model)]
+    merged = [layer.merged for layer in layers]
+    try:
+        for layer in layers:
+            layer.unmerge()
+            layer.forward = layer.base_layer.forward  # instance attribute shadows the class forward
+        yield model
+    finally:
+        for layer, was_merged in zip(layers, merged):
+            if "forward" in layer.__dict__:
+                del layer.forward
+            if was_merged:
+                layer.merge()
+
+
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The ``(name, ModuleList)`` of the model's transformer blocks (the longest list named like one), or None."""
+    best: tuple[str, nn.ModuleList] | None = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in _BLOCK_LIST_NAMES and len(module):
+            if best is None or len(module) > len(best[1]):
+                best = (name, module)
+    return best
+
+
+def _block_index(name: str, blocks_name: str) -> int | None:
+    prefix = blocks_name + "." if blocks_name else ""
+    if not name.startswith(prefix):
+        return None
+    match = re.match(r"(\d+)(?:\.|$)", name[len(prefix):])
+    return int(match.group(1)) if match else None
+
+
+def _restrict_stochastic(model: nn.Module, stochastic_layers: int | None) -> None:
+    """Inside :func:`stochastic`, keep only the adapters of the last ``stochastic_layers`` blocks random."""
+    if stochastic_layers is None:
+        return
+    found = find_blocks(model)
+    if found is None:
+        raise ValueError("stochastic_layers needs a model with a list of transformer blocks; none was found")
+    blocks_name, blocks = found
+    first = len(blocks) - stochastic_layers
+    for name, layer in adapter_layers(model):
+        index = _block_index(name, blocks_name)
+        if index is None or index < first:
+            layer.stochastic_dropout = False
+            layer.sample_posterior = False
+
+
+def _first_stochastic_block(model: nn.Module, base_dropout: bool) -> tuple[nn.ModuleList, int] | None:
+    """``(blocks, f)`` where blocks ``[0, f)`` are deterministic during sampling, or None when nothing can be cached.
+
+    Adapters outside the block list count as stochastic before every block if they come earlier in module order
+    (e.g. on embeddings: no caching) and are harmless if later (e.g. BERT's pooler).
+    """
+    if base_dropout:
+        return None  # the model's own dropout (embeddings included) is random everywhere
+    found = find_blocks(model)
+    if found is None:
+        return None
+    blocks_name, blocks = found
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    first = len(blocks)
+    for name, layer in adapter_layers(model):
+        random = (layer.stochastic_dropout and layer.config.dropout > 0) or (
+            layer.sample_posterior and layer.has_posterior
+        )
+        if not random:
+            continue
+        index = _block_index(name, blocks_name)
+        if index is None:
+            if order[name] < order[blocks_name]:
+                return None
+            continue
+        first = min(first, index)
+    return (blocks, first) if first > 0 else None
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _repeat(batch: dict[str, Any], times: int, rows: int) -> dict[str, Any] | None:
+    """The batch with every row-indexed tensor repeated ``times`` (as ``[copy0; copy1; ...]``), or None if unsure."""
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value) and value.dim() > 0:
+            if value.shape[0] != rows:
+                return None
+            out[key] = value.repeat(times, *([1] * (value.dim() - 1)))
+        else:
+            out[key] = value
+    return out
+
+
+def _length(example: Any) -> int:
+    text = getattr(example, "text", "") or ""
+    choices = getattr(example, "choices", None) or ()
+    return len(text) + max((len(c) for c in choices), default=0)
+
+
+def _batch_rows(batch: dict[str, Any]) -> int | None:
+    for value in batch.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return int(value.shape[0])
+    return None
 
 
 @torch.no_grad()
@@ -78,27 +213,130 @@ def mc_probs(
     posterior: bool = False,
     base_dropout: bool = False,
     seed: int = 0,
+    *,
+    stochastic_layers: int | None = None,
+    fast: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Class (or choice) probabilities from ``samples`` stochastic passes.
 
-    With ``samples=0`` the single deterministic prediction is returned as one sample.
+    With ``samples=0`` the single deterministic prediction is returned as one sample. The only model call is
+    ``task.class_logits(model, batch)``.
+
+    Args:
+        model: a model, usually holding loracle adapters.
+        task: the task that collates examples and reads class logits.
+        examples: the ``N`` items.
+        samples: number of stochastic passes ``S`` (0: one deterministic pass).
+        batch_size: items per forward (before repeating for the S samples).
+        dropout, posterior, base_dropout: the sources of randomness, as in :func:`stochastic`.
+        seed: seeds every random draw (the global torch RNG is forked and restored).
+        stochastic_layers: if given, only adapters in the last ``k`` transformer blocks are random.
+        fast: length sorting, prefix caching and batched samples (see the module docstring); False gives the
+            naive loop of S full forward passes per batch, in the given order.
+        progress: show a tqdm bar over batches.
 
     Returns:
-        ``[N, S, C]`` probabilities (``S = max(samples, 1)``), on the CPU.
+        ``[N, S, C]`` probabilities (``S = max(samples, 1)``), float32 on the CPU, in the order of ``examples``.
+
+    Raises:
+        ValueError: if ``samples < 0``, ``stochastic_layers < 1``, or nothing would be random.
     """
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0, got {samples}")
+    if stochastic_layers is not None and stochastic_layers < 1:
+        raise ValueError(f"stochastic_layers must be >= 1 (or None for all), got {stochastic_layers}")
+    examples = list(examples)
+    n = len(examples)
+    S = max(samples, 1)
     was_training = model.training
     model.eval()
     device = model_device(model)
-    out = []
+    order = sorted(range(n), key=lambda i: _length(examples[i])) if fast else list(range(n))
+    chunks: list[torch.Tensor] = []
     ctx = stochastic(model, dropout, posterior, base_dropout) if samples > 0 else contextlib.nullcontext()
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="scoring", unit="batch", leave=False)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), ctx:
             torch.manual_seed(seed)
-            for start in range(0, len(examples), batch_size):
-                batch = task.collate(list(examples[start:start + batch_size]))
+            if samples > 0:
+                _restrict_stochastic(model, stochastic_layers)
+                if stochastic_layers is not None and not base_dropout and not any(
+                    layer.stochastic_dropout or layer.sample_posterior for _, layer in adapter_layers(model)
+                ):
+                    raise ValueError(f"stochastic_layers={stochastic_layers} leaves no stochastic adapter")
+            cut = _first_stochastic_block(model, base_dropout) if (fast and samples > 0) else None
+            for start in starts:
+                items = [examples[i] for i in order[start:start + batch_size]]
+                batch = task.collate(items)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                draws = [task.class_logits(model, batch).float().softmax(-1) for _ in range(max(samples, 1))]
-                out.append(torch.stack(draws, dim=1).cpu())  # (B, S, C)
+                if samples == 0 or not fast:
+                    draws = [task.class_logits(model, batch).float().softmax(-1) for _ in range(S)]
+                    chunks.append(torch.stack(draws, dim=1).cpu())  # (B, S, C)
+                else:
+                    chunks.append(_sample_batch(model, task, batch, len(items), S, cut).cpu())
     finally:
         model.train(was_training)
-    return torch.cat(out, dim=0)
+    if not chunks:
+        return torch.zeros(0, S, 0)
+    probs = torch.cat(chunks, dim=0)
+    out = torch.empty_like(probs)
+    out[torch.as_tensor(order, dtype=torch.long)] = probs
+    return out
+
+
+def _sample_batch(
+    model: nn.Module, task: "Task", batch: dict[str, Any], rows: int, S: int, cut: tuple[nn.ModuleList, int] | None
+) -> torch.Tensor:
+    """``[B, S, C]`` probabilities for one batch using the cached prefix and S-fold batch repetition."""
+    cached = None
+    if cut is not None:
+        blocks, first = cut
+        captured: list[Any] = []
+
+        def grab(module: nn.Module, args: Any, output: Any) -> None:
+            captured.append(output)
+            raise _StopForward
+
+        handle = blocks[first - 1].register_forward_hook(grab)
+        try:
+            task.class_logits(model, batch)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        cached = captured[0] if captured else None
+
+    repeated = _repeat(batch, S, rows) if getattr(task, "kind", None) == "classification" else None
+
+    def run(b: dict[str, Any], times: int) -> torch.Tensor:
+        if cached is None:
+            return task.class_logits(model, b)
+        blocks, first = cut
+        value = cached if times == 1 else _repeat_output(cached, times)
+        for block in blocks[:first]:
+            block.forward = lambda *a, **k: value  # short-circuit: the deterministic prefix is already computed
+        try:
+            return task.class_logits(model, b)
+        finally:
+            for block in blocks[:first]:
+                del block.forward
+
+    if repeated is not None:
+        logits = run(repeated, S).float()
+        if logits.shape[0] == rows * S:
+            return logits.softmax(-1).view(S, rows, -1).transpose(0, 1)  # (S·B, C) -> (B, S, C)
+    # Not a plain row-per-item batch (or the task did not keep one row per copy): S separate passes.
+    return torch.stack([run(batch, 1).float().softmax(-1) for _ in range(S)], dim=1)
+
+
+def _repeat_output(value: Any, times: int) -> Any:
+    if torch.is_tensor(value):
+        return value.repeat(times, *([1] * (value.dim() - 1)))
+    if isinstance(value, tuple):
+        return tuple(_repeat_output(v, times) for v in value)
+    return value

@@ -113,6 +113,7 @@ def apply_adapter(model: nn.Module, config: AdapterConfig) -> nn.Module:
         layer = config.layer_class(base, config, generator)
         ref = base.weight
         layer.to(device=ref.device)
+        layer.train(base.training)  # a new module starts in training mode; follow the model's mode instead
         _set_submodule(model, name, layer)
     for name in save_names:
         for param in model.get_submodule(name).parameters():

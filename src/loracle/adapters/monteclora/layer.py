@@ -32,6 +32,10 @@ class MonteCLoRALayer(AdapterLayer):
     Sampling happens when ``self.training or self.sample_posterior``; otherwise the forward is plain LoRA at the
     posterior mean (mergeable, no extra cost). Draws use the global torch RNG, so ``torch.manual_seed`` reproduces
     them. The ``Σ`` and ``w`` of the last sampled forward are kept for :meth:`aux_loss`.
+
+    Several posterior draws in one forward: set ``posterior_draws = S`` (default 1) and pass a batch made of ``S``
+    equal consecutive chunks along dim 0 (``[copy0; copy1; ...]``, as a batch repeated ``S`` times); chunk ``s`` then
+    uses its own draw ``A_eff^(s)``. Used for MC prediction with ``S`` samples in one batched pass.
     """
 
     has_posterior = True
@@ -48,6 +52,7 @@ class MonteCLoRALayer(AdapterLayer):
         self.monte_pi = nn.Parameter(torch.rand(self.num_samples, generator=generator))
         self._last_cov: torch.Tensor | None = None  # (r,) diagonal of Σ from the last sampled forward
         self._last_weights: torch.Tensor | None = None  # (N,) w from the last sampled forward
+        self.posterior_draws = 1
 
     def lora_A(self) -> torch.Tensor:
         return self.lora_A_weight
@@ -75,8 +80,24 @@ class MonteCLoRALayer(AdapterLayer):
         return torch.addcmul(a, row_scale.unsqueeze(-1), z)
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.sample_A() if (self.training or self.sample_posterior) else self.lora_A_weight
+        if not (self.training or self.sample_posterior):
+            a = self.lora_A_weight
+        elif self.posterior_draws > 1:
+            return self._multi_draw_forward(x, self.posterior_draws)
+        else:
+            a = self.sample_A()
         return F.linear(F.linear(x, a), self.lora_B_weight) * self.scaling
+
+    def _multi_draw_forward(self, x: torch.Tensor, draws: int) -> torch.Tensor:
+        if x.shape[0] % draws:
+            raise ValueError(
+                f"posterior_draws={draws} needs a batch made of {draws} equal chunks, got batch size {x.shape[0]}"
+            )
+        a = torch.stack([self.sample_A() for _ in range(draws)])  # (S, r, in)
+        xs = x.reshape(draws, -1, x.shape[-1])  # (S, M, in), M = rows per draw × remaining dims
+        h = torch.bmm(xs, a.transpose(1, 2))  # (S, M, r)
+        out = F.linear(h, self.lora_B_weight) * self.scaling  # (S, M, out)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def kl_terms(self) -> dict[str, torch.Tensor]:
         """The three KL terms (before ``kl_weight``), each a scalar.

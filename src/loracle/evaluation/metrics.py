@@ -1,0 +1,103 @@
+"""Classification metrics on predicted probabilities: accuracy, macro-F1, ECE, NLL and Brier score.
+
+Every function takes ``probs`` of shape ``[N, C]`` (rows sum to 1) or ``[N, S, C]`` (MC samples, averaged over
+``S`` first) and integer ``labels`` of shape ``[N]``, and returns a Python float.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-12
+
+
+def _check(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if probs.dim() == 3:
+        probs = probs.mean(dim=1)  # (N, S, C) -> (N, C)
+    if probs.dim() != 2:
+        raise ValueError(f"probs must have shape [N, C] or [N, S, C], got {tuple(probs.shape)}")
+    if probs.shape[0] != labels.shape[0] or probs.shape[0] == 0:
+        raise ValueError(f"probs has {probs.shape[0]} rows but labels has {labels.shape[0]}; expected equal, > 0")
+    if labels.min() < 0 or labels.max() >= probs.shape[1]:
+        raise ValueError(f"labels must be in 0..{probs.shape[1] - 1}, got range {int(labels.min())}.."
+                         f"{int(labels.max())}")
+    return probs, labels
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax is the label."""
+    probs, labels = _check(probs, labels)
+    return (probs.argmax(-1) == labels).double().mean().item()
+
+
+def macro_f1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Unweighted mean over classes of ``F1_c = 2 TP_c / (2 TP_c + FP_c + FN_c)``.
+
+    Classes that occur neither in the labels nor in the predictions are left out of the mean (their F1 is 0/0).
+    """
+    probs, labels = _check(probs, labels)
+    predicted = probs.argmax(-1)
+    scores = []
+    for c in range(probs.shape[1]):
+        tp = ((predicted == c) & (labels == c)).sum().item()
+        fp = ((predicted == c) & (labels != c)).sum().item()
+        fn = ((predicted != c) & (labels == c)).sum().item()
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-bin mean confidence, accuracy and count over equal-width bins of the max probability.
+
+    Bin ``b`` (0-based) holds confidences in ``(b / n_bins, (b + 1) / n_bins]``; a confidence of exactly 0 goes
+    to bin 0.
+
+    Returns:
+        ``(confidence [n_bins], accuracy [n_bins], count [n_bins])``; empty bins have confidence and accuracy 0.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    probs, labels = _check(probs, labels)
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels).double()
+    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    count = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, torch.ones_like(confidence))
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, confidence)
+    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, correct)
+    safe = count.clamp(min=1)
+    return conf_sum / safe, acc_sum / safe, count
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """``ECE = Σ_b (n_b / n) |acc_b − conf_b|`` over ``n_bins`` equal-width bins of the max probability."""
+    confidence, acc, count = reliability_bins(probs, labels, n_bins)
+    return ((count / count.sum()) * (acc - confidence).abs()).sum().item()
+
+
+def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean ``−log p(label)`` (natural log; probabilities clamped at 1e-12)."""
+    probs, labels = _check(probs, labels)
+    return -probs.gather(1, labels[:, None]).clamp(min=_EPS).log().mean().item()
+
+
+def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Multi-class Brier score: ``mean_i Σ_c (p_ic − 1[c = y_i])²`` (sum over classes, mean over examples; 0 best,
+    2 worst)."""
+    probs, labels = _check(probs, labels)
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[1]).double()
+    return ((probs - onehot) ** 2).sum(-1).mean().item()
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
+    """All of the above: ``accuracy``, ``macro_f1``, ``ece``, ``nll``, ``brier``."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "macro_f1": macro_f1(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "nll": negative_log_likelihood(probs, labels),
+        "brier": brier_score(probs, labels),
+    }

@@ -1,0 +1,103 @@
+"""Plots written to PNG files; matplotlib is imported inside each function (Agg backend, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from loracle.evaluation.metrics import expected_calibration_error, reliability_bins
+
+
+def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | Path, n_bins: int = 15,
+                        title: str | None = None) -> Path:
+    """Accuracy against confidence per equal-width bin, with the diagonal of perfect calibration and the ECE.
+
+    Args:
+        probs: ``[N, C]`` or ``[N, S, C]`` probabilities.
+        labels: ``[N]``.
+        path: PNG file to write (parent folders are created).
+        n_bins: number of bins.
+        title: figure title (default: "Reliability").
+
+    Returns:
+        The path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    confidence, acc, count = reliability_bins(probs, labels, n_bins)
+    ece = expected_calibration_error(probs, labels, n_bins)
+    edges = torch.linspace(0, 1, n_bins + 1)
+    centres = ((edges[:-1] + edges[1:]) / 2).tolist()
+    filled = count > 0
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar([c for c, f in zip(centres, filled) if f], acc[filled].tolist(), width=1 / n_bins, edgecolor="black",
+            alpha=0.8, label="accuracy")
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    top.plot(confidence[filled].tolist(), acc[filled].tolist(), "o", color="tab:red", ms=3, label="bin mean conf.")
+    top.set_ylabel("accuracy")
+    top.set_ylim(0, 1)
+    top.set_title(f"{title or 'Reliability'} (ECE {ece:.3f}, n={int(count.sum())})")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.bar(centres, count.tolist(), width=1 / n_bins, edgecolor="black", color="tab:grey")
+    bottom.set_xlabel("confidence (max probability)")
+    bottom.set_ylabel("count")
+    bottom.set_xlim(0, 1)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def learning_curve(runs: Mapping[str, Sequence[Sequence[float]]], path: str | Path, xlabel: str = "labelled examples",
+                   ylabel: str = "test accuracy", title: str | None = None) -> Path:
+    """One line per run: ``runs[name]`` is a sequence of ``(x, y)`` or ``(x, y, std)`` points (std is shaded).
+
+    Args:
+        runs: e.g. ``{"random": [(500, 0.71), (1000, 0.75)], "star": [(500, 0.72, 0.01), ...]}``.
+        path: PNG file to write.
+        xlabel: x-axis label.
+        ylabel: y-axis label.
+        title: figure title.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: no runs, or a point with fewer than 2 values.
+    """
+    if not runs:
+        raise ValueError("learning_curve needs at least one run")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, points in runs.items():
+        if any(len(p) < 2 for p in points):
+            raise ValueError(f"run {name!r}: every point must be (x, y) or (x, y, std)")
+        xs = [p[0] for p in points]
+        ys = [p[1] for p in points]
+        ax.plot(xs, ys, marker="o", label=name)
+        if points and all(len(p) >= 3 for p in points):
+            ax.fill_between(xs, [y - p[2] for y, p in zip(ys, points)], [y + p[2] for y, p in zip(ys, points)],
+                            alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

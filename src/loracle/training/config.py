@@ -1,0 +1,117 @@
+"""Training options: the one place their defaults live."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`loracle.training.train`.
+
+    Args:
+        epochs: passes over the training examples.
+        batch_size: examples per forward pass, summed over processes (each of ``P`` processes sees
+            ``batch_size / P``); one optimiser step sees ``batch_size * grad_accum`` examples.
+        lr: peak learning rate of the adapter (and, in full fine-tuning, of every) parameter.
+        head_lr: learning rate of ``modules_to_save`` modules such as a classification head (``None``: ``lr``).
+        weight_decay: AdamW decoupled weight decay of every trainable parameter except ``lora_B*`` (see
+            ``b_weight_decay``) and MonteCLoRA's ``monte_*`` vectors (never decayed).
+        b_weight_decay: weight decay of ``lora_B*`` parameters: STAR's constraint LoRA (arXiv 2403.01165; their
+            code uses 0.5 with 0 elsewhere). ``None``: the same as ``weight_decay``.
+        warmup_ratio: fraction of the optimiser steps spent warming the learning rate up linearly from 0.
+        scheduler: learning-rate schedule after warm-up, a ``transformers.get_scheduler`` name.
+        grad_accum: forward passes accumulated per optimiser step.
+        max_grad_norm: clip the global gradient norm to this (``None`` or 0: no clipping).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (passed to ``accelerate.Accelerator``).
+        seed: seeds the data order (a private ``torch.Generator``) and dropout (the global torch RNG is forked and
+            restored, so the caller's random state is unchanged).
+        progress: show a tqdm progress bar.
+        log_path: append one JSON line of metrics per epoch here (``None``: no file).
+        cpu: force training on the CPU even when a GPU is present.
+        max_steps: stop after this many optimiser steps (``None``: run all epochs); the schedule ends there.
+        eval_batch_size: batch size of the per-epoch evaluation on ``eval_examples``.
+
+    Raises:
+        ValueError: listing every invalid field.
+    """
+
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 5e-4
+    head_lr: float | None = None
+    weight_decay: float = 0.0
+    b_weight_decay: float | None = None
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    seed: int = 0
+    progress: bool = True
+    log_path: str | Path | None = None
+    cpu: bool = False
+    max_steps: int | None = None
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        problems = self.validate()
+        if problems:
+            raise ValueError("invalid TrainConfig:\n  - " + "\n  - ".join(problems))
+
+    def validate(self) -> list[str]:
+        """Every problem with this config (empty when valid)."""
+        problems = []
+
+        def positive_int(name: str, value: Any) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+
+        positive_int("epochs", self.epochs)
+        positive_int("batch_size", self.batch_size)
+        positive_int("grad_accum", self.grad_accum)
+        positive_int("eval_batch_size", self.eval_batch_size)
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+            problems.append(f"lr must be > 0, got {self.lr!r}")
+        if self.head_lr is not None and (not isinstance(self.head_lr, (int, float)) or self.head_lr <= 0):
+            problems.append(f"head_lr must be > 0 or None, got {self.head_lr!r}")
+        for name in ("weight_decay", "b_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value < 0):
+                problems.append(f"{name} must be >= 0, got {value!r}")
+        if self.weight_decay is None:
+            problems.append("weight_decay must be a number >= 0 (use b_weight_decay=None to follow it), got None")
+        if not isinstance(self.warmup_ratio, (int, float)) or not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.scheduler not in SCHEDULERS:
+            problems.append(f"scheduler must be one of {list(SCHEDULERS)}, got {self.scheduler!r}")
+        if self.max_grad_norm is not None and self.max_grad_norm < 0:
+            problems.append(f"max_grad_norm must be >= 0 or None, got {self.max_grad_norm!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if not isinstance(self.seed, int):
+            problems.append(f"seed must be an integer, got {self.seed!r}")
+        return problems
+
+    @property
+    def effective_b_weight_decay(self) -> float:
+        """The weight decay ``lora_B*`` parameters get."""
+        return self.weight_decay if self.b_weight_decay is None else self.b_weight_decay
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of every field."""
+        data = dataclasses.asdict(self)
+        data["log_path"] = None if self.log_path is None else str(self.log_path)
+        return data
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

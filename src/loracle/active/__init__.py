@@ -1,0 +1,15 @@
+"""Pool-based active learning with adapters (STAR): strategies, resumable SQLite state, oracles, the loop."""
+
+from loracle.active.config import ALConfig
+from loracle.active.strategies import STRATEGIES, Signals, Strategy, build_strategy
+
+__all__ = ["ALConfig", "STRATEGIES", "Signals", "Strategy", "build_strategy", "run_active_learning", "resume"]
+
+
+def __getattr__(name: str):
+    # The loop pulls in training/evaluation; import it only when asked for.
+    if name in ("run_active_learning", "resume", "create_run", "ActiveLearningLoop"):
+        from loracle.active import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'loracle.active' has no attribute {name!r}")

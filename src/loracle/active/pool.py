@@ -1,0 +1,131 @@
+"""The pool side of active learning: label-free views of the pool and the signals strategies rank.
+
+Everything here talks to the model through ``task.class_logits`` (via
+:func:`loracle.uncertainty.sampling.mc_probs`); strategies receive only tensors (:class:`~loracle.active.strategies.Signals`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from loracle.active.strategies import Signals
+from loracle.data.examples import Example
+from loracle.uncertainty.sampling import adapters_disabled, mc_probs
+
+if TYPE_CHECKING:
+    from loracle.tasks.base import Task
+
+# Output heads whose input is the model's feature vector (the embedding used by diversity strategies).
+_HEAD_NAMES = ("classifier", "score", "lm_head")
+
+
+def unlabelled(examples: Sequence[Example]) -> list[Example]:
+    """Copies with ``label`` (and ``answer``) removed: what a strategy or scorer may see of the pool."""
+    return [dataclasses.replace(e, label=None, answer=None) for e in examples]
+
+
+def _head(model: nn.Module) -> nn.Module:
+    for name in _HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise ValueError(f"cannot find the output head of {type(model).__name__} (looked for {list(_HEAD_NAMES)}); "
+                     "diversity strategies need the features that enter it")
+
+
+@torch.no_grad()
+def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batch_size: int = 64) -> torch.Tensor:
+    """Features entering the output head: ``[N, D]`` (token features are mean-pooled over the attention mask).
+
+    For a BERT classifier this is the pooled ``[CLS]`` vector; for a causal LM the last hidden states.
+    """
+    head = _head(model)
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = task.collate(list(examples[start:start + batch_size]))
+            device = next(model.parameters()).device
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            captured.clear()
+            task.class_logits(model, batch)
+            feats = captured[0].float()
+            if feats.dim() == 3:  # (B, T, D): masked mean over tokens
+                mask = batch.get("attention_mask")
+                mask = torch.ones(feats.shape[:2], device=feats.device) if mask is None else mask.float()
+                if mask.shape[0] != feats.shape[0]:  # e.g. one row per choice: average the rows of each item
+                    mask = torch.ones(feats.shape[:2], device=feats.device)
+                feats = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+            if feats.shape[0] != len(examples[start:start + batch_size]):
+                feats = feats.view(len(examples[start:start + batch_size]), -1, feats.shape[-1]).mean(1)
+            out.append(feats.cpu())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@dataclass
+class Scorer:
+    """How the loop measures the pool: the MC settings of :func:`~loracle.uncertainty.sampling.mc_probs`.
+
+    Args:
+        samples: stochastic passes (0: deterministic).
+        dropout: MC dropout through the adapters.
+        posterior: MonteCLoRA posterior sampling.
+        stochastic_layers: randomness only in the last k blocks' adapters.
+        batch_size: items per forward.
+        progress: tqdm bars.
+    """
+
+    samples: int = 8
+    dropout: bool = True
+    posterior: bool = False
+    stochastic_layers: int | None = None
+    batch_size: int = 64
+    progress: bool = False
+
+    def probs(self, model: nn.Module, task: "Task", examples: Sequence[Example], seed: int) -> torch.Tensor:
+        """``[N, S, C]`` predictions of the adapted model."""
+        return mc_probs(model, task, unlabelled(examples), samples=self.samples, batch_size=self.batch_size,
+                        dropout=self.dropout, posterior=self.posterior, seed=seed,
+                        stochastic_layers=self.stochastic_layers if self.samples else None,
+                        progress=self.progress)
+
+    def base_probs(self, model: nn.Module, task: "Task", examples: Sequence[Example], seed: int) -> torch.Tensor:
+        """``[N, S, C]`` predictions of the adapter-free base model (STAR's ``U_base``).
+
+        Adapters are switched off (:func:`~loracle.uncertainty.sampling.adapters_disabled`); modules trained in
+        full stay. For an encoder classifier the base model is therefore the pretrained encoder with the head
+        trained in round 0 (a fresh random head would make ``U_base`` noise); for a causal LM scoring choices it
+        is the zero-shot LM. MC samples come from the model's own dropout when it has any (BERT), otherwise one
+        deterministic pass (Llama has no hidden dropout and zero-``B`` adapters add no randomness).
+        """
+        has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
+        samples = self.samples if has_dropout else 0
+        with adapters_disabled(model):
+            return mc_probs(model, task, unlabelled(examples), samples=samples, batch_size=self.batch_size,
+                            dropout=False, base_dropout=samples > 0, seed=seed, progress=self.progress)
+
+    def signals(self, requires: frozenset[str], model: nn.Module, task: "Task", candidates: Sequence[Example],
+                labelled: Sequence[Example], round_index: int, seed: int,
+                base_probs: torch.Tensor | None = None) -> Signals:
+        """Measure what a strategy ``requires`` on the candidates (labels are stripped first)."""
+        out: dict[str, Any] = {}
+        if "probs" in requires:
+            out["probs"] = self.probs(model, task, candidates, seed)
+        if "base_probs" in requires:
+            out["base_probs"] = base_probs
+        if "embeddings" in requires:
+            out["embeddings"] = embeddings(model, task, unlabelled(candidates), self.batch_size)
+            out["labelled_embeddings"] = embeddings(model, task, unlabelled(labelled), self.batch_size)
+        return Signals(round_index=round_index, n=len(candidates), **out)

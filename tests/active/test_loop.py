@@ -1,0 +1,79 @@
+"""The loop end to end on a tiny BERT: labels, budget errors, seeds, resumability (in process)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loracle.active.loop import ActiveLearningLoop, create_run, resume, run_active_learning
+from loracle.active.state import RunState
+from tests.active.conftest import small_config, tiny_factory
+
+
+def final_labels(run_dir):
+    state = RunState.open(run_dir)
+    try:
+        return state.label_rows(), state.rounds()
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("strategy", ["star", "kcenter"])
+def test_run_labels_and_report(tmp_path, toy_data, strategy):
+    config = small_config(toy_data, strategy=strategy)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rows, rounds = final_labels(tmp_path / "run")
+    assert len(rows) == 6 + 2 * 4 and len({r[0] for r in rows}) == len(rows)  # no duplicates
+    assert [r["n_labels"] for r in rounds] == [6, 10, 14]
+    assert [sum(1 for r in rows if r[2] == t) for t in range(3)] == [6, 4, 4]
+    assert {r[3] for r in rows} == {"initial", "simulated"}
+    assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 and "ece" in r["metrics"] for r in rounds)
+    assert all((tmp_path / "run" / r["checkpoint"] / "loracle_adapter.safetensors").exists() for r in rounds)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "done" and report["labels"] == 14 and report["strategy"] == strategy
+    assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+    # Gold labels agree with the simulated answers; the pool table carries no label column.
+    state = RunState.open(tmp_path / "run")
+    assert all(state.gold_label(i) == y for i, y, _, _ in state.label_rows())
+    assert all(e.label is None for e in state.pool_examples())
+    if strategy == "star":
+        assert state.get_signal("base_probs").shape[0] == state.pool_size()
+    state.close()
+
+
+def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data):
+    config = small_config(toy_data, strategy="entropy", rounds=2)
+    run_active_learning(config, tmp_path / "a", tiny_factory)
+    # Second run: crash while scoring after round 1 was trained (labels and rounds 0-1 committed).
+    state = create_run(config, tmp_path / "b")
+    loop = ActiveLearningLoop(state, tiny_factory)
+    real_query = loop._query
+
+    def crashing_query(t, model, task):
+        if t == 1:
+            raise KeyboardInterrupt
+        real_query(t, model, task)
+
+    loop._query = crashing_query
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    assert state.completed_rounds() == {0, 1} and not state.queries(2)
+    state.close()
+    assert resume(tmp_path / "b", tiny_factory) == "done"
+    assert final_labels(tmp_path / "a")[0] == final_labels(tmp_path / "b")[0]
+    ra, rb = final_labels(tmp_path / "a")[1], final_labels(tmp_path / "b")[1]
+    assert [r["metrics"]["accuracy"] for r in ra] == [r["metrics"]["accuracy"] for r in rb]
+
+
+def test_budget_and_config_errors(tmp_path, toy_data):
+    with pytest.raises(ValueError, match="label budget exceeds the pool: 6 initial \\+ 20 rounds x 4 = 86"):
+        run_active_learning(small_config(toy_data, rounds=20), tmp_path / "x", tiny_factory)
+    with pytest.raises(ValueError) as err:
+        small_config(toy_data, strategy="nope", initial_size=0, oracle="robot")
+    message = str(err.value)
+    assert "valid strategies" in message and "initial_size" in message and "oracle" in message
+    assert small_config(toy_data, rounds=None, budget=16).n_rounds == 2
+    with pytest.raises(ValueError, match="already holds a run"):
+        run_active_learning(small_config(toy_data, rounds=0), tmp_path / "y", tiny_factory)
+        run_active_learning(small_config(toy_data, rounds=0), tmp_path / "y", tiny_factory)

@@ -1,0 +1,116 @@
+"""Metrics against hand computations; evaluate() against a manual forward; plots write PNG files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_bert, tiny_llama_lm
+
+from loracle import LoRAConfig, apply_adapter
+from loracle.data import Example
+from loracle.evaluation import (
+    accuracy,
+    brier_score,
+    classification_metrics,
+    evaluate,
+    expected_calibration_error,
+    learning_curve,
+    macro_f1,
+    negative_log_likelihood,
+    reliability_bins,
+    reliability_diagram,
+)
+from loracle.tasks import build_task
+
+# Four binary predictions chosen away from bin edges (15 bins of width 1/15).
+PROBS = torch.tensor([[0.91, 0.09], [0.08, 0.92], [0.62, 0.38], [0.30, 0.70]], dtype=torch.float64)
+LABELS = torch.tensor([0, 0, 1, 1])
+
+
+def test_accuracy_and_ece_by_hand() -> None:
+    assert accuracy(PROBS, LABELS) == 0.5
+    # bins: 13 holds conf .91 (right) and .92 (wrong): acc .5, conf .915; bin 9 holds .62 (wrong); bin 10 .70 (right)
+    expected = 2 / 4 * abs(0.5 - 0.915) + 1 / 4 * abs(0 - 0.62) + 1 / 4 * abs(1 - 0.70)
+    assert expected == pytest.approx(0.4375)
+    assert expected_calibration_error(PROBS, LABELS) == pytest.approx(expected, abs=1e-9)
+    confidence, acc, count = reliability_bins(PROBS, LABELS)
+    assert count.tolist() == [0] * 9 + [1, 1, 0, 0, 2, 0]
+    assert confidence[13].item() == pytest.approx(0.915) and acc[13].item() == 0.5
+    # a single bin: |mean accuracy - mean confidence|
+    assert expected_calibration_error(PROBS, LABELS, n_bins=1) == pytest.approx(abs(0.5 - (0.91 + 0.92 + 0.62 + 0.7) / 4))
+
+
+def test_nll_and_brier_by_hand() -> None:
+    nll = -(math.log(0.91) + math.log(0.08) + math.log(0.38) + math.log(0.70)) / 4
+    assert negative_log_likelihood(PROBS, LABELS) == pytest.approx(nll, abs=1e-9)
+    # multi-class Brier: sum over classes of squared error, mean over examples
+    rows = [0.09 ** 2 * 2, 0.92 ** 2 * 2, 0.62 ** 2 * 2, 0.30 ** 2 * 2]
+    assert brier_score(PROBS, LABELS) == pytest.approx(sum(rows) / 4, abs=1e-9) == pytest.approx(0.66445)
+    assert brier_score(torch.tensor([[1.0, 0.0]]), torch.tensor([0])) == 0.0
+    assert negative_log_likelihood(torch.tensor([[1.0, 0.0]]), torch.tensor([1])) == pytest.approx(-math.log(1e-12))
+
+
+def test_macro_f1_by_hand_skips_absent_class() -> None:
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 2, 0])
+    probs = torch.nn.functional.one_hot(predicted, 4).float()  # class 3 never occurs: left out of the mean
+    # F1: class 0 = 2·1/(2+1+1) = .5, class 1 = 2/(2+1) = 2/3, class 2 = 2/(2+1) = 2/3
+    assert macro_f1(probs, labels) == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_samples_are_averaged_and_shapes_checked() -> None:
+    stacked = torch.stack([PROBS + 0.05 * torch.tensor([-1.0, 1.0]), PROBS - 0.05 * torch.tensor([-1.0, 1.0])], 1)
+    assert stacked.shape == (4, 2, 2)
+    assert classification_metrics(stacked, LABELS) == pytest.approx(classification_metrics(PROBS, LABELS))
+    with pytest.raises(ValueError, match="probs has 4 rows but labels has 3"):
+        accuracy(PROBS, LABELS[:3])
+    with pytest.raises(ValueError, match=r"labels must be in 0..1"):
+        accuracy(PROBS, torch.tensor([0, 1, 2, 0]))
+
+
+DATA = [Example(str(i), ["good fun movie", "bad dull film", "great plot", "awful"][i % 4], label=int(i % 4 in (0, 2)))
+        for i in range(12)]
+
+
+def test_evaluate_matches_manual_forward_and_mc_average(tokenizer) -> None:
+    model = tiny_bert()
+    apply_adapter(model, LoRAConfig(rank=4, dropout=0.3, modules_to_save=["classifier"]))
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            torch.nn.init.normal_(param, std=0.5, generator=torch.Generator().manual_seed(1))
+    task = build_task("classification", tokenizer, label_names=["neg", "pos"])
+    result = evaluate(model, task, DATA, batch_size=5, return_probs=True)
+    with torch.no_grad():
+        probs = task.class_logits(model, task.collate(DATA)).softmax(-1)
+    torch.testing.assert_close(result["probs"], probs, atol=1e-5, rtol=1e-5)
+    labels = torch.tensor([e.label for e in DATA])
+    assert result["accuracy"] == pytest.approx(accuracy(probs, labels))
+    assert result["ece"] == pytest.approx(expected_calibration_error(probs, labels), abs=1e-6)
+    assert (result["n"], result["samples"]) == (12, 1)
+    mc = evaluate(model, task, DATA, samples=6, seed=3, return_probs=True)
+    assert mc["samples"] == 6 and not torch.allclose(mc["probs"], probs)
+    again = evaluate(model, task, DATA, samples=6, seed=3, return_probs=True)
+    torch.testing.assert_close(mc["probs"], again["probs"])
+    with pytest.raises(ValueError, match="1 have no label"):
+        evaluate(model, task, [Example("u", "good")])
+
+
+def test_evaluate_generation_reports_exact_match(tokenizer) -> None:
+    task = build_task("generation", tokenizer, max_new_tokens=3)
+    data = [Example("0", "what is 2 plus 2 ?", answer="4"), Example("1", "is it good ?", answer="7")]
+    result = evaluate(tiny_llama_lm(), task, data)
+    assert set(result) >= {"exact_match", "mean_nll", "mean_token_entropy", "n", "predictions"}
+    assert 0.0 <= result["exact_match"] <= 1.0 and result["n"] == 2 and result["mean_token_entropy"] > 0
+
+
+def test_plots_write_png(tmp_path: Path) -> None:
+    path = reliability_diagram(PROBS, LABELS, tmp_path / "sub" / "rel.png", title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curve = learning_curve({"random": [(10, 0.6), (20, 0.7)], "star": [(10, 0.62, 0.01), (20, 0.75, 0.02)]},
+                           tmp_path / "curve.png")
+    assert curve.stat().st_size > 1000
+    with pytest.raises(ValueError, match="at least one run"):
+        learning_curve({}, tmp_path / "x.png")

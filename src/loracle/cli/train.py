@@ -1,0 +1,275 @@
+"""``loracle train`` and ``loracle evaluate``: fine-tune with an adapter, score a saved adapter.
+
+Heavy imports (torch, transformers) happen inside the handlers so ``loracle --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TASK_KINDS = ("classification", "multiple_choice", "generation")
+TASK_FILE = "loracle_task.json"
+HEAD_NAMES = ("classifier", "score")
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train`` and ``evaluate`` on the ``loracle`` command's subparsers."""
+    train = subparsers.add_parser(
+        "train", help="fine-tune a model with an adapter (or in full) and evaluate it",
+        description="Fine-tune MODEL on DATA with a LoRA / LoRA-SP / MonteCLoRA adapter (or all weights), then "
+        "write the adapter, metrics.json, train_log.jsonl and (with test data) reliability.png into --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _data_options(train)
+    train.add_argument("--model", required=True, help="built-in name (minilm, smollm2), local folder or hub id")
+    train.add_argument("--test-data", default=None,
+                       help="test data (same forms as --data); default: the --test-split of --data when --data is a "
+                       "folder that has one, else no test evaluation")
+    train.add_argument("--task", required=True, choices=TASK_KINDS, help="how examples become model inputs")
+    train.add_argument("--adapter", default="lora",
+                       help="adapter method: lora, lora_sp, monteclora (any registered method), or full for full "
+                       "fine-tuning")
+    train.add_argument("--rank", type=int, default=8, help="adapter rank r")
+    train.add_argument("--alpha", type=float, default=16.0, help="adapter scale numerator (update scaled by alpha/r)")
+    train.add_argument("--dropout", type=float, default=0.1,
+                       help="adapter input dropout (also the source of MC-dropout uncertainty)")
+    train.add_argument("--target-modules", nargs="+", default=None,
+                       help="layer name suffixes to adapt (e.g. query value); one value with regex characters is a "
+                       "regular expression; default: every linear layer except the output head")
+    train.add_argument("--modules-to-save", nargs="*", default=None,
+                       help="modules trained in full beside the adapter; default: the classification head "
+                       "(classifier/score) for --task classification, none otherwise")
+    train.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="extra adapter config field (JSON value), e.g. mask_mode='\"row\"' or num_samples=4; "
+                       "repeatable")
+    train.add_argument("--epochs", type=int, default=3, help="passes over the training data")
+    train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    train.add_argument("--head-lr", type=float, default=None, help="learning rate of --modules-to-save (default --lr)")
+    train.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (global)")
+    train.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimiser step")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (all but lora_B*)")
+    train.add_argument("--b-weight-decay", type=float, default=None,
+                       help="weight decay of lora_B* only (STAR's constraint, e.g. 0.5); default: --weight-decay")
+    train.add_argument("--warmup-ratio", type=float, default=0.06, help="fraction of steps of linear warm-up")
+    train.add_argument("--scheduler", default="linear", help="learning-rate schedule (linear, cosine, constant, ...)")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: none)")
+    train.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast precision")
+    train.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    train.add_argument("--max-train", type=int, default=None, help="use a random subset of N training examples")
+    train.add_argument("--max-test", type=int, default=None, help="evaluate on a random subset of N test examples")
+    train.add_argument("--seed", type=int, default=0, help="seeds the adapter init, data order, dropout, subsets")
+    train.add_argument("--samples", type=int, default=0,
+                       help="MC passes for the test evaluation (0: one deterministic pass)")
+    train.add_argument("--output", required=True, help="output folder")
+    train.set_defaults(func=run_train)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="score a saved adapter (or fully fine-tuned model) on labelled data",
+        description="Load the model and adapter saved by `loracle train`, evaluate on DATA and print the metrics "
+        "as JSON (accuracy, macro-F1, ECE, NLL, Brier; exact match for generation).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    evaluate.add_argument("--adapter-dir", required=True, help="the --output folder of `loracle train`")
+    evaluate.add_argument("--model", default=None,
+                          help="base model (built-in name, folder or hub id); default: the one it was trained from")
+    _data_options(evaluate, default_split="test")
+    evaluate.add_argument("--samples", type=int, default=0,
+                          help="MC passes averaged (0: one deterministic pass)")
+    evaluate.add_argument("--posterior", action="store_true",
+                          help="with --samples, also sample MonteCLoRA posteriors")
+    evaluate.add_argument("--no-dropout", action="store_true", help="with --samples, turn MC dropout off")
+    evaluate.add_argument("--max-test", type=int, default=None, help="evaluate on a random subset of N examples")
+    evaluate.add_argument("--seed", type=int, default=0, help="seeds the MC passes and the subset")
+    evaluate.add_argument("--metrics-out", default=None, help="also write the metrics JSON to this file")
+    evaluate.add_argument("--plot", default=None, help="write a reliability diagram PNG here (classification, MC)")
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def _data_options(parser: argparse.ArgumentParser, default_split: str = "train") -> None:
+    parser.add_argument("--data", required=True,
+                        help="JSONL/CSV/Parquet file, folder with <split>.jsonl, datasets.save_to_disk folder, or "
+                        "hub dataset name")
+    parser.add_argument("--split", default=default_split, help="split of a folder or hub dataset")
+    if default_split == "train":
+        parser.add_argument("--test-split", default="test", help="split used for --test-data (or --data)")
+    parser.add_argument("--text-field", default=None, help="text/question field (default: text, question, ...)")
+    parser.add_argument("--label-field", default="label", help="class label / right-choice field")
+    parser.add_argument("--choices-field", default="choices", help="choices field (multiple choice)")
+    parser.add_argument("--answer-field", default="answer", help="answer field (generation, MC fallback)")
+    parser.add_argument("--max-length", type=int, default=128, help="longest token sequence")
+    parser.add_argument("--batch-size-eval", type=int, default=32, help="batch size of evaluation")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _field_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"text_field": args.text_field, "label_field": args.label_field, "choices_field": args.choices_field,
+            "answer_field": args.answer_field}
+
+
+def _adapter_options(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--adapter-option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _target_modules(values: list[str] | None) -> list[str] | str | None:
+    if values and len(values) == 1 and any(ch in values[0] for ch in "*|()[]^$\\+?"):
+        return values[0]
+    return values
+
+
+def _head_modules(model: Any) -> list[str]:
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [h for h in HEAD_NAMES if h in names][:1]
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Handler of ``loracle train``."""
+    from loracle.adapters import ADAPTERS, apply_adapter, save_adapter, trainable_parameters
+    from loracle.data import load_examples
+    from loracle.evaluation import evaluate, reliability_diagram
+    from loracle.models import load_model
+    from loracle.tasks import build_task
+    from loracle.training import TrainConfig, train
+
+    methods = sorted(ADAPTERS) + ["full"]
+    if args.adapter not in methods:
+        raise ValueError(f"unknown --adapter {args.adapter!r}; expected one of {methods}")
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
+                         weight_decay=args.weight_decay, b_weight_decay=args.b_weight_decay,
+                         warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, grad_accum=args.grad_accum,
+                         max_grad_norm=args.max_grad_norm or None, mixed_precision=args.mixed_precision,
+                         seed=args.seed, progress=not args.no_progress, cpu=args.cpu,
+                         eval_batch_size=args.batch_size_eval)
+    output = Path(args.output)
+    fields = _field_options(args)
+    train_set = load_examples(args.data, args.task, split=args.split, **fields)
+    if args.max_train is not None:
+        train_set = train_set.sample(args.max_train, seed=args.seed)
+    test_source = args.test_data or (args.data if Path(args.data).is_dir() else None)
+    test_set = None
+    if test_source is not None:
+        try:
+            test_set = load_examples(test_source, args.task, split=args.test_split, label_names=train_set.label_names,
+                                     **fields)
+        except FileNotFoundError:
+            if args.test_data:
+                raise
+            print(f"loracle train: no {args.test_split!r} split in {args.data}; skipping test evaluation",
+                  file=sys.stderr)
+    if test_set is not None and args.max_test is not None:
+        test_set = test_set.sample(args.max_test, seed=args.seed)
+
+    label_names = train_set.label_names
+    model, tokenizer = load_model(args.model, args.task, num_labels=len(label_names) if label_names else None,
+                                  label_names=label_names)
+    task_options: dict[str, Any] = {"max_length": args.max_length}
+    if args.task == "classification":
+        task_options["label_names"] = label_names
+    task = build_task(args.task, tokenizer, **task_options)
+    if args.adapter != "full":
+        modules_to_save = args.modules_to_save
+        if modules_to_save is None:
+            modules_to_save = _head_modules(model) if args.task == "classification" else []
+        adapter_config = ADAPTERS[args.adapter](
+            rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=_target_modules(args.target_modules),
+            modules_to_save=modules_to_save, seed=args.seed, **_adapter_options(args.adapter_option))
+        apply_adapter(model, adapter_config)
+    output.mkdir(parents=True, exist_ok=True)
+    config = config.replace(log_path=output / "train_log.jsonl")
+    if config.log_path.exists():
+        config.log_path.unlink()
+    start = time.perf_counter()
+    result = train(model, task, train_set, config)
+    train_time = time.perf_counter() - start
+
+    extra = {"task": args.task, "task_options": task.options(), "label_names": label_names, "model": args.model,
+             "adapter": args.adapter, "train_config": config.to_dict()}
+    if args.adapter == "full":
+        model.save_pretrained(output / "model")
+        tokenizer.save_pretrained(output / "model")
+        extra["model"] = str((output / "model").resolve())
+    else:
+        save_adapter(model, output, extra=extra)
+    (output / TASK_FILE).write_text(json.dumps(extra, indent=2))
+
+    metrics: dict[str, Any] = {"train": {"examples": len(train_set), "steps": result.steps,
+                                         "train_time_s": train_time, "history": result.history,
+                                         "trainable_parameters": trainable_parameters(model)}}
+    if test_set is not None:
+        scores = evaluate(model, task, test_set, samples=args.samples, batch_size=args.batch_size_eval,
+                          seed=args.seed, return_probs=args.task != "generation")
+        probs, labels = scores.pop("probs", None), scores.pop("labels", None)
+        if probs is not None:
+            reliability_diagram(probs, labels, output / "reliability.png", title=f"{args.adapter} on test")
+        metrics["test"] = scores
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    summary = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if isinstance(v, float)}
+    print(f"loracle train: {result.steps} steps in {train_time:.1f}s; test {summary or 'not evaluated'}; "
+          f"wrote {output}")
+    return 0
+
+
+def _read_task_info(folder: Path) -> dict[str, Any]:
+    if (folder / TASK_FILE).is_file():
+        return json.loads((folder / TASK_FILE).read_text())
+    from loracle.adapters import read_adapter_info
+
+    info = read_adapter_info(folder).get("extra") or {}
+    if "task" not in info:
+        raise ValueError(f"{folder}: the adapter carries no task information (expected {TASK_FILE} or 'task' in "
+                         "the adapter's extra); was it written by `loracle train`?")
+    return info
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Handler of ``loracle evaluate``."""
+    from loracle.adapters import load_adapter
+    from loracle.data import load_examples
+    from loracle.evaluation import evaluate, reliability_diagram
+    from loracle.models import load_model
+    from loracle.tasks import build_task
+
+    folder = Path(args.adapter_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--adapter-dir {folder} is not a folder")
+    info = _read_task_info(folder)
+    kind, label_names = info["task"], info.get("label_names")
+    full = info.get("adapter") == "full"
+    model_name = args.model or info["model"]
+    model, tokenizer = load_model(model_name, kind, num_labels=len(label_names) if label_names else None,
+                                  label_names=label_names)
+    if not full:
+        load_adapter(model, folder)
+    options = dict(info.get("task_options") or {})
+    options["max_length"] = args.max_length
+    if kind != "classification":
+        options.pop("label_names", None)
+        options.pop("num_labels", None)
+    task = build_task(kind, tokenizer, **options)
+    examples = load_examples(args.data, kind, split=args.split, label_names=label_names, **_field_options(args))
+    if args.max_test is not None:
+        examples = examples.sample(args.max_test, seed=args.seed)
+    scores = evaluate(model, task, examples, samples=args.samples, dropout=not args.no_dropout,
+                      posterior=args.posterior, batch_size=args.batch_size_eval, seed=args.seed,
+                      return_probs=kind != "generation")
+    probs, labels = scores.pop("probs", None), scores.pop("labels", None)
+    if args.plot and probs is not None:
+        reliability_diagram(probs, labels, args.plot, title=f"{folder.name}")
+    text = json.dumps(scores, indent=2)
+    if args.metrics_out:
+        Path(args.metrics_out).write_text(text)
+    print(text)
+    return 0

@@ -62,13 +62,15 @@ def _record(state: RunState, idx: int, label: int) -> None:
         state.add_labels([(idx, label)], round_index, "human", db)
 
 
-def label_interactive(state: RunState, input_fn: Callable[[str], str] = input,
-                      print_fn: Callable[[str], None] = print) -> int:
+def label_interactive(state: RunState, input_fn: Callable[[str], str] | None = None,
+                      print_fn: Callable[[str], None] | None = None) -> int:
     """Ask for each pending query in the terminal; ``q`` (or end of input) stops, keeping the answers so far.
 
     Returns:
         Number of labels recorded.
     """
+    input_fn = input_fn or input  # looked up at call time, so tests (and front ends) can replace it
+    print_fn = print_fn or print
     pending = state.pending_queries()
     names = state.label_names
     if not pending:

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from conftest import tiny_bert, tiny_llama_lm
+from tiny_models import tiny_bert, tiny_llama_lm
 from loracle.models import load_model
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_bert, tiny_tokenizer
+from tiny_models import tiny_bert, tiny_tokenizer
 
 POS = ["good", "great", "fun", "love", "liked"]
 NEG = ["bad", "awful", "dull", "hate", "boring"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from loracle.adapters import ADAPTERS, AdapterConfig, adapter_layers
-from tests.conftest import MODEL_BUILDERS
+from tiny_models import MODEL_BUILDERS
 
 HEADS = {"bert": "classifier", "llama": "score", "gpt2": "score"}
 # Extra fields per method for tests that need the posterior noise to be visible in float32 outputs.

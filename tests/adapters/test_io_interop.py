@@ -19,7 +19,7 @@ from loracle.adapters import (
     save_adapter,
 )
 from tests.adapters.helpers import HEADS, build, logits, make_config, randomize
-from tests.conftest import tiny_bert
+from tiny_models import tiny_bert
 
 PEFT_TARGETS = {"bert": ["query", "value", "dense"], "llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
 

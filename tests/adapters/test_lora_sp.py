@@ -10,7 +10,7 @@ from loracle.adapters import LoRAConfig, LoRASPConfig, adapter_layers, apply_ada
 from loracle.adapters.lora_sp import LoRASPLayer
 from loracle.adapters.lora_sp.mask import assemble, split_matrix
 from tests.adapters.helpers import build, randomize, train_steps
-from tests.conftest import tiny_bert
+from tiny_models import tiny_bert
 
 MODES = ["element", "row", "column"]
 

@@ -12,7 +12,7 @@ from torch import nn
 from loracle.adapters import MonteCLoRAConfig, adapter_layers, apply_adapter, aux_loss
 from loracle.adapters.monteclora import MonteCLoRALayer
 from loracle.adapters.monteclora import sampler
-from tests.conftest import tiny_bert
+from tiny_models import tiny_bert
 
 
 def layer(in_features: int = 32, out_features: int = 16, **fields) -> MonteCLoRALayer:
@@ -122,7 +122,7 @@ def test_sampling_reproducible_and_gradients_flow():
 def test_eval_is_plain_lora_and_train_samples():
     lay = layer(sample_scale=0.1)
     x = torch.randn(5, 32, generator=torch.Generator().manual_seed(2))
-    expected = lay.base_layer(x) + F.linear(F.linear(x, lay.lora_A_weight), lay.lora_B_weight) * lay.scaling
+    expected = lay.base_layer(x) + F.linear(F.linear(x, lay.lora_A_weight) * lay.scaling, lay.lora_B_weight)
     lay.eval()
     torch.testing.assert_close(lay(x), expected, rtol=0, atol=0)
     lay.train()

@@ -15,7 +15,7 @@ import pytest
 from loracle.active.state import RunState
 from loracle.cli.al import main
 from tests.active.conftest import write_toy_data
-from tests.conftest import tiny_bert, tiny_tokenizer
+from tiny_models import tiny_bert, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 

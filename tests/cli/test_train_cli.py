@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import tiny_bert, tiny_llama_lm, tiny_tokenizer
+from tiny_models import tiny_bert, tiny_llama_lm, tiny_tokenizer
 
 from loracle.cli import build_parser, main
 

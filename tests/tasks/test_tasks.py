@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_bert, tiny_llama_classifier, tiny_llama_lm
+from tiny_models import tiny_bert, tiny_llama_classifier, tiny_llama_lm
 
 from loracle.data import Example
 from loracle.tasks import (

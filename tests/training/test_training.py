@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_bert, tiny_llama_lm
+from tiny_models import tiny_bert, tiny_llama_lm
 
 from loracle import LoRAConfig, apply_adapter
 from loracle.adapters.lora.layer import LoRALayer

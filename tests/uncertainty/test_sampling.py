@@ -9,7 +9,7 @@ import torch
 
 from loracle.adapters import LoRAConfig, apply_adapter
 from loracle.uncertainty.sampling import adapters_disabled, find_blocks, mc_probs
-from tests.conftest import VOCAB, tiny_bert
+from tiny_models import VOCAB, tiny_bert
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,8 @@ class AdapterLayer(nn.Module):
         Returns:
             ``(..., out)``.
         """
-        return F.linear(F.linear(x, self.lora_A()), self.lora_B()) * self.scaling
+        # Scale the rank-r intermediate rather than the (..., out) result: r << out elements to multiply.
+        return F.linear(F.linear(x, self.lora_A()) * self.scaling, self.lora_B())
 
     # -- shared behaviour --------------------------------------------------------------------------------------
     @property

@@ -86,7 +86,7 @@ class MonteCLoRALayer(AdapterLayer):
             return self._multi_draw_forward(x, self.posterior_draws)
         else:
             a = self.sample_A()
-        return F.linear(F.linear(x, a), self.lora_B_weight) * self.scaling
+        return F.linear(F.linear(x, a) * self.scaling, self.lora_B_weight)
 
     def _multi_draw_forward(self, x: torch.Tensor, draws: int) -> torch.Tensor:
         if x.shape[0] % draws:
@@ -95,8 +95,8 @@ class MonteCLoRALayer(AdapterLayer):
             )
         a = torch.stack([self.sample_A() for _ in range(draws)])  # (S, r, in)
         xs = x.reshape(draws, -1, x.shape[-1])  # (S, M, in), M = rows per draw × remaining dims
-        h = torch.bmm(xs, a.transpose(1, 2))  # (S, M, r)
-        out = F.linear(h, self.lora_B_weight) * self.scaling  # (S, M, out)
+        h = torch.bmm(xs, a.transpose(1, 2)) * self.scaling  # (S, M, r)
+        out = F.linear(h, self.lora_B_weight)  # (S, M, out)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def kl_terms(self) -> dict[str, torch.Tensor]:

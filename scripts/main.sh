@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the main job: STAR active learning (dynamic uncertainty + L2 on B + MC dropout)
+# with the MiniLM encoder (from PyPI) on rotten_tomatoes. Writes runs/main/: state.sqlite (resumable with
+# `loracle al resume runs/main`), one adapter per round, report.json and learning_curve.png.
+# Usage: bash scripts/main.sh [DATA_DIR] [extra `loracle al run` flags]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-../shared/data/rotten_tomatoes}
+shift || true
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-runs/main}
+if [ -f "$OUT/state.sqlite" ]; then
+    echo "resuming the run in $OUT (delete the folder for a fresh run)"
+    exec .venv/bin/loracle al resume "$OUT"
+fi
+exec .venv/bin/loracle al run --model minilm --data "$DATA" --strategy star --output "$OUT" "$@"

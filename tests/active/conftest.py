@@ -48,3 +48,14 @@ def small_config(data: Path, **overrides):
                   max_length=16, eval_batch_size=16, progress=False, seed=0)
     values.update(overrides)
     return ALConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box extra threads only spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -62,6 +62,11 @@ def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data):
     state.close()
     assert resume(tmp_path / "b", tiny_factory) == "done"
     assert final_labels(tmp_path / "a")[0] == final_labels(tmp_path / "b")[0]
+    # Third run: paused round by round (as the benchmark drives runs), same result.
+    assert run_active_learning(config, tmp_path / "c", tiny_factory, stop_after_round=0) == "paused"
+    assert resume(tmp_path / "c", tiny_factory, stop_after_round=1) == "paused"
+    assert resume(tmp_path / "c", tiny_factory) == "done"
+    assert final_labels(tmp_path / "a")[0] == final_labels(tmp_path / "c")[0]
     ra, rb = final_labels(tmp_path / "a")[1], final_labels(tmp_path / "b")[1]
     assert [r["metrics"]["accuracy"] for r in ra] == [r["metrics"]["accuracy"] for r in rb]
 

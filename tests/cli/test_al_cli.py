@@ -14,7 +14,7 @@ import pytest
 
 from loracle.active.state import RunState
 from loracle.cli.al import main
-from tests.active.conftest import write_toy_data
+from tests.active.conftest import one_thread, write_toy_data  # noqa: F401 - autouse fixture
 from tiny_models import tiny_bert, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

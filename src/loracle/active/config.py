@@ -39,6 +39,8 @@ class ALConfig:
         test_size: seeded random subset of the test set (None: all).
         score_subset: each round, score only a seeded random subset of this many unlabelled items (None: all).
         mc_samples: stochastic passes for uncertainty (0: one deterministic pass).
+        base_mc_samples: MC passes for STAR's ``U_base`` through the base model's own dropout (0: one
+            deterministic pass over the pool, which keeps this once-per-run cost small).
         mc_dropout: MC dropout through the adapters' dropout.
         mc_posterior: sample MonteCLoRA posteriors (needs ``adapter["method"] == "monteclora"``).
         stochastic_layers: MC randomness only in the adapters of the last k blocks (None: all adapters).
@@ -68,6 +70,7 @@ class ALConfig:
     test_size: int | None = 500
     score_subset: int | None = None
     mc_samples: int = 8
+    base_mc_samples: int = 0
     mc_dropout: bool = True
     mc_posterior: bool = False
     stochastic_layers: int | None = 2
@@ -114,6 +117,8 @@ class ALConfig:
             p.append(f"budget ({self.budget}) is smaller than initial_size ({self.initial_size})")
         if not isinstance(self.mc_samples, int) or self.mc_samples < 0:
             p.append(f"mc_samples must be an integer >= 0, got {self.mc_samples!r}")
+        if not isinstance(self.base_mc_samples, int) or self.base_mc_samples < 0:
+            p.append(f"base_mc_samples must be an integer >= 0, got {self.base_mc_samples!r}")
         if self.mc_samples > 0 and not (self.mc_dropout or self.mc_posterior):
             p.append("mc_samples > 0 needs mc_dropout or mc_posterior")
         if self.mc_posterior and self.adapter.get("method") != "monteclora":

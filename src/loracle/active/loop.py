@@ -142,7 +142,7 @@ class ActiveLearningLoop:
         self.model_factory = model_factory or _default_factory
         self.strategy = build_strategy(self.config.strategy, **self.config.strategy_options)
         c = self.config
-        self.scorer = Scorer(samples=c.mc_samples, dropout=c.mc_dropout, posterior=c.mc_posterior,
+        self.scorer = Scorer(samples=c.mc_samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout, posterior=c.mc_posterior,
                              stochastic_layers=c.stochastic_layers, batch_size=c.eval_batch_size,
                              progress=c.progress)
         self.oracle = SimulatedOracle() if c.oracle == "simulated" else None
@@ -150,11 +150,16 @@ class ActiveLearningLoop:
         self.test = state.test_examples()
 
     # -- public ------------------------------------------------------------------------------------------------
-    def run(self) -> str:
+    def run(self, stop_after_round: int | None = None) -> str:
         """Continue from the last completed step.
 
+        Args:
+            stop_after_round: return ``"paused"`` once round ``t`` is trained and its queries are chosen (and,
+                with the simulated oracle, not yet labelled); :func:`resume` continues. Lets a benchmark advance
+                several runs round by round.
+
         Returns:
-            ``"done"``, or ``"waiting_for_labels"`` when a human oracle has pending queries.
+            ``"done"``, ``"paused"``, or ``"waiting_for_labels"`` when a human oracle has pending queries.
         """
         c, state = self.config, self.state
         rounds = range(c.n_rounds + 1)
@@ -182,6 +187,8 @@ class ActiveLearningLoop:
                     if model is None:
                         model, task = self._load_round(t)
                     self._query(t, model, task)
+                if stop_after_round is not None and t >= stop_after_round and t < c.n_rounds:
+                    return "paused"
         finally:
             if bar is not None:
                 bar.close()
@@ -284,25 +291,28 @@ class ActiveLearningLoop:
             db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
 
 
-def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: ModelFactory | None = None) -> str:
+def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: ModelFactory | None = None,
+                        stop_after_round: int | None = None) -> str:
     """Start a new run in ``run_dir`` and drive it (see :class:`ActiveLearningLoop`).
 
     Returns:
-        ``"done"`` or ``"waiting_for_labels"``.
+        ``"done"``, ``"paused"`` (with ``stop_after_round``) or ``"waiting_for_labels"``.
     """
     state = create_run(config, run_dir)
     try:
-        return ActiveLearningLoop(state, model_factory).run()
+        return ActiveLearningLoop(state, model_factory).run(stop_after_round)
     finally:
         state.close()
 
 
-def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, **overrides: Any) -> str:
+def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_after_round: int | None = None,
+           **overrides: Any) -> str:
     """Continue a run from its last completed step.
 
     Args:
         run_dir: the run folder.
         model_factory: as in :class:`ActiveLearningLoop`.
+        stop_after_round: as in :meth:`ActiveLearningLoop.run`.
         **overrides: config fields that may change on resume without changing results (``progress``).
 
     Raises:
@@ -316,6 +326,6 @@ def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, **ove
         if overrides:
             with state.transaction() as db:
                 state.set_meta("config", {**state.config, **overrides}, db)
-        return ActiveLearningLoop(state, model_factory).run()
+        return ActiveLearningLoop(state, model_factory).run(stop_after_round)
     finally:
         state.close()

@@ -80,6 +80,7 @@ class Scorer:
 
     Args:
         samples: stochastic passes (0: deterministic).
+        base_samples: passes for :meth:`base_probs` (through the model's own dropout; 0: deterministic).
         dropout: MC dropout through the adapters.
         posterior: MonteCLoRA posterior sampling.
         stochastic_layers: randomness only in the last k blocks' adapters.
@@ -88,6 +89,7 @@ class Scorer:
     """
 
     samples: int = 8
+    base_samples: int = 0
     dropout: bool = True
     posterior: bool = False
     stochastic_layers: int | None = None
@@ -107,11 +109,11 @@ class Scorer:
         Adapters are switched off (:func:`~loracle.uncertainty.sampling.adapters_disabled`); modules trained in
         full stay. For an encoder classifier the base model is therefore the pretrained encoder with the head
         trained in round 0 (a fresh random head would make ``U_base`` noise); for a causal LM scoring choices it
-        is the zero-shot LM. MC samples come from the model's own dropout when it has any (BERT), otherwise one
-        deterministic pass (Llama has no hidden dropout and zero-``B`` adapters add no randomness).
+        is the zero-shot LM. With ``base_samples > 0`` the samples come from the model's own dropout when it has
+        any (BERT); otherwise (or for Llama, which has no hidden dropout) one deterministic pass.
         """
         has_dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules())
-        samples = self.samples if has_dropout else 0
+        samples = self.base_samples if has_dropout else 0
         with adapters_disabled(model):
             return mc_probs(model, task, unlabelled(examples), samples=samples, batch_size=self.batch_size,
                             dropout=False, base_dropout=samples > 0, seed=seed, progress=self.progress)

@@ -76,6 +76,14 @@ def test_csv_digit_labels_and_multiple_choice(tmp_path: Path) -> None:
     assert mc[0].choices == ("Yes", "No") and mc[0].label == 1
 
 
+def test_csv_empty_cells(tmp_path: Path) -> None:
+    (tmp_path / "pool.csv").write_text("text,label\na,\nb,\n")
+    assert [e.label for e in load_examples(tmp_path / "pool.csv", "classification")] == [None, None]
+    (tmp_path / "half.csv").write_text("text,label\na,fresh\nb,\n")
+    with pytest.raises(ValueError, match=r"half.csv: line 3: missing field 'label'"):
+        load_examples(tmp_path / "half.csv", "classification")
+
+
 def test_multiple_choice_bad_index(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "mc.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 2}])
     with pytest.raises(ValueError, match=r"line 1: field 'answer' is 2; expected an index 0..1"):

@@ -178,6 +178,9 @@ def run_train(args: argparse.Namespace) -> int:
     task_options: dict[str, Any] = {"max_length": args.max_length}
     if args.task == "classification":
         task_options["label_names"] = label_names
+    elif args.task == "multiple_choice":
+        # one width for every batch, so per-batch predictions stack into one [N, C] array
+        task_options["num_choices"] = max(len(e.choices) for e in train_set)
     task = build_task(args.task, tokenizer, **task_options)
     if args.adapter != "full":
         modules_to_save = args.modules_to_save

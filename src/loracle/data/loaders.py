@@ -84,13 +84,19 @@ def load_examples(
     first_where, first = rows[0]
     text_field = text_field or _guess_field(first, TEXT_FIELD_CANDIDATES[task_kind], first_where, "text")
     builder = _Builder(task_kind, text_field, label_field, choices_field, answer_field, id_field, split, label_names)
-    builder.unlabelled = all(builder.target_field(rec) not in rec for _, rec in rows)
+    builder.unlabelled = all(not _present(rec, builder.target_field(rec)) for _, rec in rows)
     examples = [builder.build(where, record, row) for row, (where, record) in enumerate(rows)]
     names = builder.final_label_names()
     if names is not None and any(isinstance(e.label, str) for e in examples):
         index = {name: i for i, name in enumerate(names)}
         examples = [dataclasses.replace(e, label=index[e.label]) if isinstance(e.label, str) else e for e in examples]
     return ExampleSet(examples, names, origin)
+
+
+def _present(record: dict[str, Any], name: str) -> bool:
+    """True when ``record`` has a non-empty value for ``name`` (an empty CSV cell counts as missing)."""
+    value = record.get(name)
+    return value is not None and value != ""
 
 
 def _guess_field(record: dict[str, Any], candidates: Sequence[str], where: str, what: str) -> str:
@@ -117,12 +123,12 @@ class _Builder:
     def target_field(self, record: dict[str, Any]) -> str:
         if self.kind == "generation":
             return self.answer_field
-        if self.kind == "multiple_choice" and self.label_field not in record:
+        if self.kind == "multiple_choice" and not _present(record, self.label_field):
             return self.answer_field
         return self.label_field
 
     def _require(self, record: dict[str, Any], name: str, where: str) -> Any:
-        if name not in record or record[name] is None:
+        if not _present(record, name):
             raise ValueError(
                 f"{where}: missing field {name!r} for a {self.kind} example; expected fields "
                 f"{self.expected_fields()}, the record has {sorted(record)}"

@@ -122,3 +122,19 @@ def test_optimizer_state_exactly_half_and_frozen_entries_unchanged(mode, token_b
         frozen_a, frozen_b = ~a.isnan(), ~b.isnan()
         assert frozen_a.sum() * 2 == a.numel() and frozen_b.sum() * 2 == b.numel()
         assert torch.equal(a[frozen_a], a0[frozen_a]) and torch.equal(b[frozen_b], b0[frozen_b])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_assembled_linear_gradients_match_autograd(mode):
+    from loracle.adapters.lora_sp.mask import assembled_linear
+
+    gen = torch.Generator().manual_seed(0)
+    matrix = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    trainable, frozen, index = split_matrix(matrix, mode, torch.Generator().manual_seed(1))
+    assert index.dtype == torch.int32
+    trainable.requires_grad_(True)
+    x = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x_, t_: assembled_linear(x_, t_, frozen, index, mode, (5, 7)),
+                                    (x, trainable))
+    reference = torch.nn.functional.linear(x, assemble(trainable, frozen, index, mode, (5, 7)))
+    torch.testing.assert_close(assembled_linear(x, trainable, frozen, index, mode, (5, 7)), reference)

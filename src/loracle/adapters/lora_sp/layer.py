@@ -7,7 +7,7 @@ from torch import nn
 
 from loracle.adapters.base import AdapterConfig, AdapterLayer
 from loracle.adapters.lora.layer import init_lora_A
-from loracle.adapters.lora_sp.mask import assemble, split_matrix
+from loracle.adapters.lora_sp.mask import assemble, assembled_linear, split_matrix
 
 
 class LoRASPLayer(AdapterLayer):
@@ -20,9 +20,17 @@ class LoRASPLayer(AdapterLayer):
     decoupled weight decay touch the trainable half only and the frozen half stays bit-identical. Frozen entries keep
     their initial values (Kaiming-uniform for ``A``, zero for ``B``).
 
-    Buffers: ``lora_A_frozen``/``lora_B_frozen`` (frozen values), ``lora_A_index``/``lora_B_index`` (int64 gather
+    Buffers: ``lora_A_frozen``/``lora_B_frozen`` (frozen values), ``lora_A_index``/``lora_B_index`` (int32 gather
     index, see :mod:`loracle.adapters.lora_sp.mask`). Shapes for ``A`` (``r × in``) in element mode:
     trainable ``(r·in/2,)``, frozen ``(r·in/2,)``, index ``(r·in,)``.
+
+    The forward assembles ``A`` and ``B`` once and does not keep them for backward (they are re-assembled there,
+    see :func:`~loracle.adapters.lora_sp.mask.assembled_linear`), so with the halved optimizer state and gradients
+    LoRA-SP needs less training memory than LoRA in every mask mode. For column masks,
+    ``x[..., train] A_trainᵀ + x[..., frozen] A_frozenᵀ`` would save only half of ``x`` for ``A``'s gradient; measured
+    on MiniLM (rank 8, attention projections) the saved-activation bytes did not change (211.9 MiB either way: the
+    layer input is kept by the surrounding ops, and query/key/value share one saved input that the split would
+    replace by three half copies) while it adds two gathers, so it is not used.
     """
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, generator: torch.Generator) -> None:
@@ -44,6 +52,13 @@ class LoRASPLayer(AdapterLayer):
 
     def lora_B(self) -> torch.Tensor:
         return assemble(self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.mask_mode, self.shape_B)
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same math as the base class, without keeping the assembled A and B alive between forward and backward.
+        h = assembled_linear(x, self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.mask_mode,
+                             self.shape_A) * self.scaling  # (..., r)
+        return assembled_linear(h, self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.mask_mode,
+                                self.shape_B)  # (..., out)
 
     @property
     def lora_dtype(self) -> torch.dtype:

@@ -137,6 +137,6 @@ def test_kill9_during_training_then_resume(setup, reference, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["checkpoint:0", "score:1", "label:2"])
+@pytest.mark.parametrize("point", ["train:0", "evaluate:1", "checkpoint:0", "score:1", "label:2"])
 def test_kill9_at_other_points_then_resume(setup, reference, tmp_path, point):
     _kill_and_resume(setup, reference, tmp_path, point)

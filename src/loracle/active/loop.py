@@ -38,8 +38,9 @@ from loracle.data.examples import Example
 ModelFactory = Callable[[str, str, "int | None"], "tuple[nn.Module, Any]"]
 
 #: Test hook: ``LORACLE_AL_FAULT=<point>:<round>`` makes the process SIGKILL itself at that point
-#: (``train``: after training, before the checkpoint; ``checkpoint``: checkpoint renamed, row not committed;
-#: ``score``: pool scored, queries not committed; ``label``: queries committed, labels not yet).
+#: (``train``: after the first optimiser step, mid-training; ``evaluate``: trained, before evaluation and checkpoint;
+#: ``checkpoint``: checkpoint renamed into place, row not committed; ``score``: pool scored, queries not committed;
+#: ``label``: queries committed, labels not yet).
 FAULT_ENV = "LORACLE_AL_FAULT"
 
 _PURPOSES = {"pool": 1, "test": 2, "initial": 3, "model": 4, "train": 5, "mc": 6, "select": 7, "subset": 8,
@@ -59,6 +60,19 @@ def _fault(point: str, round_index: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _FaultCallback:
+    """Training callback for the ``train`` fault point (duck-typed ``loracle.training.Callback``)."""
+
+    def __init__(self, round_index: int) -> None:
+        self.round_index = round_index
+
+    def on_step_end(self, step: int, logs: dict[str, float]) -> None:
+        _fault("train", self.round_index)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any]) -> None:
+        return None
 
 
 def _default_factory(name: str, task_kind: str, num_labels: int | None) -> tuple[nn.Module, Any]:
@@ -243,10 +257,10 @@ class ActiveLearningLoop:
             model, task = self._load_round(t - 1)
         train_config = TrainConfig(**{**c.train, "seed": derived_seed(c.seed, t, "train"), "progress": c.progress})
         start = time.perf_counter()
-        train(model, task, labelled, train_config)
+        train(model, task, labelled, train_config, callbacks=[_FaultCallback(t)] if os.environ.get(FAULT_ENV) else [])
         train_seconds = time.perf_counter() - start
         model.eval()
-        _fault("train", t)
+        _fault("evaluate", t)
         metrics = evaluate(model, task, self.test, samples=0, batch_size=c.eval_batch_size)
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         final = self._checkpoint_dir(t)

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=16.0, help="adapter alpha")
     parser.add_argument("--max-length", type=int, default=64, help="token limit")
     parser.add_argument("--mc-train", type=int, default=600, help="strategyqa training examples (subset)")
-    parser.add_argument("--mc-test", type=int, default=300, help="strategyqa test examples (fixed subset)")
+    parser.add_argument("--mc-test", type=int, default=500, help="strategyqa test examples (500 = the whole split)")
     parser.add_argument("--mc-epochs", type=int, default=1, help="strategyqa epochs")
     parser.add_argument("--mc-lr", type=float, default=5e-4, help="strategyqa LoRA learning rate")
     parser.add_argument("--mc-seed", type=int, default=0, help="strategyqa seed")

@@ -143,7 +143,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "rotten_tomatoes"))
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--runs", default=str(HERE.parent / "runs" / "bench_al"))
+    parser.add_argument("--runs", default=str(HERE.parent / "runs" / "bench_active_learning"))
     parser.add_argument("--seeds", default="0", help="comma-separated")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)

@@ -51,22 +51,23 @@ def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batc
     was_training = model.training
     model.eval()
     out = []
+    device = next(model.parameters()).device
     try:
         for start in range(0, len(examples), batch_size):
-            batch = task.collate(list(examples[start:start + batch_size]))
-            device = next(model.parameters()).device
+            items = list(examples[start:start + batch_size])
+            batch = task.collate(items)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             captured.clear()
             task.class_logits(model, batch)
             feats = captured[0].float()
-            if feats.dim() == 3:  # (B, T, D): masked mean over tokens
+            if feats.dim() == 3:  # (rows, T, D) token features: mean over real tokens
                 mask = batch.get("attention_mask")
-                mask = torch.ones(feats.shape[:2], device=feats.device) if mask is None else mask.float()
-                if mask.shape[0] != feats.shape[0]:  # e.g. one row per choice: average the rows of each item
+                if mask is None or mask.shape != feats.shape[:2]:
                     mask = torch.ones(feats.shape[:2], device=feats.device)
-                feats = (feats * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-            if feats.shape[0] != len(examples[start:start + batch_size]):
-                feats = feats.view(len(examples[start:start + batch_size]), -1, feats.shape[-1]).mean(1)
+                mask = mask.float()[..., None]
+                feats = (feats * mask).sum(1) / mask.sum(1).clamp_min(1)  # (rows, D)
+            if feats.shape[0] != len(items):  # several rows per item (one per choice): average them
+                feats = feats.view(len(items), -1, feats.shape[-1]).mean(1)
             out.append(feats.cpu())
     finally:
         handle.remove()

@@ -8,7 +8,7 @@ import pytest
 
 from loracle.active.loop import ActiveLearningLoop, create_run, resume, run_active_learning
 from loracle.active.state import RunState
-from tests.active.conftest import small_config, tiny_factory
+from al_helpers import small_config, tiny_factory
 
 
 def final_labels(run_dir):

@@ -14,7 +14,7 @@ import pytest
 
 from loracle.active.state import RunState
 from loracle.cli.al import main
-from tests.active.conftest import one_thread, write_toy_data  # noqa: F401 - autouse fixture
+from active.al_helpers import write_toy_data
 from tiny_models import tiny_bert, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +22,17 @@ REPO = Path(__file__).resolve().parents[2]
 FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
          "--mc-samples", "3", "--stochastic-layers", "1", "--rank", "4", "--lora-dropout", "0.2", "--epochs", "1",
          "--batch-size", "8", "--lr", "0.005", "--max-length", "16", "--no-progress", "--seed", "0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box extra threads only spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from loracle.adapters import (
     unmerge_adapters,
 )
 from loracle.uncertainty.sampling import stochastic
-from tests.adapters.helpers import (
+from adapter_helpers import (
     HEADS,
     LOUD,
     build,

@@ -18,7 +18,7 @@ from loracle.adapters import (
     load_adapter,
     save_adapter,
 )
-from tests.adapters.helpers import HEADS, build, logits, make_config, randomize
+from adapter_helpers import HEADS, build, logits, make_config, randomize
 from tiny_models import tiny_bert
 
 PEFT_TARGETS = {"bert": ["query", "value", "dense"], "llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}

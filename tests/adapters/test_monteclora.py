@@ -12,6 +12,7 @@ from torch import nn
 from loracle.adapters import MonteCLoRAConfig, adapter_layers, apply_adapter, aux_loss
 from loracle.adapters.monteclora import MonteCLoRALayer
 from loracle.adapters.monteclora import sampler
+from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tiny_models import tiny_bert
 
 
@@ -59,8 +60,9 @@ def test_wishart_and_gaussian_kl_closed_forms():
 
 def test_bartlett_wishart_moments():
     torch.manual_seed(0)
-    r, draws = 3, 3000
-    w = torch.stack([sampler.bartlett_wishart(r) for _ in range(draws)])  # (draws, r, r)
+    r, draws = 3, 4000
+    w = sampler.bartlett_wishart(r, batch=(draws,))  # (draws, r, r)
+    assert sampler.bartlett_wishart(r).shape == (r, r)
     assert torch.equal(w, w.transpose(1, 2))
     # Wishart(df=r, I): E[W] = r·I, Var(W_ii) = 2r, Var(W_ij) = r (i ≠ j)
     mean = w.mean(0)

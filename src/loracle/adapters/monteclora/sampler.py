@@ -13,7 +13,8 @@ import torch
 COV_EPS = 1e-3
 
 
-def bartlett_wishart(r: int, df: float | None = None, *, device: torch.device | None = None) -> torch.Tensor:
+def bartlett_wishart(r: int, df: float | None = None, *, batch: tuple[int, ...] = (),
+                     device: torch.device | None = None) -> torch.Tensor:
     """Draw ``W ~ Wishart(df, I_r)`` by the Bartlett decomposition ``W = L Lᵀ``.
 
     ``L`` is lower triangular with ``L_ii = sqrt(c_i)``, ``c_i ~ χ²(df − i)`` (``i = 0..r−1``) and ``L_ij ~ N(0, 1)``
@@ -22,15 +23,16 @@ def bartlett_wishart(r: int, df: float | None = None, *, device: torch.device | 
     Args:
         r: matrix size.
         df: degrees of freedom (``> r − 1``); defaults to ``r``.
+        batch: leading shape for several independent draws.
 
     Returns:
-        ``(r, r)`` float32 symmetric positive definite matrix.
+        ``(*batch, r, r)`` float32 symmetric positive definite matrices.
     """
     df = float(r) if df is None else float(df)
     dofs = df - torch.arange(r, dtype=torch.float32, device=device)  # (r,)
-    chi2 = 2.0 * torch._standard_gamma(dofs / 2.0)  # χ²(k) = 2 · Gamma(k/2, 1)
-    lower = torch.randn(r, r, device=device).tril(-1) + torch.diag(chi2.sqrt())
-    return lower @ lower.T
+    chi2 = 2.0 * torch._standard_gamma((dofs / 2.0).expand(*batch, r))  # χ²(k) = 2 · Gamma(k/2, 1)
+    lower = torch.randn(*batch, r, r, device=device).tril(-1) + torch.diag_embed(chi2.sqrt())  # (*batch, r, r)
+    return lower @ lower.transpose(-1, -2)
 
 
 def sampled_covariance(sigma: torch.Tensor, wishart: torch.Tensor) -> torch.Tensor:

@@ -46,7 +46,8 @@ def run_summary(state: RunState) -> dict[str, Any]:
            if any(key in r["metrics"] for r in rounds)},
     }
     done = len(rounds) == config.n_rounds + 1
-    status = "done" if done else ("waiting_for_labels" if state.pending_queries() else "in_progress")
+    waiting = config.oracle == "human" and state.pending_queries()
+    status = "done" if done else ("waiting_for_labels" if waiting else "in_progress")
     return {
         "run_dir": str(state.run_dir),
         "strategy": config.strategy,

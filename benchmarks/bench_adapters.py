@@ -7,13 +7,20 @@ attention projections ``query``, ``key``, ``value`` and ``attention.output.dense
 classifier head is frozen for every method so only adapters are compared. A step is forward + backward + AdamW
 step on a batch of 16 × 64 random tokens, plus the method's auxiliary loss (the KL terms for both MonteCLoRAs).
 
-Reported per method: median step time over ``--steps`` timed steps (after ``--warmup``), its ratio to loracle LoRA
-and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable parameters,
+The order of the methods is reshuffled (seeded) in every round, and ratios are paired: the median over rounds of
+``t_method / t_reference`` within the same round, which cancels load that drifts slower than a round. One intra-op
+thread by default: on a shared 2-core machine, OpenMP threads waiting on each other turn other users' load into
+5-10x step-time swings (use ``--threads 2`` on a quiet machine).
+
+Reported per method: median step time over ``--steps`` timed steps (after ``--warmup``), its paired ratio to
+loracle LoRA and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable parameters,
 AdamW state bytes after one step (all state tensors, and only the two moment tensors), and peak resident memory
 of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's high-water RSS
 ``VmHWM`` from ``/proc/self/status`` (the quantity ``ru_maxrss`` reports, but without ``ru_maxrss``'s inheritance of
 the parent's peak across fork/exec); ``peak_train_mib`` is that peak minus the RSS just before the first step (so
-model loading and, for PEFT MonteCLoRA, its pre-generated noise buffer are excluded). Children run with
+model loading and, for PEFT MonteCLoRA, its pre-generated noise buffer are excluded); ``peak_data_mib`` is the peak
+minus the file-backed RSS (``RssFile``, code pages of the shared libraries, which grow with every distinct kernel a
+method runs) at the end of the run, i.e. the peak of anonymous (data) memory. Children run with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that RSS follows live memory (repeatable to about 1 MiB).
 
 Usage: ``python benchmarks/bench_adapters.py [--steps 20] [--warmup 3] [--out benchmarks/results/adapters.json]``.
@@ -25,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -143,22 +151,25 @@ def rss_mib() -> float:
     return _status_mib("VmRSS")
 
 
-def peak_child(method: str, steps: int) -> None:
+def peak_child(method: str, steps: int, threads: int) -> None:
     """Entry point of the per-method subprocess: print a JSON line with its peak RSS."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     runner = Runner(method)
     before = rss_mib()
     for _ in range(steps):
         runner.step()
     peak = _status_mib("VmHWM")
-    print(json.dumps({"peak_rss_mib": peak, "rss_before_steps_mib": before, "peak_train_mib": peak - before}))
+    file_backed = _status_mib("RssFile")  # shared-library code pages: they only grow, so the end value bounds them
+    print(json.dumps({"peak_rss_mib": peak, "rss_before_steps_mib": before, "peak_train_mib": peak - before,
+                      "peak_data_mib": peak - file_backed}))
 
 
-def measure_peak(method: str, steps: int) -> dict[str, float]:
+def measure_peak(method: str, steps: int, threads: int) -> dict[str, float]:
     # A fixed glibc mmap threshold stops malloc's dynamic threshold from keeping freed activation buffers in the
     # heap, so RSS follows live memory and the peak is repeatable to ~1 MiB (instead of ~±100 MiB).
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, __file__, "--peak-child", method, "--peak-steps", str(steps)],
+    out = subprocess.run([sys.executable, __file__, "--peak-child", method, "--peak-steps", str(steps),
+                          "--threads", str(threads)],
                          capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -168,25 +179,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-steps", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="*", default=METHODS)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adapters.json"))
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_child:
-        peak_child(args.peak_child, args.peak_steps)
+        peak_child(args.peak_child, args.peak_steps, args.threads)
         return
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     started = time.time()
-    peaks = {m: measure_peak(m, args.peak_steps) for m in args.methods}  # first, while this process is small
+    peaks = {m: measure_peak(m, args.peak_steps, args.threads) for m in args.methods}  # first, while still small
     runners = [Runner(m) for m in args.methods]
     for _ in range(args.warmup):
         for r in runners:
             r.step()
-    for _ in range(args.steps):  # round-robin: every round times one step of each method
-        for r in runners:
+    order = random.Random(0)
+    for _ in range(args.steps):  # one step of each method per round, in a fresh random order
+        for r in order.sample(runners, len(runners)):
             r.times.append(r.step())
     medians = {r.method: statistics.median(r.times) for r in runners}
+    times = {r.method: r.times for r in runners}
+
+    def paired(m: str, ref: str | None) -> float | None:
+        if ref not in times:
+            return None
+        return round(statistics.median(a / b for a, b in zip(times[m], times[ref])), 3)
+
     info = {r.method: (r.trainable(), *r.state_bytes()) for r in runners}
 
     rows = []
@@ -195,13 +215,14 @@ def main() -> None:
         rows.append({
             "method": m,
             "median_step_ms": round(medians[m] * 1e3, 2),
-            "ratio_to_lora": round(medians[m] / medians["lora"], 3) if "lora" in medians else None,
-            "ratio_to_peft_reference": round(medians[m] / medians[ref], 3) if ref in medians else None,
+            "ratio_to_lora": paired(m, "lora"),
+            "ratio_to_peft_reference": paired(m, ref),
             "trainable_params": info[m][0],
             "optimizer_state_bytes": info[m][1],
             "optimizer_moment_bytes": info[m][2],
             "peak_rss_mib": round(peaks[m]["peak_rss_mib"], 1),
             "peak_train_mib": round(peaks[m]["peak_train_mib"], 1),
+            "peak_data_mib": round(peaks[m]["peak_data_mib"], 1),
         })
     result = {
         "benchmark": "adapters",
@@ -209,9 +230,11 @@ def main() -> None:
         "targets": TARGET_REGEX,
         "rank": RANK, "alpha": ALPHA, "batch": [BATCH, SEQ],
         "step": "forward + backward + AdamW(lr=1e-4, wd=0.01) step, aux loss included",
-        "timed_steps": args.steps, "warmup_steps": args.warmup, "schedule": "round-robin over methods",
+        "timed_steps": args.steps, "warmup_steps": args.warmup,
+        "schedule": "rounds of one step per method in a seeded random order; ratios = median of per-round ratios",
         "peak_memory": f"VmHWM (peak RSS) of a fresh subprocess per method ({args.peak_steps} steps); peak_train_mib = "
-                       "peak minus RSS just before the first step; MALLOC_MMAP_THRESHOLD_=65536",
+                       "peak minus RSS just before the first step; peak_data_mib = peak minus RssFile (shared-library "
+                       "pages) at the end; MALLOC_MMAP_THRESHOLD_=65536",
         "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
         "runtime_s": round(time.time() - started, 1),
         "results": rows,

@@ -1,7 +1,7 @@
 """Adapter training-step benchmark on the real MiniLM encoder (CPU): loracle vs PEFT.
 
-Methods, side by side in one process and interleaved round-robin (one step of each per round, so load changes on a
-shared machine hit every method alike): PEFT LoRA, PEFT MonteCLoRA (``LoraConfig(monteclora_config=...)``), loracle
+Methods, side by side in one process and interleaved (one step of each per round, so load changes on a shared
+machine hit every method alike): PEFT LoRA, PEFT MonteCLoRA (``LoraConfig(monteclora_config=...)``), loracle
 LoRA, LoRA-SP (element / row / column masks) and loracle MonteCLoRA. Rank 8, alpha 16, no adapter dropout, on the
 attention projections ``query``, ``key``, ``value`` and ``attention.output.dense`` of all 6 blocks (24 layers); the
 classifier head is frozen for every method so only adapters are compared. A step is forward + backward + AdamW
@@ -13,9 +13,9 @@ thread by default: on a shared 2-core machine, OpenMP threads waiting on each ot
 5-10x step-time swings (use ``--threads 2`` on a quiet machine).
 
 Reported per method: median step time over ``--steps`` timed steps (after ``--warmup``), its paired ratio to
-loracle LoRA and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable parameters,
-AdamW state bytes after one step (all state tensors, and only the two moment tensors), and peak resident memory
-of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's high-water RSS
+loracle LoRA and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable
+parameters, AdamW state bytes after one step (all state tensors, and only the two moment tensors), and peak resident
+memory of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's high-water RSS
 ``VmHWM`` from ``/proc/self/status`` (the quantity ``ru_maxrss`` reports, but without ``ru_maxrss``'s inheritance of
 the parent's peak across fork/exec); ``peak_train_mib`` is that peak minus the RSS just before the first step (so
 model loading and, for PEFT MonteCLoRA, its pre-generated noise buffer are excluded); ``peak_data_mib`` is the peak

@@ -22,7 +22,11 @@ from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from adapter_helpers import HEADS, build, logits, make_config, randomize
 from tiny_models import tiny_bert
 
-PEFT_TARGETS = {"bert": ["query", "value", "dense"], "llama": ["q_proj", "v_proj", "down_proj"], "gpt2": ["c_attn", "c_fc"]}
+PEFT_TARGETS = {
+    "bert": ["query", "value", "dense"],
+    "llama": ["q_proj", "v_proj", "down_proj"],
+    "gpt2": ["c_attn", "c_fc"],
+}
 
 
 @pytest.mark.parametrize("model_kind", ["bert", "llama", "gpt2"])

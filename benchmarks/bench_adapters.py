@@ -15,8 +15,8 @@ thread by default: on a shared 2-core machine, OpenMP threads waiting on each ot
 Reported per method: median step time over ``--steps`` timed steps (after ``--warmup``), its paired ratio to
 loracle LoRA and to the PEFT reference (PEFT LoRA for LoRA/LoRA-SP, PEFT MonteCLoRA for MonteCLoRA), trainable
 parameters, AdamW state bytes after one step (all state tensors, and only the two moment tensors), and peak resident
-memory of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's high-water RSS
-``VmHWM`` from ``/proc/self/status`` (the quantity ``ru_maxrss`` reports, but without ``ru_maxrss``'s inheritance of
+memory of a fresh subprocess per method that builds the model and runs ``--peak-steps`` steps: the kernel's
+high-water RSS ``VmHWM`` from ``/proc/self/status`` (the quantity ``ru_maxrss`` reports, but without ``ru_maxrss``'s inheritance of
 the parent's peak across fork/exec); ``peak_train_mib`` is that peak minus the RSS just before the first step (so
 model loading and, for PEFT MonteCLoRA, its pre-generated noise buffer are excluded); ``peak_data_mib`` is the peak
 minus the file-backed RSS (``RssFile``, code pages of the shared libraries, which grow with every distinct kernel a

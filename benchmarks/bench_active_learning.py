@@ -129,6 +129,9 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         curves[name] = {"n_labels": n_labels, "accuracy": entry["accuracy_mean"], "ece": entry["ece_mean"]}
         if len(runs) > 1:
             curves[name].update(accuracy_std=entry["accuracy_std"], ece_std=entry["ece_std"])
+    result["notes"] = (f"{len(seeds)} seed(s); {common} of {args.rounds + 1} rounds compared (time limit "
+                       f"{args.time_limit:.0f} s); {args.score_subset} scored candidates per round; test set "
+                       f"{args.test_size} items")
     ranking = sorted(result["strategies"], key=lambda n: -result["strategies"][n]["aulc_accuracy_mean"])
     result["ranking_by_aulc_accuracy"] = ranking
     RESULTS.mkdir(parents=True, exist_ok=True)

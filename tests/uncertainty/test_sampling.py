@@ -116,3 +116,21 @@ def test_adapters_disabled_is_the_base_model():
     on = plain(model, task, exs)
     torch.testing.assert_close(off, base, atol=1e-6, rtol=0)
     assert (on - base).abs().max() > 1e-4
+
+
+def test_monteclora_posterior_draws_differ_across_batched_samples():
+    """The S-fold batched pass must give each copy its own posterior draw (not one A shared by all S)."""
+    from loracle.adapters import MonteCLoRAConfig, adapter_layers
+
+    model = tiny_bert()
+    apply_adapter(model, MonteCLoRAConfig(rank=4, sample_scale=1.0, modules_to_save=["classifier"]))
+    gen = torch.Generator().manual_seed(0)
+    for _, layer in adapter_layers(model):
+        layer.lora_B_weight.data = torch.randn(layer.lora_B_weight.shape, generator=gen)
+    items = examples(8)
+    fast = mc_probs(model, ToyTask(), items, samples=4, dropout=False, posterior=True, seed=3)
+    slow = mc_probs(model, ToyTask(), items, samples=4, dropout=False, posterior=True, seed=3, fast=False)
+    fast_var, slow_var = fast.var(dim=1).mean().item(), slow.var(dim=1).mean().item()
+    assert fast_var > 1e-5 and slow_var > 1e-5
+    assert 0.2 < fast_var / slow_var < 5.0  # same estimator, other draws: same order of magnitude
+    assert all(layer.posterior_draws == 1 for _, layer in adapter_layers(model))

@@ -327,7 +327,15 @@ def _sample_batch(
                 del block.forward
 
     if repeated is not None:
-        logits = run(repeated, S).float()
+        # Posterior adapters draw one A per forward; in the S-fold batch each copy must get its own draw.
+        posterior_layers = [layer for _, layer in adapter_layers(model) if layer.has_posterior and layer.sample_posterior]
+        for layer in posterior_layers:
+            layer.posterior_draws = S
+        try:
+            logits = run(repeated, S).float()
+        finally:
+            for layer in posterior_layers:
+                layer.posterior_draws = 1
         if logits.shape[0] == rows * S:
             return logits.softmax(-1).view(S, rows, -1).transpose(0, 1)  # (S·B, C) -> (B, S, C)
     # Not a plain row-per-item batch (or the task did not keep one row per copy): S separate passes.

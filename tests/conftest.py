@@ -8,6 +8,15 @@ import torch
 from tiny_models import VOCAB, tiny_tokenizer
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test: tiny models gain nothing from more, and on a 2-core box threads spin-wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def token_batch() -> dict[str, torch.Tensor]:
     """Four sequences of 7 tokens, the last two padded (attention mask zeros at the end)."""

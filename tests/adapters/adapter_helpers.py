@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -12,15 +11,6 @@ from tiny_models import MODEL_BUILDERS
 HEADS = {"bert": "classifier", "llama": "score", "gpt2": "score"}
 # Extra fields per method for tests that need the posterior noise to be visible in float32 outputs.
 LOUD = {"monteclora": {"sample_scale": 0.5}}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_config(method: str, model_kind: str, **changes) -> AdapterConfig:

@@ -20,7 +20,6 @@ from loracle.adapters import (
     unmerge_adapters,
 )
 from loracle.uncertainty.sampling import stochastic
-from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from adapter_helpers import (
     HEADS,
     LOUD,

@@ -18,7 +18,6 @@ from loracle.adapters import (
     load_adapter,
     save_adapter,
 )
-from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from adapter_helpers import HEADS, build, logits, make_config, randomize
 from tiny_models import tiny_bert
 

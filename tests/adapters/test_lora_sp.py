@@ -9,7 +9,6 @@ from torch import nn
 from loracle.adapters import LoRAConfig, LoRASPConfig, adapter_layers, apply_adapter, trainable_parameters
 from loracle.adapters.lora_sp import LoRASPLayer
 from loracle.adapters.lora_sp.mask import assemble, split_matrix
-from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from adapter_helpers import build, randomize, train_steps
 from tiny_models import tiny_bert
 

@@ -12,7 +12,6 @@ from torch import nn
 from loracle.adapters import MonteCLoRAConfig, adapter_layers, apply_adapter, aux_loss
 from loracle.adapters.monteclora import MonteCLoRALayer
 from loracle.adapters.monteclora import sampler
-from adapter_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tiny_models import tiny_bert
 
 

@@ -24,17 +24,6 @@ FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-si
          "--batch-size", "8", "--lr", "0.005", "--max-length", "16", "--no-progress", "--seed", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box extra threads only spin."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("al_cli")

@@ -11,17 +11,6 @@ from tiny_models import tiny_bert, tiny_llama_lm, tiny_tokenizer
 from loracle.cli import build_parser, main
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One torch thread: tiny models gain nothing from more, and on a busy 2-core box two threads spin-wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -153,6 +153,7 @@ def test_log_file_callbacks_and_max_steps(task, tmp_path: Path) -> None:
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] == recorder.epochs
     assert recorder.steps == [1, 2, 3, 4] and lines[1]["eval_n"] == 4 and "eval_ece" in lines[1]
+    assert result.steps == 4 and len(result.history) == 2
     capped = train(adapted_bert(), task, EXAMPLES, TrainConfig(epochs=5, batch_size=8, max_steps=3, **QUIET))
     assert capped.steps == 3 and capped.history[-1]["lr"] == 0.0
 

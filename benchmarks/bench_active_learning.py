@@ -157,10 +157,19 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--strategies", default=None,
+                        help="comma-separated subset to run (e.g. random,star for extra seeds); default all")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    chosen = set(args.strategies.split(",")) if args.strategies else set(STRATEGIES)
+    unknown = chosen - set(STRATEGIES)
+    if unknown:
+        parser.error(f"unknown strategies {sorted(unknown)}; valid: {sorted(STRATEGIES)}")
+    # Keep two workers busy: split the chosen strategies between them in the balanced order of WORKERS.
+    ordered = [n for group in WORKERS for n in group if n in chosen]
+    workers = (ordered[0::2], ordered[1::2]) if args.strategies else WORKERS
     if args.worker is not None:
-        worker(WORKERS[args.worker], seeds, args, args.deadline)
+        worker(list(workers[args.worker]), seeds, args, args.deadline)
         return
     start = time.time()
     if not args.aggregate_only:
@@ -168,7 +177,7 @@ def main() -> None:
         argv = [a for a in sys.argv[1:]]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         procs = [subprocess.Popen([sys.executable, __file__, *argv, "--worker", str(i), "--deadline", str(deadline)],
-                                  env=env) for i in range(len(WORKERS))]
+                                  env=env) for i in range(len(workers)) if workers[i]]
         for proc in procs:
             proc.wait()
     print(json.dumps(aggregate(args, seeds, time.time() - start), indent=2)[:4000])

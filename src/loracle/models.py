@@ -146,6 +146,12 @@ def load_model(
         auto = AutoModelForSequenceClassification
     else:
         auto = AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if task_kind == "classification":
+        # The new head is intended; transformers' "classifier.weight MISSING" load report would only alarm users.
+        hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = auto.from_pretrained(path, **kwargs)
@@ -160,6 +166,8 @@ def load_model(
             f"could not load model: {hint}. Pass a folder saved with save_pretrained, a hub id (needs network), "
             f"or a built-in name: {sorted(BUILTIN_MODELS)}"
         ) from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # The tokenizer makes the inputs, so its pad id is the one the model must skip (e.g. to find the last token).

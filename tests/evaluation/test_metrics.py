@@ -17,7 +17,6 @@ from loracle.evaluation import (
     classification_metrics,
     evaluate,
     expected_calibration_error,
-    learning_curve,
     macro_f1,
     negative_log_likelihood,
     reliability_bins,
@@ -106,11 +105,7 @@ def test_evaluate_generation_reports_exact_match(tokenizer) -> None:
     assert 0.0 <= result["exact_match"] <= 1.0 and result["n"] == 2 and result["mean_token_entropy"] > 0
 
 
-def test_plots_write_png(tmp_path: Path) -> None:
+def test_reliability_diagram_writes_png(tmp_path: Path) -> None:
     path = reliability_diagram(PROBS, LABELS, tmp_path / "sub" / "rel.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    curve = learning_curve({"random": [(10, 0.6), (20, 0.7)], "star": [(10, 0.62, 0.01), (20, 0.75, 0.02)]},
-                           tmp_path / "curve.png")
-    assert curve.stat().st_size > 1000
-    with pytest.raises(ValueError, match="at least one run"):
-        learning_curve({}, tmp_path / "x.png")
+    assert path.stat().st_size > 1000

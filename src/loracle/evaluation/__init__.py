@@ -10,7 +10,7 @@ from loracle.evaluation.metrics import (
     negative_log_likelihood,
     reliability_bins,
 )
-from loracle.evaluation.plots import learning_curve, reliability_diagram
+from loracle.evaluation.plots import reliability_diagram
 
 __all__ = [
     "accuracy",
@@ -18,7 +18,6 @@ __all__ = [
     "classification_metrics",
     "evaluate",
     "expected_calibration_error",
-    "learning_curve",
     "macro_f1",
     "negative_log_likelihood",
     "reliability_bins",

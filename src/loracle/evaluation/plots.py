@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -47,54 +46,6 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
     bottom.set_xlabel("confidence (max probability)")
     bottom.set_ylabel("count")
     bottom.set_xlim(0, 1)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def learning_curve(runs: Mapping[str, Sequence[Sequence[float]]], path: str | Path, xlabel: str = "labelled examples",
-                   ylabel: str = "test accuracy", title: str | None = None) -> Path:
-    """One line per run: ``runs[name]`` is a sequence of ``(x, y)`` or ``(x, y, std)`` points (std is shaded).
-
-    Args:
-        runs: e.g. ``{"random": [(500, 0.71), (1000, 0.75)], "star": [(500, 0.72, 0.01), ...]}``.
-        path: PNG file to write.
-        xlabel: x-axis label.
-        ylabel: y-axis label.
-        title: figure title.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: no runs, or a point with fewer than 2 values.
-    """
-    if not runs:
-        raise ValueError("learning_curve needs at least one run")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, points in runs.items():
-        if any(len(p) < 2 for p in points):
-            raise ValueError(f"run {name!r}: every point must be (x, y) or (x, y, std)")
-        xs = [p[0] for p in points]
-        ys = [p[1] for p in points]
-        ax.plot(xs, ys, marker="o", label=name)
-        if points and all(len(p) >= 3 for p in points):
-            ax.fill_between(xs, [y - p[2] for y, p in zip(ys, points)], [y + p[2] for y, p in zip(ys, points)],
-                            alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

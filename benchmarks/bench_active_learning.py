@@ -117,7 +117,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         ece = np.array([[r["metrics"]["ece"] for r in rounds[:common]] for rounds in runs.values()])
         n_labels = [r["n_labels"] for r in next(iter(runs.values()))[:common]]
         aulc = [area_under_curve(n_labels, a.tolist()) for a in acc]
-        entry = {"n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
+        entry = {"seeds": sorted(runs), "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                  "accuracy_std": acc.std(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_std": ece.std(0).round(4).tolist(), "aulc_accuracy_mean": round(float(np.mean(aulc)), 4),
                  "aulc_accuracy_per_seed": [round(a, 4) for a in aulc],
@@ -126,10 +126,12 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                                        | {"accuracy": r["metrics"]["accuracy"], "ece": r["metrics"]["ece"]}
                                        for r in rounds] for s, rounds in runs.items()}}
         result["strategies"][name] = entry
-        curves[name] = {"n_labels": n_labels, "accuracy": entry["accuracy_mean"], "ece": entry["ece_mean"]}
+        label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        curves[label] = {"n_labels": n_labels, "accuracy": entry["accuracy_mean"], "ece": entry["ece_mean"]}
         if len(runs) > 1:
-            curves[name].update(accuracy_std=entry["accuracy_std"], ece_std=entry["ece_std"])
-    result["notes"] = (f"{len(seeds)} seed(s); {common} of {args.rounds + 1} rounds compared (time limit "
+            curves[label].update(accuracy_std=entry["accuracy_std"], ece_std=entry["ece_std"])
+    result["notes"] = (f"seeds per strategy vary (see each entry's 'seeds'; compare means only between strategies "
+                       f"with the same seeds); {common} of {args.rounds + 1} rounds compared (time limit "
                        f"{args.time_limit:.0f} s); {args.score_subset} scored candidates per round; test set "
                        f"{args.test_size} items")
     ranking = sorted(result["strategies"], key=lambda n: -result["strategies"][n]["aulc_accuracy_mean"])
@@ -137,7 +139,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if curves:
         learning_curve(curves, RESULTS / "active_learning.png",
-                       title=f"rotten_tomatoes, MiniLM + LoRA, seeds {seeds} (mean)")
+                       title="rotten_tomatoes, MiniLM + LoRA (mean ± std over seeds)")
     (RESULTS / "active_learning.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

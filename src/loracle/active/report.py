@@ -89,10 +89,11 @@ def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str 
             if key not in curve:
                 continue
             y = [float("nan") if v is None else v for v in curve[key]]
-            ax.plot(x, y, marker="o", label=name)
+            (line,) = ax.plot(x, y, marker="o", label=name)
             std = curve.get(f"{key}_std")
             if std is not None:
-                ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], alpha=0.15)
+                ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], alpha=0.15,
+                                color=line.get_color())
     for ax, label in zip(axes, ("test accuracy", "test ECE (15 bins)")):
         ax.set_xlabel("number of labels")
         ax.set_ylabel(label)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from loracle.active.state import RunState
+from loracle.evaluation.plots import save_figure
 
 REPORT_FILE = "report.json"
 CURVE_FILE = "learning_curve.png"
@@ -100,12 +101,7 @@ def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_report(state: RunState) -> dict[str, Any]:

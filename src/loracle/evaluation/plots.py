@@ -46,9 +46,16 @@ def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | P
     bottom.set_xlabel("confidence (max probability)")
     bottom.set_ylabel("count")
     bottom.set_xlim(0, 1)
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig: "object", path: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write (creating parent folders) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

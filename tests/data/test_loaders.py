@@ -160,7 +160,8 @@ def test_named_test_labels_against_integer_training_labels_is_an_error(tmp_path:
 def test_mixed_label_representations_in_one_file(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"d.{suffix}"
     if suffix == "jsonl":  # lines 1-3
-        write_jsonl(path, [{"text": "a", "label": "fresh"}, {"text": "b", "label": "rotten"}, {"text": "c", "label": 1}])
+        write_jsonl(path, [{"text": "a", "label": "fresh"}, {"text": "b", "label": "rotten"},
+                           {"text": "c", "label": 1}])
     else:  # a header, then lines 2-4; "1" is a digit string, read as an index
         path.write_text("text,label\na,fresh\nb,rotten\nc,1\n")
     first, bad = (1, 3) if suffix == "jsonl" else (2, 4)

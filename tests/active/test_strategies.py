@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from loracle.active.strategies import STRATEGIES, Signals, build_strategy
+from loracle.active.strategies import (
+    STRATEGIES,
+    PowerStrategy,
+    Signals,
+    build_strategy,
+    cold_start_strategies,
+    strategy_class,
+)
+from loracle.active.strategies.base import SIGNAL_NAMES
+from loracle.active.strategies.kmeans import kmeans
 
 
 def rng(seed=0):
@@ -72,3 +81,195 @@ def test_errors():
     with pytest.raises(ValueError, match="does not take options"):
         build_strategy("random", score="bald")
     assert {"random", "entropy", "bald", "star", "kcenter", "margin", "least_confidence"} <= set(STRATEGIES)
+
+
+# --- the registry contract, every strategy ------------------------------------------------------------------------
+
+def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
+    g = torch.Generator().manual_seed(seed)
+    return Signals(round_index, n,
+                   probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
+                   base_probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
+                   embeddings=torch.randn(n, d, generator=g),
+                   labelled_embeddings=torch.randn(m, d, generator=g))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_contract(name):
+    strategy = build_strategy(name)
+    assert strategy.requires <= SIGNAL_NAMES and isinstance(strategy.cold_start, bool)
+    signals = all_signals()
+    idx, sc = strategy.select(signals, 7, rng(5))
+    assert len(idx) == len(sc) == 7 and len(set(idx.tolist())) == 7 and 0 <= idx.min() and idx.max() < 40
+    again, sc2 = strategy.select(signals, 7, rng(5))
+    assert idx.tolist() == again.tolist() and np.array_equal(sc, sc2)  # deterministic for a seed
+    all_idx, _ = strategy.select(signals, 40, rng(1))
+    assert sorted(all_idx.tolist()) == list(range(40))  # k = N takes everything once
+    if strategy.requires:
+        with pytest.raises(ValueError, match="needs signals"):
+            strategy.select(Signals(0, 40), 3, rng())
+
+
+def test_cold_start_strategies_need_only_base_embeddings():
+    assert cold_start_strategies() == ["kmeans", "random", "typiclust"]
+    emb = all_signals().embeddings
+    for name in cold_start_strategies():
+        idx, _ = build_strategy(name).select(Signals(round_index=-1, n=40, embeddings=emb), 5, rng(0))
+        assert len(set(idx.tolist())) == 5
+    assert strategy_class("power_bald") is PowerStrategy and not PowerStrategy.cold_start
+
+
+# --- BADGE --------------------------------------------------------------------------------------------------------
+
+def explicit_gradient_embeddings(probs, emb):
+    p = probs.double().mean(1)
+    u = p - torch.nn.functional.one_hot(p.argmax(-1), p.shape[1]).double()
+    return torch.einsum("nc,nd->ncd", u, emb.double()).reshape(len(p), -1)  # (N, C·D), only for the test
+
+
+def test_badge_first_pick_is_largest_gradient_and_d2_matches_explicit_embeddings():
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(30, 4, 3, generator=g), -1)
+    emb = torch.randn(30, 6, generator=g)
+    grads = explicit_gradient_embeddings(probs, emb)
+    idx, d2 = build_strategy("badge").select(Signals(0, 30, probs=probs, embeddings=emb), 6, rng(2))
+    norms = grads.norm(dim=1) ** 2
+    assert idx[0] == int(norms.argmax()) and d2[0] == pytest.approx(float(norms.max()))
+    for j in range(1, 6):  # each D² is the squared distance to the nearest earlier pick in the C·D space
+        expected = (torch.cdist(grads[idx[j]:idx[j] + 1], grads[idx[:j]]) ** 2).min().item()
+        assert d2[j] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_badge_by_hand_skips_duplicate_of_chosen():
+    # u = p - onehot(argmax): item 0 p=(0.6,0.4) -> u=(-0.4,0.4); item 1 identical; item 2 p=(0.3,0.7) -> (0.3,-0.3)
+    probs = torch.tensor([[[0.6, 0.4]], [[0.6, 0.4]], [[0.3, 0.7]]])
+    emb = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    # ‖g‖² = ‖u‖²‖h‖²: 0.32 · 4 = 1.28 for items 0 and 1 (tie), 0.18 · 1 = 0.18 for item 2
+    picks = {tuple(build_strategy("badge").select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(s))[0])
+             for s in range(20)}
+    assert picks == {(0, 2), (1, 2)}  # tie on the first pick broken by the seed; the duplicate has D² = 0
+    _, d2 = build_strategy("badge").select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(0))
+    # ‖g_0 − g_2‖² = 1.28 + 0.18 − 2 (u_0·u_2)(h_0·h_2) = 1.46 (orthogonal features)
+    assert d2.tolist() == pytest.approx([1.28, 1.46])
+
+
+# --- power sampling -----------------------------------------------------------------------------------------------
+
+def test_power_sampling_limits_and_frequencies():
+    s = all_signals(n=50)
+    entropy_top = build_strategy("entropy").select(s, 10, rng())[0].tolist()
+    assert build_strategy("power_entropy", beta=float("inf")).select(s, 10, rng(3))[0].tolist() == entropy_top
+    assert build_strategy("power_entropy", beta=1e6).select(s, 10, rng(3))[0].tolist() == entropy_top
+    # k = 1 draws item i with probability s_i^β / Σ s^β (Gumbel-max); β = 2 on three items
+    probs = torch.tensor([[[0.5, 0.5]], [[0.8, 0.2]], [[0.95, 0.05]]])
+    h = np.array([-(p * np.log(p) + (1 - p) * np.log(1 - p)) for p in (0.5, 0.8, 0.95)])
+    expected = h ** 2 / (h ** 2).sum()
+    power = build_strategy("power_entropy", beta=2.0)
+    draws = [power.select(Signals(0, 3, probs=probs), 1, rng(seed))[0][0] for seed in range(4000)]
+    assert np.bincount(draws, minlength=3) / 4000 == pytest.approx(expected, abs=0.03)
+    uniform = build_strategy("power_entropy", beta=0.0)
+    draws = [uniform.select(Signals(0, 3, probs=probs), 1, rng(seed))[0][0] for seed in range(3000)]
+    assert np.bincount(draws, minlength=3) / 3000 == pytest.approx([1 / 3] * 3, abs=0.03)
+
+
+def test_power_sampling_zero_scores_last_and_errors():
+    # items 0 and 2 have agreeing samples (BALD 0, power weight 0): they can only come after item 1
+    probs = torch.tensor([[[0.5, 0.5], [0.5, 0.5]], [[0.9, 0.1], [0.1, 0.9]], [[0.7, 0.3], [0.7, 0.3]]])
+    for seed in range(10):  # item 1 is the only one with BALD > 0: always first
+        assert build_strategy("power_bald").select(Signals(0, 3, probs=probs), 1, rng(seed))[0].tolist() == [1]
+    with pytest.raises(ValueError, match="non-negative score"):
+        PowerStrategy("margin")
+    with pytest.raises(ValueError, match="beta must be a number >= 0"):
+        build_strategy("power_entropy", beta=-1)
+    with pytest.raises(ValueError, match="valid: \\['power', 'softmax', 'softrank'\\]"):
+        PowerStrategy("entropy", distribution="gibbs")
+    for dist in ("softmax", "softrank"):
+        idx, _ = PowerStrategy("margin", beta=1e6, distribution=dist).select(all_signals(), 5, rng())
+        assert idx.tolist() == build_strategy("margin").select(all_signals(), 5, rng())[0].tolist()
+
+
+# --- cold start: k-means, TypiClust, centroids ---------------------------------------------------------------------
+
+def blobs(per=30, seed=0):
+    g = np.random.default_rng(seed)
+    centers = np.array([[0.0, 0.0, 0.0], [20.0, 0.0, 0.0], [0.0, 20.0, 0.0]])
+    x = np.concatenate([c + g.normal(size=(per, 3)) for c in centers])
+    return torch.from_numpy(x), np.repeat(np.arange(3), per)
+
+
+def test_kmeans_recovers_blobs_and_is_seeded():
+    x, truth = blobs()
+    fit = kmeans(x, 3, rng(0))
+    labels = fit.labels.numpy()
+    assert all(len(set(labels[truth == b])) == 1 for b in range(3)) and len(set(labels)) == 3
+    for b in range(3):
+        assert fit.centers[labels[truth == b][0]].numpy() == pytest.approx(x[truth == b].mean(0).numpy())
+    again = kmeans(x, 3, rng(0))
+    assert torch.equal(again.labels, fit.labels) and torch.equal(again.centers, fit.centers)
+    assert kmeans(x, len(x), rng(0)).inertia == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="k must be in 1..90"):
+        kmeans(x, 91, rng())
+
+
+def test_typiclust_picks_most_typical_point_of_each_blob():
+    x, truth = blobs()
+    idx, typicality = build_strategy("typiclust", knn=5).select(Signals(-1, 90, embeddings=x), 3, rng(0))
+    assert sorted(truth[idx].tolist()) == [0, 1, 2]
+    for i, t in zip(idx, typicality):  # brute force: 1 / mean distance to the 5 nearest points of its blob
+        members = x[truth == truth[i]]
+        d = torch.cdist(members, members).sort(1).values[:, 1:6].mean(1)
+        assert float(members[d.argmin()].sub(x[i]).norm()) == 0.0 and t == pytest.approx(1 / float(d.min()))
+
+
+def test_kmeans_centroid_picks_point_nearest_each_blob_mean():
+    x, truth = blobs()
+    idx, neg_dist = build_strategy("kmeans").select(Signals(-1, 90, embeddings=x), 3, rng(0))
+    assert sorted(truth[idx].tolist()) == [0, 1, 2]
+    for i in idx:
+        members = np.flatnonzero(truth == truth[i])
+        d = (x[members] - x[members].mean(0)).norm(dim=1)
+        assert members[int(d.argmin())] == i
+
+
+def test_cluster_strategies_skip_covered_clusters():
+    x, truth = blobs()
+    labelled = x[truth == 0][:2] + 0.01  # two labelled items in blob 0 -> M + k = 4 clusters
+    pool = Signals(0, 90, embeddings=x, labelled_embeddings=labelled)
+    for name in ("typiclust", "kmeans"):
+        idx, _ = build_strategy(name).select(pool, 2, rng(0))
+        assert sorted(truth[idx].tolist()) == [1, 2]
+    idx, _ = build_strategy("typiclust", max_clusters=2).select(Signals(-1, 90, embeddings=x), 5, rng(0))
+    assert len(set(idx.tolist())) == 5  # more picks than clusters: clusters are revisited
+
+
+# --- STAR variants ------------------------------------------------------------------------------------------------
+
+def test_star_published_mixes_raw_full_and_normalised_base():
+    full = torch.tensor([[[0.5, 0.5]], [[0.99, 0.01]], [[0.8, 0.2]]])
+    base = torch.tensor([[[0.99, 0.01]], [[0.5, 0.5]], [[0.8, 0.2]]])
+    s = Signals(1, 3, probs=full, base_probs=base)
+    u_full = torch.tensor([np.log(2), -(0.99 * np.log(0.99) + 0.01 * np.log(0.01)),
+                           -(0.8 * np.log(0.8) + 0.2 * np.log(0.2))], dtype=torch.float64)
+    u_base = u_full[[1, 0, 2]]
+    lam = 0.2  # min(1, 0.1 · (1 + 1))
+    norm_base = (u_base - u_base.min()) / (u_base.max() - u_base.min())
+    published = build_strategy("star_published").scores(s, rng())
+    assert published.tolist() == pytest.approx((lam * u_full + (1 - lam) * norm_base).tolist())
+    norm_full = (u_full - u_full.min()) / (u_full.max() - u_full.min())
+    assert build_strategy("star").scores(s, rng()).tolist() == pytest.approx(
+        (lam * norm_full + (1 - lam) * norm_base).tolist())
+
+
+def test_star_schedules_and_options():
+    rounds = build_strategy("star", schedule="rounds", total_rounds=4)
+    assert [rounds.weight(t) for t in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    linear = build_strategy("star_published", schedule="linear", slope=0.25)
+    assert [linear.weight(t) for t in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert build_strategy("star", schedule=0.5).weight(0) == 0.5 and build_strategy("star").weight(0) == 0.1
+    assert build_strategy("star", base="linear_probe").base == "linear_probe"
+    with pytest.raises(ValueError, match="needs total_rounds"):
+        build_strategy("star", schedule="rounds")
+    with pytest.raises(ValueError, match="valid: .*'linear', 'rounds'"):
+        build_strategy("star", schedule="cosine")
+    with pytest.raises(ValueError, match="valid: \\['adapter_off', 'linear_probe'\\]"):
+        build_strategy("star", base="probe")

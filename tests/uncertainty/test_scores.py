@@ -84,3 +84,10 @@ def test_schedule_and_dynamic_mix():
         dynamic_uncertainty(u_full, u_base, 0, schedule=lambda t: 2.0)
     with pytest.raises(ValueError, match="same length"):
         dynamic_uncertainty(u_full, u_base[:2], 0)
+
+
+def test_nonnegative_scores_are_declared_correctly():
+    probs = torch.softmax(torch.randn(200, 4, 3, generator=torch.Generator().manual_seed(0)), -1)
+    assert scores.NONNEGATIVE_SCORES < set(scores.SCORES)
+    for name, fn in scores.SCORES.items():
+        assert (fn(probs) >= 0).all() == (name in scores.NONNEGATIVE_SCORES)

@@ -145,6 +145,9 @@ SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "margin": margin,
 }
 
+#: Scores that are never negative (so ``score^β`` is defined, as power sampling needs); margin is ``<= 0``.
+NONNEGATIVE_SCORES: frozenset[str] = frozenset({"entropy", "bald", "least_confidence"})
+
 
 def get_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Look a classification score up by name.

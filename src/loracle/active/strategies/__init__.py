@@ -1,0 +1,54 @@
+"""Query strategies: pure functions from pool signals to the indices to label next. They never see the model.
+
+One module per family; importing the package registers every strategy in :data:`STRATEGIES`:
+
+- :mod:`.base`: :class:`Signals`, the :class:`Strategy` protocol, the registry and :func:`build_strategy`;
+- :mod:`.random`: ``random``;
+- :mod:`.uncertainty`: ``entropy``, ``least_confidence``, ``margin``, ``bald``;
+- :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
+- :mod:`.diversity`: ``kcenter`` (core-set), ``badge``;
+- :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
+- :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set).
+
+A new strategy is a class behind :class:`Strategy` plus one :func:`register_strategy` line in its family's module.
+"""
+
+from loracle.active.strategies.base import (
+    STRATEGIES,
+    Signals,
+    Strategy,
+    build_strategy,
+    check_request,
+    cold_start_strategies,
+    register_strategy,
+    strategy_class,
+    top_k,
+)
+from loracle.active.strategies.cold_start import ClusterStrategy, KMeansCentroidStrategy, TypiClustStrategy
+from loracle.active.strategies.diversity import BadgeStrategy, KCenterGreedy
+from loracle.active.strategies.random import RandomStrategy
+from loracle.active.strategies.star import PublishedStarStrategy, StarStrategy
+from loracle.active.strategies.stochastic import PowerStrategy
+from loracle.active.strategies.uncertainty import UncertaintyStrategy
+
+__all__ = [
+    "STRATEGIES",
+    "BadgeStrategy",
+    "ClusterStrategy",
+    "KCenterGreedy",
+    "KMeansCentroidStrategy",
+    "PowerStrategy",
+    "PublishedStarStrategy",
+    "RandomStrategy",
+    "Signals",
+    "StarStrategy",
+    "Strategy",
+    "TypiClustStrategy",
+    "UncertaintyStrategy",
+    "build_strategy",
+    "check_request",
+    "cold_start_strategies",
+    "register_strategy",
+    "strategy_class",
+    "top_k",
+]

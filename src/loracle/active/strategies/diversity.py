@@ -1,0 +1,102 @@
+"""Diversity-aware batch selection: k-center greedy (core-set) and BADGE (gradient embeddings + k-means++)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from loracle.active.strategies.base import Signals, Strategy, check_request, register_strategy, top_k
+from loracle.active.strategies.kmeans import d2_seeding
+
+
+class KCenterGreedy(Strategy):
+    """k-center greedy (core-set, Sener & Savarese, arXiv 1708.00489) on the model's features.
+
+    Repeatedly picks the candidate farthest (Euclidean) from everything labelled or already picked. Scores are the
+    distances at the time each item was picked (selection order, not a global ranking). With nothing labelled the
+    first pick is a seeded uniform draw (score 0).
+    """
+
+    name = "kcenter"
+    requires = frozenset({"embeddings"})
+
+    def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
+        raise TypeError("KCenterGreedy selects greedily; use select()")
+
+    def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        check_request(self, signals, k)
+        x = signals.embeddings.double()
+        centers = signals.labelled_embeddings
+        chosen: list[int] = []
+        picked: list[float] = []
+        if centers is not None and len(centers):
+            dist = torch.cdist(x, centers.double()).min(1).values  # (N,) distance to the nearest labelled item
+        else:  # nothing labelled yet: start from a seeded random item
+            first = int(rng.integers(signals.n))
+            chosen, picked = [first], [0.0]
+            dist = torch.cdist(x, x[first:first + 1]).squeeze(1)
+            dist[first] = -1.0
+        while len(chosen) < k:
+            i = int(torch.argmax(dist))
+            chosen.append(i)
+            picked.append(float(dist[i]))
+            dist = torch.minimum(dist, torch.cdist(x, x[i:i + 1]).squeeze(1))
+            dist[i] = -1.0
+        return np.asarray(chosen), np.asarray(picked)
+
+
+class BadgeStrategy(Strategy):
+    """BADGE (Ash et al., arXiv 1906.03671 §3): k-means++ seeding on hypothetical-label gradient embeddings.
+
+    For candidate ``i`` with mean prediction ``p_i = mean_s probs[i, s]`` (``[C]``), its argmax ``ŷ_i`` and head
+    input ``h_i`` (``signals.embeddings``, ``[D]``), the gradient of the cross-entropy at label ``ŷ_i`` with respect
+    to the last layer's weights is ``g_i = (p_i − e_ŷ_i) ⊗ h_i``, of dimension ``C·D``. Its norm grows with the
+    model's uncertainty and its direction carries the features, so D²-sampling on ``g`` trades the two off.
+
+    ``g`` is never materialised: with ``u_i = p_i − e_ŷ_i``,
+    ``‖g_i − g_j‖² = ‖u_i‖²‖h_i‖² + ‖u_j‖²‖h_j‖² − 2 (u_i·u_j)(h_i·h_j)``, so each chosen centre costs
+    ``O(N (C + D))``.
+
+    Selection rule (as the authors' code): the first pick is the candidate of largest ``‖g_i‖`` (ties broken by the
+    seeded ``rng``); each next is drawn with probability ``∝ min_{chosen c} ‖g_i − g_c‖²``; when every remaining
+    candidate coincides with a chosen one, the next is uniform. Scores are ``‖g‖²`` for the first pick and the
+    ``D²`` each later pick had when drawn.
+    """
+
+    name = "badge"
+    requires = frozenset({"probs", "embeddings"})
+
+    def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
+        raise TypeError("BadgeStrategy samples a batch jointly; use select()")
+
+    @staticmethod
+    def gradient_factors(probs: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two factors of ``g_i = u_i ⊗ h_i``: ``u = p̄ − onehot(argmax p̄)`` ``[N, C]`` and ``h`` ``[N, D]``.
+
+        Raises:
+            ValueError: if the shapes do not match ``[N, S, C]`` and ``[N, D]``.
+        """
+        if probs.dim() != 3 or embeddings.dim() != 2 or probs.shape[0] != embeddings.shape[0]:
+            raise ValueError(f"BADGE needs probs [N, S, C] and embeddings [N, D] with the same N, got "
+                             f"{tuple(probs.shape)} and {tuple(embeddings.shape)}")
+        mean = probs.double().mean(1)  # (N, C)
+        u = mean.clone()
+        u[torch.arange(len(u)), mean.argmax(-1)] -= 1.0
+        return u, embeddings.double()
+
+    def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        check_request(self, signals, k)
+        u, h = self.gradient_factors(signals.probs, signals.embeddings)
+        sq_norm = (u * u).sum(1) * (h * h).sum(1)  # (N,) ‖g_i‖²
+
+        def sq_dist_to(j: int) -> torch.Tensor:
+            return (sq_norm + sq_norm[j] - 2.0 * (u @ u[j]) * (h @ h[j])).clamp_min(0.0)
+
+        first = int(top_k(sq_norm.numpy(), 1, rng)[0])
+        chosen, d2 = d2_seeding(signals.n, k, rng, sq_dist_to, first=first)
+        d2[0] = float(sq_norm[first])
+        return chosen, d2
+
+
+register_strategy("kcenter", KCenterGreedy)
+register_strategy("badge", BadgeStrategy)

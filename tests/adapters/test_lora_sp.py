@@ -8,7 +8,7 @@ from torch import nn
 
 from loracle.adapters import LoRAConfig, LoRASPConfig, adapter_layers, apply_adapter, trainable_parameters
 from loracle.adapters.lora_sp import LoRASPLayer
-from loracle.adapters.lora_sp.mask import assemble, split_matrix
+from loracle.adapters.lora_sp.mask import LAYOUTS, assemble, split_matrix
 from adapter_helpers import build, randomize, train_steps
 from tiny_models import tiny_bert
 
@@ -40,10 +40,11 @@ def test_exactly_half_trainable_on_a_model(mode):
 @pytest.mark.parametrize(
     "mode, a_train, b_train",
     [
-        # nn.Linear(5, 7), rank 3: A is 3×5, B is 7×3; the trainable part is floor(n / 2) of the n units.
+        # nn.Linear(5, 7), rank 3: A is 3×5, B is 7×3. A trains floor(n / 2) of its n units (entries, rows,
+        # columns); B trains floor(21 / 2) entries in every mode (block layout: 4 rows × 1 column + 3 rows × 2).
         ("element", 15 // 2, 21 // 2),
-        ("row", (3 // 2) * 5, (7 // 2) * 3),
-        ("column", 3 * (5 // 2), 7 * (3 // 2)),
+        ("row", (3 // 2) * 5, 21 // 2),
+        ("column", 3 * (5 // 2), 21 // 2),
     ],
 )
 def test_odd_sizes_train_floor_half(mode, a_train, b_train):
@@ -62,14 +63,20 @@ def test_mask_structure(mode):
     a_mask, b_mask = layer.lora_A().isnan(), layer.lora_B().isnan()  # True where trainable
     assert a_mask.sum() == 12 and b_mask.sum() == 20
     if mode == "row":
-        assert a_mask.all(1).sum() == 2 and a_mask.any(1).sum() == 2  # whole rows
-        assert b_mask.all(1).sum() == 5 and b_mask.any(1).sum() == 5
+        assert a_mask.all(1).sum() == 2 and a_mask.any(1).sum() == 2  # whole rows of A
     if mode == "column":
-        assert a_mask.all(0).sum() == 3 and a_mask.any(0).sum() == 3  # whole columns
-        assert b_mask.all(0).sum() == 2 and b_mask.any(0).sum() == 2
+        assert a_mask.all(0).sum() == 3 and a_mask.any(0).sum() == 3  # whole columns of A
     if mode == "element":
         # some row and some column are partly trainable: not structured (checked for this seed)
         assert a_mask.any(1).sum() > a_mask.all(1).sum() and a_mask.any(0).sum() > a_mask.all(0).sum()
+    # B (10 × 4) is zero where frozen: every row trains 2 of its 4 entries and every rank column some outputs
+    assert b_mask.sum(1).tolist() == [2] * 10 and b_mask.any(0).all()
+    if mode != "element":
+        # block layout: two complementary row patterns, each on half of the rows (5 × 2 + 5 × 2 entries)
+        patterns = {tuple(row) for row in b_mask.tolist()}
+        assert len(patterns) == 2 and sum(b_mask.all(0)) == 0
+        first, second = (torch.tensor(p) for p in patterns)
+        assert torch.equal(first, ~second) and b_mask.sum(0).tolist() == [5] * 4
 
 
 def test_frozen_values_are_initial_values():
@@ -81,14 +88,16 @@ def test_frozen_values_are_initial_values():
 
 
 def test_split_assemble_round_trip_and_gradient():
-    matrix = torch.arange(24.0).view(4, 6)
-    for mode in MODES:
-        trainable, frozen, index = split_matrix(matrix, mode, torch.Generator().manual_seed(0))
-        trainable.requires_grad_(True)
-        full = assemble(trainable, frozen, index, mode, (4, 6))
-        assert torch.equal(full, matrix)
-        full.sum().backward()
-        assert torch.equal(trainable.grad, torch.ones_like(trainable))
+    for shape in [(4, 6), (7, 3)]:
+        matrix = torch.arange(float(shape[0] * shape[1])).view(shape)
+        for layout, balance in [(layout, False) for layout in LAYOUTS] + [("element", True)]:
+            trainable, frozen, index = split_matrix(matrix, layout, torch.Generator().manual_seed(0), balance)
+            assert trainable.numel() == matrix.numel() // 2 or layout in ("row", "column")
+            trainable.requires_grad_(True)
+            full = assemble(trainable, frozen, index, layout, shape)
+            assert torch.equal(full, matrix)
+            full.sum().backward()
+            assert torch.equal(trainable.grad, torch.ones_like(trainable))
 
 
 def test_masks_are_seeded():
@@ -124,7 +133,7 @@ def test_optimizer_state_exactly_half_and_frozen_entries_unchanged(mode, token_b
         assert torch.equal(a[frozen_a], a0[frozen_a]) and torch.equal(b[frozen_b], b0[frozen_b])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", LAYOUTS)
 def test_assembled_linear_gradients_match_autograd(mode):
     from loracle.adapters.lora_sp.mask import assembled_linear
 
@@ -138,3 +147,99 @@ def test_assembled_linear_gradients_match_autograd(mode):
                                     (x, trainable))
     reference = torch.nn.functional.linear(x, assemble(trainable, frozen, index, mode, (5, 7)))
     torch.testing.assert_close(assembled_linear(x, trainable, frozen, index, mode, (5, 7)), reference)
+
+
+def fit(layer: LoRASPLayer, steps: int = 5, lr: float = 1e-2, seed: int = 0) -> None:
+    """``steps`` Adam steps (no weight decay, so only a non-zero gradient moves an entry) of the update
+    ``layer(x) - W0 x`` towards a random full-rank ``W* x``."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, layer.in_features, generator=gen)
+    target = x @ torch.randn(layer.out_features, layer.in_features, generator=gen).T
+    with torch.no_grad():
+        base = layer.base_layer(x)
+    opt = torch.optim.Adam([layer.lora_A_trainable, layer.lora_B_trainable], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        ((layer(x) - base - target) ** 2).mean().backward()
+        opt.step()
+
+
+# (in, out, rank): even sizes, odd sizes, and rank 2 where a uniform element draw leaves about a quarter of B's
+# rows (outputs) with no trainable entry.
+SHAPES = [(12, 10, 4), (9, 7, 3), (12, 40, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_trainable_entry_learns(mode, shape):
+    in_features, out_features, rank = shape
+    layer = sp_layer(in_features, out_features, rank, mode)
+    a0, b0 = layer.lora_A_trainable.detach().clone(), layer.lora_B_trainable.detach().clone()
+    fit(layer)
+    # B starts at zero, so A's entries get gradient from the second step on, through B's trainable entries
+    assert (layer.lora_A_trainable != a0).all() and (layer.lora_B_trainable != b0).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("mode", MODES)
+def test_update_keeps_full_rank_and_reaches_every_output(mode, shape):
+    in_features, out_features, rank = shape
+    layer = sp_layer(in_features, out_features, rank, mode)
+    fit(layer)
+    delta = (layer.lora_B().double() @ layer.lora_A().double()).detach()  # (out, in), in float64 for the rank
+    assert torch.linalg.matrix_rank(delta).item() == rank
+    assert (delta.abs().sum(1) > 0).all()  # no output row pinned at zero by a frozen row of B
+    assert (delta.abs().sum(0) > 0).all()
+
+
+def grads_under(layer: LoRASPLayer, x: torch.Tensor, autocast: bool, backward_inside: bool) -> list[torch.Tensor]:
+    layer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+        if backward_inside:
+            y.float().square().sum().backward()
+    if not backward_inside:
+        y.float().square().sum().backward()  # outside autocast, as accelerate and GradScaler do
+    assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+    return [layer.lora_A_trainable.grad.clone(), layer.lora_B_trainable.grad.clone()]
+
+
+@pytest.mark.parametrize("backward_inside", [False, True])
+@pytest.mark.parametrize("mode", MODES)
+def test_bf16_autocast_trains(mode, backward_inside):
+    layer = sp_layer(16, 12, 4, mode)
+    layer.base_layer.requires_grad_(False)
+    with torch.no_grad():
+        layer.lora_B_trainable.normal_(generator=torch.Generator().manual_seed(1))  # so A gets a gradient
+    x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(2))
+    reference = grads_under(layer, x, autocast=False, backward_inside=False)
+    mixed = grads_under(layer, x, autocast=True, backward_inside=backward_inside)
+    for got, want in zip(mixed, reference):
+        assert got.dtype == torch.float32
+        # bf16 keeps 8 mantissa bits: a few relative percent on sums of 15 products
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05 * want.abs().max().item())
+
+
+def test_train_loop_with_bf16_mixed_precision(tokenizer):
+    from loracle.data import Example
+    from loracle.tasks import ClassificationTask
+    from loracle.training import TrainConfig, train
+
+    texts = [("a good movie", 1), ("the plot was dull", 0), ("fun film", 1), ("boring", 0)] * 2
+    examples = [Example(str(i), text, label=label) for i, (text, label) in enumerate(texts)]
+    model = apply_adapter(tiny_bert(), LoRASPConfig(rank=4, mask_mode="column", modules_to_save=["classifier"]))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    task = ClassificationTask(tokenizer, label_names=["neg", "pos"])
+    result = train(model, task, examples, TrainConfig(epochs=1, batch_size=4, lr=1e-2, mixed_precision="bf16",
+                                                       progress=False))
+    assert result.steps == 2
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert len(moved) == len(before)
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rank_one_is_rejected(mode):
+    # a rank-1 B is one column: freezing half of it pins half of the outputs at zero
+    with pytest.raises(ValueError, match=r"LoRA-SP needs rank >= 2"):
+        LoRASPConfig(rank=1, mask_mode=mode)

@@ -7,22 +7,30 @@ from torch import nn
 
 from loracle.adapters.base import AdapterConfig, AdapterLayer
 from loracle.adapters.lora.layer import init_lora_A
-from loracle.adapters.lora_sp.mask import assemble, assembled_linear, split_matrix
+from loracle.adapters.lora_sp.mask import assemble, assembled_linear, layouts, split_matrix
 
 
 class LoRASPLayer(AdapterLayer):
-    """``x ↦ W0 x + (alpha / r) · B A x`` with half of ``A`` and of ``B`` frozen (LoRA-SP, arXiv 2403.08822 §3;
-    design in METHODS.md §2).
+    """``x ↦ W0 x + (alpha / r) · B A x`` with half of ``A`` and of ``B`` frozen (LoRA-SP, arXiv 2403.08822 §3).
 
-    A seeded random permutation picks exactly ``floor(n / 2)`` trainable units of each matrix (entries, rows or
-    columns, per ``config.mask_mode``). Only those are :class:`~torch.nn.Parameter` s (``lora_A_trainable``,
-    ``lora_B_trainable``); the frozen values and the gather indices are buffers, so gradients, optimizer state and
-    decoupled weight decay touch the trainable half only and the frozen half stays bit-identical. Frozen entries keep
-    their initial values (Kaiming-uniform for ``A``, zero for ``B``).
+    Seeded random permutations pick the trainable part of each matrix. Only it is stored as
+    :class:`~torch.nn.Parameter` s (``lora_A_trainable``, ``lora_B_trainable``); the frozen values and the gather
+    indices are buffers, so gradients, optimizer state and decoupled weight decay touch the trainable part only and
+    the frozen part stays bit-identical. Frozen entries keep their initial values (Kaiming-uniform for ``A``, zero
+    for ``B``).
+
+    Which entries train (``config.mask_mode``, layouts in :mod:`loracle.adapters.lora_sp.mask`):
+
+    - ``A`` (``r × in``): ``floor(n / 2)`` of its ``n`` entries (``element``), rows (``row``: whole rank
+      components keep their random initial values) or columns (``column``: whole input features).
+    - ``B`` (``out × r``): exactly ``floor(out · r / 2)`` entries, never a whole row or a whole rank column, because
+      a frozen entry of ``B`` is a zero for ever. ``element``: a random half of every row. ``row``/``column``: a
+      random half of the rows trains a random half of the rank columns and the other rows the other columns
+      (``block`` layout, an index of only ``out + r`` entries). So every output can adapt, every trainable entry of
+      ``A`` receives gradient through its column of ``B``, and ``B A`` reaches rank ``r`` (for ``out > r``).
 
     Buffers: ``lora_A_frozen``/``lora_B_frozen`` (frozen values), ``lora_A_index``/``lora_B_index`` (int32 gather
-    index, see :mod:`loracle.adapters.lora_sp.mask`). Shapes for ``A`` (``r × in``) in element mode:
-    trainable ``(r·in/2,)``, frozen ``(r·in/2,)``, index ``(r·in,)``.
+    index). Shapes for ``A`` in element mode: trainable ``(r·in/2,)``, frozen ``(r·in/2,)``, index ``(r·in,)``.
 
     The forward assembles ``A`` and ``B`` once and does not keep them for backward (they are re-assembled there,
     see :func:`~loracle.adapters.lora_sp.mask.assembled_linear`), so with the halved optimizer state and gradients
@@ -37,27 +45,28 @@ class LoRASPLayer(AdapterLayer):
         super().__init__(base_layer, config, generator)
         dtype = base_layer.weight.dtype if base_layer.weight.is_floating_point() else torch.float32
         self.mask_mode: str = config.mask_mode  # type: ignore[attr-defined]
+        self.layout_A, self.layout_B = layouts(self.mask_mode)
         self.shape_A = (self.rank, self.in_features)
         self.shape_B = (self.out_features, self.rank)
         a_init = init_lora_A(self.rank, self.in_features, generator).to(dtype)
         b_init = torch.zeros(self.shape_B, dtype=dtype)
-        for name, init in (("lora_A", a_init), ("lora_B", b_init)):
-            trainable, frozen, index = split_matrix(init, self.mask_mode, generator)
+        for name, init, layout in (("lora_A", a_init, self.layout_A), ("lora_B", b_init, self.layout_B)):
+            trainable, frozen, index = split_matrix(init, layout, generator, balance_rows=name == "lora_B")
             self.register_parameter(f"{name}_trainable", nn.Parameter(trainable))
             self.register_buffer(f"{name}_frozen", frozen)
             self.register_buffer(f"{name}_index", index)
 
     def lora_A(self) -> torch.Tensor:
-        return assemble(self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.mask_mode, self.shape_A)
+        return assemble(self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.layout_A, self.shape_A)
 
     def lora_B(self) -> torch.Tensor:
-        return assemble(self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.mask_mode, self.shape_B)
+        return assemble(self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.layout_B, self.shape_B)
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same math as the base class, without keeping the assembled A and B alive between forward and backward.
-        h = assembled_linear(x, self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.mask_mode,
+        h = assembled_linear(x, self.lora_A_trainable, self.lora_A_frozen, self.lora_A_index, self.layout_A,
                              self.shape_A) * self.scaling  # (..., r)
-        return assembled_linear(h, self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.mask_mode,
+        return assembled_linear(h, self.lora_B_trainable, self.lora_B_frozen, self.lora_B_index, self.layout_B,
                                 self.shape_B)  # (..., out)
 
     @property

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from loracle.adapters.inject import aux_loss
+from loracle.progress import progress
 from loracle.training.config import TrainConfig
 from loracle.training.optim import build_optimizer
 
@@ -153,7 +154,6 @@ def train(
 def _run(model: nn.Module, task: "Task", examples: list["Example"], config: TrainConfig,
          accelerator: "Accelerator", eval_examples: Sequence["Example"] | None,
          callbacks: Sequence[Callback]) -> TrainResult:
-    from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     inner = model
@@ -173,8 +173,8 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
     log_file = Path(config.log_path) if config.log_path is not None and accelerator.is_main_process else None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total_steps, disable=not config.progress or not accelerator.is_local_main_process,
-               desc="train", unit="step")
+    bar = progress(total_steps, "train", "step", config.progress, leave=False,
+                   silent=not accelerator.is_local_main_process)
     start = time.perf_counter()
     stop = False
     try:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from loracle.active.state import RunState
+from loracle.errors import LoracleError
 
 
 class SimulatedOracle:
@@ -40,7 +42,7 @@ def parse_label(value: str, label_names: list[str] | None, n_classes: int | None
     """A label given as a class name (case-insensitive) or index.
 
     Raises:
-        ValueError: for an unknown label (the message lists the valid ones).
+        LoracleError: for an unknown label (the message lists the valid ones).
     """
     text = value.strip()
     if label_names:
@@ -50,10 +52,10 @@ def parse_label(value: str, label_names: list[str] | None, n_classes: int | None
         if text.isdigit() and int(text) < len(label_names):
             return int(text)
         valid = ", ".join(f"{i}={n}" for i, n in enumerate(label_names))
-        raise ValueError(f"unknown label {value!r}; valid labels: {valid}")
+        raise LoracleError(f"unknown label {value!r}; valid labels: {valid}")
     if text.isdigit() and (n_classes is None or int(text) < n_classes):
         return int(text)
-    raise ValueError(f"unknown label {value!r}; give a class index in [0, {n_classes or '?'})")
+    raise LoracleError(f"unknown label {value!r}; give a class index in [0, {n_classes or '?'})")
 
 
 def _record(state: RunState, idx: int, label: int) -> None:
@@ -106,7 +108,7 @@ def label_interactive(state: RunState, input_fn: Callable[[str], str] | None = N
 def export_queries(state: RunState, path: str | Path) -> int:
     """Write pending queries to CSV (``idx,id,text,choices,label`` with ``label`` empty). Returns the row count."""
     pending = state.pending_queries()
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["idx", "id", "text", "choices", "label"])
         for idx, e in zip(pending, state.pool_examples(pending)):
@@ -114,36 +116,133 @@ def export_queries(state: RunState, path: str | Path) -> int:
     return len(pending)
 
 
-def import_labels(state: RunState, path: str | Path) -> int:
+@dataclass(frozen=True)
+class ImportResult:
+    """What :func:`import_labels` did with the rows of a CSV.
+
+    Args:
+        recorded: new labels written.
+        already_recorded: rows whose answer was already stored, identically (a re-import after a partial one).
+        blank: rows with an empty ``label`` cell, left pending.
+    """
+
+    recorded: int
+    already_recorded: int
+    blank: int
+
+
+def _same_text(a: str, b: str) -> bool:
+    # Spreadsheets may rewrite line ends and trailing spaces; any other difference means another item.
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def import_labels(state: RunState, path: str | Path) -> ImportResult:
     """Read a CSV written by :func:`export_queries` with the ``label`` column filled in (blank rows are skipped).
 
+    Each row names its item by ``id`` (``idx`` alone is accepted when there is no ``id`` column). When both are
+    given they must agree, and a ``text`` cell must be the item's text (up to whitespace), so rows that were
+    re-sorted or edited in a spreadsheet cannot send a label to the wrong item. A row whose item already holds the
+    same label (imported before) is skipped and counted, so a corrected CSV can be imported again after an error.
     Rows are recorded one by one, so on an error the rows before it are kept.
 
     Returns:
-        Number of labels recorded.
+        The counts of recorded, already recorded and blank rows.
 
     Raises:
-        ValueError: an unknown label, a row that is not a pending query, or a missing column (with the line).
+        LoracleError: a missing column, an unknown id or label, an ``idx``/``id``/``text`` that disagree, an item
+            that is not a pending query, a label that contradicts the recorded one, or an item given twice; the
+            message names the file and the line and says how many labels were recorded before it.
     """
-    pending = set(state.pending_queries())
     names = state.label_names
-    done = 0
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"idx", "label"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs columns 'idx' and 'label', found {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            if not (row.get("label") or "").strip():
-                continue
+    pool = state.pool_examples()
+    index_of = {e.id: i for i, e in enumerate(pool)}
+    pending = set(state.pending_queries())
+    recorded = state.labels()
+    done = already = blank = 0
+    first_line: dict[int, int] = {}
+
+    def describe(label: int) -> str:
+        return repr(names[label]) if names and 0 <= label < len(names) else str(label)
+
+    def item(row: dict[str, str | None], columns: set[str]) -> int:
+        id_cell = (row.get("id") or "").strip() if "id" in columns else ""
+        idx_cell = (row.get("idx") or "").strip() if "idx" in columns else ""
+        idx = None
+        if idx_cell:
             try:
-                idx = int(row["idx"])
-                if idx not in pending:
-                    raise ValueError(f"pool item {idx} is not a pending query")
-                choices = state.pool_examples([idx])[0].choices
-                label = parse_label(row["label"], names, len(choices) if choices else None)
-            except ValueError as err:
-                raise ValueError(f"{path}, line {line}: {err} ({done} label(s) before it were recorded)") from err
-            _record(state, idx, label)
-            pending.discard(idx)
-            done += 1
-    return done
+                idx = int(idx_cell)
+            except ValueError:
+                raise LoracleError(f"idx {idx_cell!r} is not an integer") from None
+            if not 0 <= idx < len(pool):
+                raise LoracleError(f"idx {idx} is outside the run's pool (0..{len(pool) - 1})")
+        if id_cell:
+            by_id = index_of.get(id_cell)
+            if by_id is None:
+                raise LoracleError(f"id {id_cell!r} is not an item of this run's pool")
+            if idx is not None and idx != by_id:
+                raise LoracleError(
+                    f"idx {idx} and id {id_cell!r} disagree: item {id_cell!r} has idx {by_id}, idx {idx} is item "
+                    f"{pool[idx].id!r}; were rows re-sorted or edited? Fix the idx cell or remove the idx column "
+                    "(the id decides)")
+            idx = by_id
+        if idx is None:
+            raise LoracleError("the row has no id (and no idx); keep the id column written by --export")
+        text = row.get("text") if "text" in columns else None
+        if text and not _same_text(text, pool[idx].text):
+            raise LoracleError(f"the text does not match item {pool[idx].id!r}: the CSV has {_short(text)!r}, the "
+                               f"run has {_short(pool[idx].text)!r}; the row may belong to another item")
+        return idx
+
+    try:
+        handle = open(path, newline="", encoding="utf-8-sig")  # -sig: spreadsheets often add a byte-order mark
+    except IsADirectoryError:
+        raise LoracleError(f"{path} is a folder; give the CSV file written by --export") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        try:
+            columns = set(reader.fieldnames or [])
+            if "label" not in columns or not columns & {"id", "idx"}:
+                raise LoracleError(f"{path}: needs the columns 'label' and 'id' (or 'idx'), found "
+                                   f"{reader.fieldnames}")
+            for row in reader:
+                line = reader.line_num
+                if not (row.get("label") or "").strip():
+                    blank += 1
+                    continue
+                try:
+                    idx = item(row, columns)
+                    if idx in first_line:
+                        raise LoracleError(f"repeats item {pool[idx].id!r} of line {first_line[idx]}; give each "
+                                           "item one row")
+                    first_line[idx] = line
+                    choices = pool[idx].choices
+                    label = parse_label(row["label"] or "", names, len(choices) if choices else None)
+                    if idx in recorded:
+                        if recorded[idx] != label:
+                            raise LoracleError(
+                                f"item {pool[idx].id!r} already has the label {describe(recorded[idx])}, this row "
+                                f"says {describe(label)}; a recorded label is not changed: make the row agree or "
+                                "delete it")
+                        already += 1
+                        continue
+                    if idx not in pending:
+                        raise LoracleError(f"item {pool[idx].id!r} is not a pending query (it was never queried)")
+                except ValueError as err:
+                    skipped = f", {already} already recorded" if already else ""
+                    raise LoracleError(f"{path}: line {line}: {err} ({done} label(s) before it were recorded"
+                                       f"{skipped})") from err
+                _record(state, idx, label)
+                recorded[idx] = label
+                pending.discard(idx)
+                done += 1
+        except UnicodeDecodeError as err:
+            raise LoracleError(f"{path}: line {reader.line_num + 1}: not valid UTF-8; save the CSV as UTF-8 "
+                               f"({done} label(s) before it were recorded)") from err
+        except csv.Error as err:
+            raise LoracleError(f"{path}: line {reader.reader.line_num}: malformed CSV ({err}) ({done} label(s) "
+                               "before it were recorded)") from err
+    return ImportResult(done, already, blank)

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from loracle.data.examples import Example
+from loracle.errors import LoracleError
 
 STATE_FILE = "state.sqlite"
 SCHEMA_VERSION = 1
@@ -68,13 +69,24 @@ class RunState:
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise LoracleError(f"{self.run_dir} is a file, not a run folder; give a folder path (new or a run's)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / STATE_FILE
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one step is exactly one transaction.
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            self.db.close()
+            raise self._unreadable(err) from err
+
+    def _unreadable(self, err: Exception) -> LoracleError:
+        return LoracleError(f"{self.path} is not a readable run state ({err}): the file is damaged or truncated "
+                            "(an interrupted copy, a full disk?). Restore it from a backup, or start the run again "
+                            "in a new folder")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @classmethod
@@ -82,15 +94,25 @@ class RunState:
         """Open an existing run.
 
         Raises:
-            ValueError: if ``run_dir`` holds no run state.
+            LoracleError: if ``run_dir`` holds no run state, or one that is damaged or truncated (checked with
+                SQLite's ``quick_check``, so a bad page is found here rather than in the middle of a round).
         """
-        if not (Path(run_dir) / STATE_FILE).exists():
-            raise ValueError(f"{run_dir} is not an active-learning run folder (no {STATE_FILE}); start one with "
-                             "`loracle al run ... --output DIR`")
+        if not (Path(run_dir) / STATE_FILE).is_file():
+            raise LoracleError(f"{run_dir} is not an active-learning run folder (no {STATE_FILE}); start one with "
+                               "`loracle al run ... --output DIR`")
         state = cls(run_dir)
-        if state.get_meta("config") is None:
-            raise ValueError(f"{run_dir}/{STATE_FILE} has no run config: the run was killed before it was set up; "
-                             "delete the folder and start again")
+        try:
+            problems = [row[0] for row in state.db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("; ".join(problems[:3]))
+            config = state.get_meta("config")
+        except (sqlite3.DatabaseError, ValueError) as err:  # ValueError: a meta value that is not JSON
+            state.close()
+            raise state._unreadable(err) from err
+        if config is None:
+            state.close()
+            raise LoracleError(f"{run_dir}/{STATE_FILE} has no run config: the run was killed before it was set up; "
+                               "delete the folder and start again")
         return state
 
     def close(self) -> None:

@@ -1,0 +1,125 @@
+"""Temperature scaling (Guo et al., arXiv 1706.04599 §4.2): one scalar ``T`` that divides the logits.
+
+``softmax(z / T)`` keeps every prediction's argmax (so accuracy is unchanged) and fixes the usual
+over-confidence of fine-tuned models (``T > 1``) or under-confidence (``T < 1``). ``T`` is fitted by minimising the
+negative log-likelihood on held-out labelled data; with few labels the loop fits it on cross-fitted logits (each
+labelled item predicted by a model that did not train on it) and :func:`fit_temperature_from_folds` pools them.
+
+The fit is exact up to ``1e-10`` in ``log T``: with ``β = 1/T`` the NLL ``mean_i [logsumexp(β z_i) − β z_{i,y_i}]``
+is convex in ``β`` and its derivative ``mean_i [E_{softmax(β z_i)}[z] − z_{i,y_i}]`` is monotone, so bisection on
+the derivative over ``T ∈ [0.05, 20]`` finds the minimiser (or the bound it lies beyond). No optimiser state, no
+learning rate, no iteration cap to tune.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+#: Range of the fitted temperature: beyond it the data say "as sharp / as flat as possible", not a number.
+T_MIN, T_MAX = 0.05, 20.0
+# Stand-in for −inf log-probabilities, below the smallest finite logit (keeps 0 · (−inf) out of the gradient).
+_NEG_MARGIN = 50.0
+
+
+def _prepare(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """float64 ``[N, C]`` logits and ``[N]`` labels, or None when no temperature can be fitted."""
+    z = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if z.dim() != 2:
+        raise ValueError(f"logits must have shape [N, C], got {tuple(z.shape)} (average MC samples first, e.g. "
+                         "pass log(probs.mean(1)))")
+    if z.shape[0] != y.shape[0]:
+        raise ValueError(f"logits has {z.shape[0]} rows but labels has {y.shape[0]}; expected equal")
+    if z.shape[0] == 0 or z.shape[1] < 2:
+        return None
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(f"labels must be in 0..{z.shape[1] - 1}, got range {int(y.min())}..{int(y.max())}")
+    if torch.isnan(z).any() or (z == math.inf).any():
+        return None
+    finite = torch.isfinite(z)
+    if not finite.any(1).all():
+        return None
+    if not finite.all():
+        z = torch.where(finite, z, z[finite].min() - _NEG_MARGIN)
+    z = z - z.max(1, keepdim=True).values  # softmax is shift-invariant; keeps exp() in range
+    if (z.min(1).values == 0).all():  # every row constant: the NLL does not depend on T
+        return None
+    return z, y
+
+
+def _nll_slope(z: torch.Tensor, y: torch.Tensor, beta: float) -> float:
+    """``d/dβ mean_i [logsumexp(β z_i) − β z_{i,y_i}]``, non-decreasing in ``β``."""
+    p = torch.softmax(beta * z, dim=1)  # (N, C)
+    return float(((p * z).sum(1) - z.gather(1, y[:, None])[:, 0]).mean())
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` on ``labels``, in ``[0.05, 20]``.
+
+    Args:
+        logits: ``[N, C]`` logits or log-probabilities (log-probabilities up to a per-row constant work the same;
+            ``-inf`` entries are allowed).
+        labels: ``[N]`` integer labels in ``0..C-1``.
+
+    Returns:
+        ``T`` as a float; 1.0 (no change) on degenerate input: no rows, a single class, NaN or ``+inf`` logits, a
+        row with no finite logit, or every row constant (the NLL does not depend on ``T`` then).
+
+    Raises:
+        ValueError: on a shape mismatch or labels out of range.
+    """
+    prepared = _prepare(logits, labels)
+    if prepared is None:
+        return 1.0
+    z, y = prepared
+    lo, hi = math.log(1.0 / T_MAX), math.log(1.0 / T_MIN)  # bisection on log β, β = 1/T
+    if _nll_slope(z, y, math.exp(lo)) >= 0:  # NLL increasing already at the flattest allowed β
+        return T_MAX
+    if _nll_slope(z, y, math.exp(hi)) <= 0:  # still decreasing at the sharpest: perfectly separable data
+        return T_MIN
+    while hi - lo > 1e-10:
+        mid = 0.5 * (lo + hi)
+        if _nll_slope(z, y, math.exp(mid)) < 0:
+            lo = mid
+        else:
+            hi = mid
+    return float(1.0 / math.exp(0.5 * (lo + hi)))
+
+
+def fit_temperature_from_folds(folds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Fit one temperature on the concatenation of ``(logits [N_k, C], labels [N_k])`` folds.
+
+    With cross-fitting, fold ``k`` holds the predictions of the model trained without fold ``k`` on fold ``k``;
+    pooling them uses every label once.
+
+    Returns:
+        ``T`` (1.0 for no folds or degenerate input, as :func:`fit_temperature`).
+
+    Raises:
+        ValueError: if the folds disagree on the number of classes, or as :func:`fit_temperature`.
+    """
+    if not folds:
+        return 1.0
+    widths = {torch.as_tensor(z).shape[-1] for z, _ in folds}
+    if len(widths) != 1:
+        raise ValueError(f"folds disagree on the number of classes: {sorted(widths)}")
+    n_classes = widths.pop()
+    logits = torch.cat([torch.as_tensor(z, dtype=torch.float64).reshape(-1, n_classes) for z, _ in folds])
+    labels = torch.cat([torch.as_tensor(y, dtype=torch.long).reshape(-1) for _, y in folds])
+    return fit_temperature(logits, labels)
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Calibrated probabilities ``softmax(logits / T)`` over the last axis (any leading shape, e.g. ``[N, C]`` or
+    ``[N, S, C]``). For probabilities ``p`` use ``logits = p.log()``: ``p^(1/T)`` renormalised.
+
+    Raises:
+        ValueError: if ``temperature`` is not a positive finite number.
+    """
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    z = torch.as_tensor(logits)
+    return torch.softmax(z / temperature, dim=-1)

@@ -1,0 +1,70 @@
+"""Temperature scaling: recovers a known over-confidence factor, leaves calibrated data alone, degenerate inputs."""
+
+import math
+
+import pytest
+import torch
+
+from loracle.evaluation.calibration import (
+    T_MAX,
+    T_MIN,
+    apply_temperature,
+    fit_temperature,
+    fit_temperature_from_folds,
+)
+from loracle.evaluation.metrics import expected_calibration_error, negative_log_likelihood
+
+
+def synthetic(n=6000, c=4, seed=0):
+    """True logits and labels drawn from softmax(true logits): calibrated by construction."""
+    g = torch.Generator().manual_seed(seed)
+    true = 1.5 * torch.randn(n, c, generator=g, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(true, 1), 1, generator=g)[:, 0]
+    return true, labels
+
+
+def test_recovers_overconfidence_factor_and_ece_drops():
+    true, labels = synthetic()
+    over = 3.0 * true
+    t = fit_temperature(over, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = expected_calibration_error(torch.softmax(over, 1), labels)
+    after = expected_calibration_error(apply_temperature(over, t), labels)
+    assert after < before / 2
+    assert negative_log_likelihood(apply_temperature(over, t), labels) < negative_log_likelihood(
+        torch.softmax(over, 1), labels)
+
+
+def test_calibrated_data_keeps_t_near_one_and_minimum_is_exact():
+    true, labels = synthetic(seed=1)
+    t = fit_temperature(true, labels)
+    assert t == pytest.approx(1.0, rel=0.1)
+
+    def nll(temp):
+        return negative_log_likelihood(apply_temperature(true, temp), labels)
+
+    assert nll(t) <= min(nll(t * 1.01), nll(t / 1.01))  # a minimum of the NLL
+    # log-probabilities work the same as logits (shift invariance), and so do folds
+    assert fit_temperature(torch.log_softmax(true, 1), labels) == pytest.approx(t, rel=1e-6)
+    folds = [(true[:2000], labels[:2000]), (true[2000:], labels[2000:])]
+    assert fit_temperature_from_folds(folds) == pytest.approx(t, rel=1e-9)
+
+
+def test_bounds_and_degenerate_inputs():
+    separable = torch.tensor([[2.0, -2.0], [-1.0, 1.0]])
+    assert fit_temperature(separable, torch.tensor([0, 1])) == T_MIN  # NLL keeps falling as T -> 0
+    assert fit_temperature(separable, torch.tensor([1, 0])) == T_MAX  # always wrong: flatten as far as allowed
+    assert fit_temperature(torch.zeros(5, 3), torch.zeros(5, dtype=torch.long)) == 1.0
+    assert fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)) == 1.0
+    assert fit_temperature(torch.tensor([[math.nan, 0.0]]), torch.tensor([0])) == 1.0
+    assert fit_temperature_from_folds([]) == 1.0
+    with_zero = torch.tensor([[0.0, -math.inf], [-0.1, -2.0], [-2.0, -0.2]])  # log of a probability of 0
+    assert T_MIN <= fit_temperature(with_zero, torch.tensor([0, 1, 1])) <= T_MAX
+    with pytest.raises(ValueError, match="labels must be in 0..1"):
+        fit_temperature(separable, torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match="\\[N, C\\]"):
+        fit_temperature(torch.zeros(2, 3, 2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="positive finite"):
+        apply_temperature(separable, 0.0)
+    assert apply_temperature(separable, 2.0).sum(-1).tolist() == pytest.approx([1.0, 1.0])
+    assert torch.allclose(apply_temperature(separable, 1.0), torch.softmax(separable, 1))

@@ -1,12 +1,15 @@
-"""Reports of active-learning runs: a JSON summary and the learning curve (accuracy and ECE vs labels).
+"""Reports of active-learning runs: the per-round log line, a JSON summary and the learning curve.
 
-``learning_curve`` lives here rather than in ``evaluation/plots.py`` because it reads active-learning runs.
-matplotlib is imported lazily.
+The learning curve plots test accuracy, macro-F1 and ECE against the number of labels, with the majority-class
+baseline dashed. It lives here rather than in ``evaluation/plots.py`` because it reads active-learning runs;
+matplotlib is imported lazily. Every number meant for people is shown with :data:`DECIMALS` decimals.
 """
 
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,15 +19,55 @@ from loracle.evaluation.plots import save_figure
 
 REPORT_FILE = "report.json"
 CURVE_FILE = "learning_curve.png"
+COMPARE_FILE = "compare.json"
+#: decimals of every metric shown to people (log lines, ``al status``, ``al compare``, plot legends)
+DECIMALS = 3
+#: the metrics of the per-round line, the status table and the plot panels: key, label
+METRICS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("ece", "ECE"))
+#: the timed phases of a round, in order
+PHASES = ("train", "evaluate", "score")
 
 
-def area_under_curve(n_labels: Sequence[float], values: Sequence[float]) -> float | None:
+def format_value(value: float | None, decimals: int = DECIMALS) -> str:
+    """``value`` with ``decimals`` decimals, or ``n/a`` for a missing (None or NaN) value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{decimals}f}"
+
+
+def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, float | None],
+                      phase_seconds: Mapping[str, float | None]) -> str:
+    """The one log line written after each round of a run.
+
+    Example: ``round 2 (14 labels): accuracy 0.850, macro-F1 0.843, ECE 0.071; train 3.2 s, evaluate 0.4 s,
+    score n/a``.
+
+    Args:
+        round_index: the round ``t`` (0: trained on the initial set).
+        n_labels: labels the round's model was trained on.
+        metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``.
+        phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
+            (the last round scores nothing).
+
+    Returns:
+        The line, without a newline.
+    """
+    shown = ", ".join(f"{label} {format_value(metrics.get(key))}" for key, label in METRICS)
+    times = ", ".join(f"{phase} {_seconds(phase_seconds.get(phase))}" for phase in PHASES)
+    return f"round {round_index} ({n_labels} labels): {shown}; {times}"
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
+
+
+def area_under_curve(n_labels: Sequence[float], values: Sequence[float | None]) -> float | None:
     """Normalised area under a learning curve: trapezoid rule divided by the label range (a mean accuracy).
 
-    A single point returns its value; no points return None.
+    A single point returns its value; no points (or a missing value) return None.
     """
     points = sorted(zip(n_labels, values))
-    if not points:
+    if not points or any(v is None for _, v in points):
         return None
     if len(points) == 1 or points[-1][0] == points[0][0]:
         return float(points[0][1])
@@ -32,8 +75,35 @@ def area_under_curve(n_labels: Sequence[float], values: Sequence[float]) -> floa
     return float(area / (points[-1][0] - points[0][0]))
 
 
+def majority_baseline(labels: Sequence[int | None]) -> dict[str, float] | None:
+    """Test scores of always predicting the most frequent label: the floor a model must beat.
+
+    With ``p`` the most frequent label's share and ``K`` the number of distinct labels, accuracy is ``p`` and
+    macro-F1 is ``(2p / (1 + p)) / K``: the majority class has precision ``p`` and recall 1, every other class F1 0
+    (the mean runs over the classes present, as :func:`loracle.evaluation.metrics.macro_f1` does).
+
+    Returns:
+        ``{"accuracy": p, "macro_f1": ...}``, or None without labels.
+    """
+    counts = Counter(label for label in labels if label is not None)
+    if not counts:
+        return None
+    share = max(counts.values()) / sum(counts.values())
+    return {"accuracy": share, "macro_f1": 2 * share / (1 + share) / len(counts)}
+
+
+def display_name(name_or_path: str | None) -> str:
+    """A short name for a model or dataset: a path's last component, anything else (``minilm``) as given."""
+    if not name_or_path:
+        return "?"
+    text = str(name_or_path).rstrip("/\\")
+    if text.startswith((".", "/", "~")) or "\\" in text or Path(text).exists():
+        return Path(text).name or text
+    return text
+
+
 def run_summary(state: RunState) -> dict[str, Any]:
-    """Config, per-round metrics, label counts by source, the area under the accuracy curve, and status."""
+    """Config, per-round metrics, label counts by source, areas under the curves, the baseline, and status."""
     from loracle.active.config import ALConfig
 
     config = ALConfig.from_dict(state.config)
@@ -43,37 +113,48 @@ def run_summary(state: RunState) -> dict[str, Any]:
         sources[source] = sources.get(source, 0) + 1
     curve = {
         "n_labels": [r["n_labels"] for r in rounds],
-        **{key: [r["metrics"].get(key) for r in rounds] for key in ("accuracy", "ece", "nll", "brier", "macro_f1")
+        **{key: [r["metrics"].get(key) for r in rounds] for key in ("accuracy", "macro_f1", "ece", "nll", "brier")
            if any(key in r["metrics"] for r in rounds)},
     }
     done = len(rounds) == config.n_rounds + 1
     waiting = config.oracle == "human" and state.pending_queries()
     status = "done" if done else ("waiting_for_labels" if waiting else "in_progress")
+    test_labels = [e.label for e in state.test_examples()]
     return {
         "run_dir": str(state.run_dir),
         "strategy": config.strategy,
+        "dataset": display_name(config.data),
+        "model": config.model,
         "status": status,
         "rounds_completed": len(rounds),
         "rounds_planned": config.n_rounds + 1,
         "labels": len(state.labels()),
         "labels_by_source": sources,
         "pending_queries": len(state.pending_queries()),
+        "pool_size": state.pool_size(),
+        "test_size": len(test_labels),
+        "majority_baseline": majority_baseline(test_labels),
         "curve": curve,
-        "aulc_accuracy": area_under_curve(curve["n_labels"], curve.get("accuracy", [])) if rounds else None,
-        "aulc_ece": area_under_curve(curve["n_labels"], curve.get("ece", [])) if "ece" in curve else None,
+        **{f"aulc_{key}": area_under_curve(curve["n_labels"], curve[key]) if rounds and key in curve else None
+           for key in ("accuracy", "macro_f1", "ece")},
         "rounds": rounds,
         "config": config.to_dict(),
     }
 
 
-def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
-                   title: str = "Active learning") -> Path:
-    """Plot accuracy and ECE against the number of labels, one line per run (or per strategy).
+def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float | None]]], path: str | Path,
+                   title: str = "Active learning", baseline: Mapping[str, float] | None = None,
+                   subtitle: str | None = None) -> Path:
+    """Plot test accuracy, macro-F1 and ECE against the number of labels, one line per run (or per strategy).
 
     Args:
-        runs: ``{name: {"n_labels": [...], "accuracy": [...], "ece": [...]}}``; optional ``"accuracy_std"`` and
-            ``"ece_std"`` draw bands (across seeds).
+        runs: ``{name: {"n_labels": [...], "accuracy": [...], "macro_f1": [...], "ece": [...]}}``; a metric a
+            run lacks is left out of its panel; optional ``"<metric>_std"`` lists draw bands (across seeds).
         path: PNG to write.
+        title: the figure's title (say strategy, dataset and model).
+        baseline: majority-class scores (:func:`majority_baseline`), drawn dashed on the accuracy and macro-F1
+            panels.
+        subtitle: a smaller second title line (pool and test sizes, seed).
 
     Returns:
         The path written.
@@ -83,25 +164,49 @@ def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float]]], path: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, curve in runs.items():
-        x = list(curve["n_labels"])
-        for ax, key in zip(axes, ("accuracy", "ece")):
+    panels = (("accuracy", "test accuracy", "accuracy: higher is better"),
+              ("macro_f1", "test macro-F1", "macro-F1: higher is better"),
+              ("ece", "test ECE (15 bins)", "calibration error (ECE): lower is better"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.4))
+    ticks = sorted({x for curve in runs.values() for x in curve["n_labels"]})
+    for ax, (key, label, heading) in zip(axes, panels):
+        drawn = False
+        for name, curve in runs.items():
             if key not in curve:
                 continue
+            x = list(curve["n_labels"])
             y = [float("nan") if v is None else v for v in curve[key]]
-            (line,) = ax.plot(x, y, marker="o", label=name)
+            last = next((v for v in reversed(y) if not math.isnan(v)), None)
+            (line,) = ax.plot(x, y, marker="o", label=f"{name} (last {format_value(last)})")
             std = curve.get(f"{key}_std")
             if std is not None:
                 ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], alpha=0.15,
                                 color=line.get_color())
-    for ax, label in zip(axes, ("test accuracy", "test ECE (15 bins)")):
+            drawn = True
+        if baseline is not None and key in baseline:
+            ax.axhline(baseline[key], color="grey", linestyle="--", linewidth=1.2,
+                       label=f"majority class ({format_value(baseline[key])})")
+        if key == "ece" and drawn:
+            ax.set_ylim(bottom=0)  # an error: its distance from 0 is what matters
+        if not drawn:
+            ax.text(0.5, 0.5, f"{key} not recorded", ha="center", va="center", transform=ax.transAxes,
+                    color="grey")
         ax.set_xlabel("number of labels")
         ax.set_ylabel(label)
+        ax.set_title(heading, fontsize=10)
+        if 1 < len(ticks) <= 12:
+            ax.set_xticks(ticks)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title if subtitle is None else f"{title}\n{subtitle}", fontsize=11)
     return save_figure(fig, path, dpi=120)
+
+
+def _plot_title(summaries: Sequence[Mapping[str, Any]], strategies: str) -> str:
+    datasets = sorted({s["dataset"] for s in summaries})
+    models = sorted({display_name(s["model"]) for s in summaries})
+    return f"{strategies} on {', '.join(datasets)} with {', '.join(models)}"
 
 
 def write_report(state: RunState) -> dict[str, Any]:
@@ -110,14 +215,26 @@ def write_report(state: RunState) -> dict[str, Any]:
     (state.run_dir / REPORT_FILE).write_text(json.dumps(summary, indent=2))
     if summary["rounds"]:
         learning_curve({summary["strategy"]: summary["curve"]}, state.run_dir / CURVE_FILE,
-                       title=f"{summary['strategy']} ({state.run_dir.name})")
+                       title=_plot_title([summary], summary["strategy"]), baseline=summary["majority_baseline"],
+                       subtitle=f"run {state.run_dir.name}: pool {summary['pool_size']}, test "
+                       f"{summary['test_size']} items, seed {summary['config']['seed']}")
     return summary
 
 
-def compare_runs(run_dirs: Sequence[str | Path], output: str | Path) -> dict[str, Any]:
+def default_compare_dir(run_dirs: Sequence[str | Path]) -> Path:
+    """Where :func:`compare_runs` writes without an explicit output: ``compare`` beside the first run's folder."""
+    return Path(run_dirs[0]).resolve().parent / "compare"
+
+
+def compare_runs(run_dirs: Sequence[str | Path], output: str | Path | None = None) -> dict[str, Any]:
     """One learning curve and one JSON over several runs (labelled by strategy, or folder name on a clash).
 
-    Writes ``<output>/compare.json`` and ``<output>/learning_curve.png``.
+    Args:
+        run_dirs: run folders.
+        output: folder for ``compare.json`` and ``learning_curve.png`` (default :func:`default_compare_dir`).
+
+    Returns:
+        ``{label: {"run_dir", "status", "labels", "curve", "aulc_accuracy", "aulc_macro_f1", "aulc_ece", ...}}``.
     """
     summaries = []
     for run_dir in run_dirs:
@@ -128,11 +245,15 @@ def compare_runs(run_dirs: Sequence[str | Path], output: str | Path) -> dict[str
             state.close()
     names = [s["strategy"] for s in summaries]
     labels = [n if names.count(n) == 1 else f"{n} ({Path(s['run_dir']).name})" for n, s in zip(names, summaries)]
-    output = Path(output)
+    output = default_compare_dir(run_dirs) if output is None else Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    result = {label: {k: s[k] for k in ("run_dir", "status", "labels", "curve", "aulc_accuracy", "aulc_ece")}
-              for label, s in zip(labels, summaries)}
-    (output / "compare.json").write_text(json.dumps(result, indent=2))
+    keys = ("run_dir", "status", "dataset", "model", "labels", "majority_baseline", "curve", "aulc_accuracy",
+            "aulc_macro_f1", "aulc_ece")
+    result = {label: {k: s[k] for k in keys} for label, s in zip(labels, summaries)}
+    (output / COMPARE_FILE).write_text(json.dumps(result, indent=2))
+    baselines = {json.dumps(s["majority_baseline"], sort_keys=True) for s in summaries}
     learning_curve({label: s["curve"] for label, s in zip(labels, summaries)}, output / CURVE_FILE,
-                   title="Active learning: strategies compared")
+                   title=_plot_title(summaries, "Strategies compared" if len(set(names)) > 1 else names[0]),
+                   baseline=summaries[0]["majority_baseline"] if len(baselines) == 1 else None,
+                   subtitle=None if len(baselines) == 1 else "the runs' test sets differ: no common baseline")
     return result

@@ -42,7 +42,8 @@ def small_config(data: Path, **overrides):
     values = dict(model="tiny", data=str(data), initial_size=6, query_size=4, rounds=2, pool_size=None,
                   test_size=None, mc_samples=3, stochastic_layers=None,
                   adapter={"method": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.2},
-                  train={"epochs": 1, "batch_size": 8, "lr": 5e-3, "b_weight_decay": 0.5, "warmup_ratio": 0.0},
+                  train={"epochs": 1, "min_steps": None, "batch_size": 8, "lr": 5e-3, "b_weight_decay": 0.5,
+                         "warmup_ratio": 0.0},
                   max_length=16, eval_batch_size=16, progress=False, seed=0)
     values.update(overrides)
     return ALConfig(**values)

@@ -46,14 +46,14 @@ def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data):
     config = small_config(toy_data, strategy="entropy", rounds=2)
     run_active_learning(config, tmp_path / "a", tiny_factory)
     # Second run: crash while scoring after round 1 was trained (labels and rounds 0-1 committed).
-    state = create_run(config, tmp_path / "b")
-    loop = ActiveLearningLoop(state, tiny_factory)
+    state, builder = create_run(config, tmp_path / "b", tiny_factory)
+    loop = ActiveLearningLoop(state, tiny_factory, builder)
     real_query = loop._query
 
-    def crashing_query(t, model, task):
+    def crashing_query(t, built):
         if t == 1:
             raise KeyboardInterrupt
-        real_query(t, model, task)
+        real_query(t, built)
 
     loop._query = crashing_query
     with pytest.raises(KeyboardInterrupt):

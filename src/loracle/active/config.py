@@ -1,9 +1,13 @@
 """The configuration of an active-learning run: the one place its defaults live.
 
-The defaults are chosen so that ``loracle al run --model minilm --data ../shared/data/rotten_tomatoes`` finishes in
-well under 15 minutes on 2 CPU cores: a 2,000-item pool subset, 500 test items, 100 initial labels, +100 per round,
-4 rounds, 3 epochs at lr 3e-3, ``max_length`` 64, 1,000 scored candidates per round, and MC dropout with 8
-samples in the adapters of the last 2 blocks (so the 4 frozen blocks below are computed once per batch).
+``ALConfig`` nests the typed :class:`~loracle.adapters.AdapterConfig` and :class:`~loracle.training.TrainConfig`,
+so every field (a typo inside ``train:`` in a YAML file included) is validated before a run folder is written.
+
+Defaults: the whole training split is the pool and the whole unlabelled pool is scored every round; the adapter
+(LoRA r=8 on every linear layer of the top two transformer blocks, dropout 0.1) leaves the blocks below frozen, so
+the states entering the first adapted block are computed once per run (:class:`loracle.modeling.PrefixCache`) and
+each round trains, evaluates and scores only the top blocks. docs/ARCHITECTURE.md and the README's benchmark
+tables give the measured cost of this placement against adapters in every block.
 """
 
 from __future__ import annotations
@@ -14,9 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from loracle.active.strategies import STRATEGIES
+from loracle.adapters.base import AdapterConfig, config_from_dict
+from loracle.training.config import TrainConfig
 
 ORACLES = ("simulated", "human")
 INITIAL_MODES = ("random", "stratified")
+
+
+def default_adapter() -> AdapterConfig:
+    """LoRA r=8, alpha 16, dropout 0.1 on every linear layer of the top two transformer blocks."""
+    from loracle.adapters import LoRAConfig
+
+    return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
+
+
+def default_train() -> TrainConfig:
+    """AdamW at lr 1e-3, batch 16, at least 3 epochs and at least 100 optimiser steps (small labelled sets get
+    more epochs), weight decay 0.01 on matrices."""
+    return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01)
 
 
 @dataclass
@@ -29,6 +48,7 @@ class ALConfig:
         task_kind: ``classification`` or ``multiple_choice``.
         test_data: evaluation set (default: ``data`` with ``split="test"``).
         text_field: the input's field (None: the loader's default for the task kind).
+        label_field: the label's field (None: the loader's default, ``label``).
         strategy: a name in :data:`loracle.active.strategies.STRATEGIES`.
         strategy_options: keyword options of the strategy (``{"score": "bald"}``, ``{"schedule": 0.2}``...).
         initial_size: size of the initial labelled set.
@@ -44,16 +64,22 @@ class ALConfig:
         base_mc_samples: MC passes for STAR's ``U_base`` through the base model's own dropout (0: one
             deterministic pass over the pool, which keeps this once-per-run cost small).
         mc_dropout: MC dropout through the adapters' dropout.
-        mc_posterior: sample MonteCLoRA posteriors (needs ``adapter["method"] == "monteclora"``).
+        mc_posterior: sample MonteCLoRA posteriors (needs a MonteCLoRA adapter).
         stochastic_layers: MC randomness only in the adapters of the last k blocks (None: all adapters).
-        adapter: adapter config fields, with ``method`` (``lora``, ``lora_sp``, ``monteclora``).
+        adapter: the adapter (:class:`~loracle.adapters.AdapterConfig`, or a dict with ``method``); an empty
+            ``modules_to_save`` trains the model's classification head in full.
         fresh_adapter: a fresh adapter (and head) each round, as in STAR; False continues from the last round.
-        train: ``loracle.training.TrainConfig`` fields (``b_weight_decay`` is STAR's constraint).
-        max_length: token limit of the task.
+        train: the training recipe (:class:`~loracle.training.TrainConfig`, or a dict of its fields).
+        max_length: token limit of the task (longer inputs are truncated; the run says how many were).
         eval_batch_size: batch size for evaluation and scoring.
+        prefix_cache: compute the frozen blocks below the first adapted block once per run and reuse them in
+            every round (training, evaluation, scoring); only used when the adapter leaves blocks below it.
+        cache_dir: where the prefix cache is kept between sessions (None: ``<run_dir>/cache``); runs on the same
+            model may share one folder.
+        score_chunk: unlabelled items scored per persisted chunk (a killed scoring pass resumes by chunk).
         oracle: ``simulated`` (labels from the data, hidden from the strategy) or ``human``.
         seed: seeds everything (pool subset, initial set, adapters, training, MC, selection).
-        progress: tqdm progress bars.
+        progress: progress bars on a terminal (one line per phase in a log).
     """
 
     model: str = "minilm"
@@ -61,6 +87,7 @@ class ALConfig:
     task_kind: str = "classification"
     test_data: str | None = None
     text_field: str | None = None
+    label_field: str | None = None
     strategy: str = "star"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     initial_size: int = 100
@@ -68,33 +95,56 @@ class ALConfig:
     query_size: int = 100
     rounds: int | None = 4
     budget: int | None = None
-    pool_size: int | None = 2000
-    test_size: int | None = 500
-    score_subset: int | None = 1000
+    pool_size: int | None = None
+    test_size: int | None = None
+    score_subset: int | None = None
     mc_samples: int = 8
     base_mc_samples: int = 0
     mc_dropout: bool = True
     mc_posterior: bool = False
-    stochastic_layers: int | None = 2
-    adapter: dict[str, Any] = field(default_factory=lambda: {
-        "method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.1})
+    stochastic_layers: int | None = None
+    adapter: AdapterConfig = field(default_factory=default_adapter)
     fresh_adapter: bool = True
-    train: dict[str, Any] = field(default_factory=lambda: {
-        "epochs": 3, "batch_size": 16, "lr": 3e-3, "b_weight_decay": 0.5})
-    max_length: int = 64
+    train: TrainConfig = field(default_factory=default_train)
+    max_length: int = 256
     eval_batch_size: int = 64
+    prefix_cache: bool = True
+    cache_dir: str | None = None
+    score_chunk: int = 2048
     oracle: str = "simulated"
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        problems = self.validate()
+        problems = []
+        if isinstance(self.adapter, dict):
+            # A partial adapter section (YAML, flags) keeps the default placement and sizes it does not name.
+            try:
+                self.adapter = config_from_dict({**default_adapter().to_dict(), **self.adapter})
+            except (ValueError, TypeError, KeyError) as err:
+                problems.append(f"adapter: {err}")
+        if isinstance(self.train, dict):
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            unknown = sorted(set(self.train) - names)
+            if unknown:
+                problems.append(f"train: unknown fields {unknown}; valid fields: {sorted(names)}")
+            else:
+                try:
+                    self.train = TrainConfig(**{**default_train().to_dict(), **self.train})
+                except (ValueError, TypeError) as err:
+                    problems.append(f"train: {err}")
+        if not problems:
+            problems = self.validate()
         if problems:
-            raise ValueError("invalid ALConfig:\n  - " + "\n  - ".join(problems))
+            raise ValueError("invalid active-learning config:\n  - " + "\n  - ".join(problems))
 
     def validate(self) -> list[str]:
         """Every problem with this config (empty when valid). Pool-size checks happen once the data is loaded."""
         p = []
+        if not isinstance(self.adapter, AdapterConfig):
+            p.append(f"adapter must be an AdapterConfig or a dict with 'method', got {type(self.adapter).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            p.append(f"train must be a TrainConfig or a dict of its fields, got {type(self.train).__name__}")
         if not self.data:
             p.append("data is required (a dataset folder or file, e.g. ../shared/data/rotten_tomatoes)")
         if self.task_kind not in ("classification", "multiple_choice"):
@@ -102,11 +152,12 @@ class ALConfig:
                      "(generation has no class distribution to score in the loop yet)")
         if self.strategy not in STRATEGIES:
             p.append(f"unknown strategy {self.strategy!r}; valid strategies: {sorted(STRATEGIES)}")
-        if self.initial_mode not in INITIAL_MODES:
-            p.append(f"initial_mode must be one of {list(INITIAL_MODES)}, got {self.initial_mode!r}")
+        cold = sorted(n for n, cls in STRATEGIES.items() if getattr(cls, "cold_start", False) and n != "random")
+        if self.initial_mode not in INITIAL_MODES + tuple(cold):
+            p.append(f"initial_mode must be one of {list(INITIAL_MODES) + cold}, got {self.initial_mode!r}")
         if self.oracle not in ORACLES:
             p.append(f"oracle must be one of {list(ORACLES)}, got {self.oracle!r}")
-        for name in ("initial_size", "query_size"):
+        for name in ("initial_size", "query_size", "score_chunk"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 p.append(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("rounds", "pool_size", "test_size", "score_subset", "budget", "stochastic_layers"):
@@ -123,12 +174,12 @@ class ALConfig:
             p.append(f"base_mc_samples must be an integer >= 0, got {self.base_mc_samples!r}")
         if self.mc_samples > 0 and not (self.mc_dropout or self.mc_posterior):
             p.append("mc_samples > 0 needs mc_dropout or mc_posterior")
-        if self.mc_posterior and self.adapter.get("method") != "monteclora":
-            p.append(f"mc_posterior needs adapter method 'monteclora', got {self.adapter.get('method')!r}")
-        if self.mc_dropout and self.mc_samples > 0 and not self.mc_posterior and not self.adapter.get("dropout"):
-            p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'dropout': 0.1})")
-        if "method" not in self.adapter:
-            p.append("adapter needs a 'method' (lora, lora_sp, monteclora)")
+        method = getattr(self.adapter, "method", None)
+        if self.mc_posterior and method != "monteclora":
+            p.append(f"mc_posterior needs adapter method 'monteclora', got {method!r}")
+        if (self.mc_dropout and self.mc_samples > 0 and not self.mc_posterior
+                and not getattr(self.adapter, "dropout", 0)):
+            p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
         if not isinstance(self.max_length, int) or self.max_length < 2:
             p.append(f"max_length must be an integer >= 2, got {self.max_length!r}")
         return p
@@ -148,14 +199,18 @@ class ALConfig:
         return self.initial_size + self.n_rounds * self.query_size
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-ready: the nested adapter and training configs as dicts."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["adapter"] = self.adapter.to_dict()
+        data["train"] = self.train.to_dict()
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ALConfig":
         """Build from a dict (a YAML file, the saved run config).
 
         Raises:
-            ValueError: for unknown fields (the valid ones are listed) or invalid values.
+            ValueError: for unknown fields (the valid ones are listed) or invalid values, all at once.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)

@@ -11,6 +11,12 @@ labels of an uninterrupted run with the same seed.
 
 ``U_base`` for STAR is computed once, with the round-0 model with its adapters switched off (see
 :meth:`loracle.active.pool.Scorer.base_probs`), and stored with the run.
+
+The base model is loaded once per run (:class:`loracle.modeling.build.ModelBuilder`): each round strips the
+previous adapter, re-initialises the head from the round's seed and applies a fresh adapter. When the adapter
+leaves the lower blocks frozen, their output is computed once per item and reused in every round
+(:class:`loracle.modeling.PrefixCache`). Scoring persists its results chunk by chunk, so a kill during scoring
+resumes at the next chunk. One process at a time drives a run folder (:class:`loracle.active.lock.RunLock`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,26 +34,26 @@ import torch
 from torch import nn
 
 from loracle.active.config import ALConfig
+from loracle.active.lock import RunLock
 from loracle.active.oracle import SimulatedOracle
 from loracle.active.pool import Scorer
 from loracle.active.state import RunState
-from loracle.active.strategies import build_strategy
+from loracle.active.strategies import Signals, build_strategy
 from loracle.data.examples import Example
-
-ModelFactory = Callable[[str, str, "int | None"], "tuple[nn.Module, Any]"]
+from loracle.errors import LoracleError
+from loracle.modeling.build import Built, ModelBuilder, ModelFactory
+from loracle.modeling.prefix_cache import PrefixCache
+from loracle.progress import log
 
 #: Test hook: ``LORACLE_AL_FAULT=<point>:<round>`` makes the process SIGKILL itself at that point
 #: (``train``: after the first optimiser step, mid-training; ``evaluate``: trained, before evaluation and checkpoint;
 #: ``checkpoint``: checkpoint renamed into place, row not committed; ``score``: pool scored, queries not committed;
-#: ``label``: queries committed, labels not yet).
+#: ``score_chunk``: the first scoring chunk persisted, the rest not yet; ``label``: queries committed, labels not
+#: yet).
 FAULT_ENV = "LORACLE_AL_FAULT"
 
 _PURPOSES = {"pool": 1, "test": 2, "initial": 3, "model": 4, "train": 5, "mc": 6, "select": 7, "subset": 8,
-             "adapter": 9}
-
-# Output heads trained in full beside the adapters (modules_to_save) when the config does not say.
-_HEADS = ("classifier", "score")
-
+             "adapter": 9, "calibrate": 10}
 
 def derived_seed(seed: int, round_index: int, purpose: str) -> int:
     """An independent 31-bit seed for ``(seed, round, purpose)``."""
@@ -75,12 +80,6 @@ class _FaultCallback:
         return None
 
 
-def _default_factory(name: str, task_kind: str, num_labels: int | None) -> tuple[nn.Module, Any]:
-    from loracle.models import load_model
-
-    return load_model(name, task_kind, num_labels=num_labels)
-
-
 def _subset(items: list[Example], size: int | None, seed: int) -> list[Example]:
     if size is None or size >= len(items):
         return items
@@ -94,7 +93,7 @@ def _initial_indices(config: ALConfig, gold: list[int | None]) -> list[int]:
     if config.initial_mode == "random":
         return sorted(rng.choice(n, config.initial_size, replace=False).tolist())
     if any(y is None for y in gold):
-        raise ValueError("initial_mode='stratified' needs labels for the whole pool; use initial_mode='random'")
+        raise LoracleError("initial_mode='stratified' needs labels for the whole pool; use initial_mode='random'")
     labels = np.asarray(gold)
     classes, counts = np.unique(labels, return_counts=True)
     quota = np.floor(counts / n * config.initial_size).astype(int)
@@ -109,37 +108,81 @@ def _initial_indices(config: ALConfig, gold: list[int | None]) -> list[int]:
     return sorted(chosen)
 
 
-def create_run(config: ALConfig, run_dir: str | Path) -> RunState:
-    """Load the data, check the budget, and store config, pool, test set and the initial queries.
+def _builder(config: ALConfig, label_names: list[str] | None, pool: list[Example],
+             model_factory: ModelFactory | None) -> ModelBuilder:
+    return ModelBuilder(config.model, config.task_kind, label_names=label_names, examples=pool,
+                        max_length=config.max_length, adapter=config.adapter, model_factory=model_factory)
+
+
+def _truncation_note(builder: ModelBuilder, texts: list[str], max_length: int) -> str | None:
+    _, task = builder.base()
+    lengths = [len(ids) for ids in task.tokenizer(texts, truncation=False)["input_ids"]]
+    cut = sum(n > max_length for n in lengths)
+    if not cut:
+        return None
+    return (f"max_length {max_length} truncates {cut:,} of {len(texts):,} texts (longest {max(lengths):,} tokens); "
+            "raise --max-length to keep them whole")
+
+
+def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactory | None = None,
+               ) -> tuple[RunState, ModelBuilder]:
+    """Load and check the data, build the model with its adapter, then store config, pool, test set and the
+    initial queries. Nothing is written before every check has passed, so a failing start leaves no run behind.
+
+    Returns:
+        The new run's state and the model builder (the base model already loaded).
 
     Raises:
-        ValueError: if the run folder already holds a run, or the label budget exceeds the pool.
+        LoracleError: if the run folder already holds a run, the data or the adapter is unusable, or the label
+            budget exceeds the pool.
     """
     from loracle.data import load_examples
 
     run_dir = Path(run_dir)
     if (run_dir / "state.sqlite").exists():
-        raise ValueError(f"{run_dir} already holds a run; continue it with `loracle al resume {run_dir}` or choose "
-                         "another --output")
-    opts = {"text_field": config.text_field} if config.text_field else {}
+        raise LoracleError(f"{run_dir} already holds a run; continue it with `loracle al resume {run_dir}` or "
+                           "choose another --output")
+    opts = {k: v for k, v in (("text_field", config.text_field), ("label_field", config.label_field)) if v}
     train_set = load_examples(config.data, config.task_kind, split="train", **opts)
     test_source = config.test_data or config.data
     test_set = load_examples(test_source, config.task_kind, split="test", label_names=train_set.label_names, **opts)
+    if config.task_kind == "classification" and len(train_set.label_names or []) < 2:
+        field = config.label_field or "label"
+        raise LoracleError(f"{config.data}: field {field!r} holds {len(train_set.label_names or [])} class(es) "
+                           f"({train_set.label_names}); classification needs at least 2. Check --label-field")
     pool = _subset(list(train_set), config.pool_size, derived_seed(config.seed, 0, "pool"))
     test = _subset(list(test_set), config.test_size, derived_seed(config.seed, 0, "test"))
     if config.total_labels > len(pool):
-        raise ValueError(
+        raise LoracleError(
             f"label budget exceeds the pool: {config.initial_size} initial + {config.n_rounds} rounds x "
             f"{config.query_size} = {config.total_labels} labels requested, but the pool has {len(pool)} items; "
             f"lower rounds/budget/query_size or raise pool_size")
     if not test or any(e.label is None for e in test):
-        raise ValueError(f"the test set ({test_source}, split 'test') must be non-empty and fully labelled")
+        raise LoracleError(f"the test set ({test_source}, split 'test') must be non-empty and fully labelled")
+    notes = []
+    if len(pool) < len(train_set):
+        notes.append(f"pool: a seeded subset of {len(pool):,} of the {len(train_set):,} training items "
+                     "(--pool-size 0 for all)")
+    if len(test) < len(test_set):
+        notes.append(f"test: a seeded subset of {len(test):,} of the {len(test_set):,} test items "
+                     "(--test-size 0 for all)")
+    if config.score_subset is not None:
+        notes.append(f"scoring: each round scores a seeded subset of at most {config.score_subset:,} unlabelled "
+                     "items (--score-subset 0 to score them all)")
+    builder = _builder(config, train_set.label_names, pool, model_factory)
+    builder.fresh(head_seed=derived_seed(config.seed, 0, "model"),
+                  adapter_seed=derived_seed(config.seed, 0, "adapter"))  # the adapter fits this model
+    if config.task_kind == "classification":
+        note = _truncation_note(builder, [e.text for e in pool + test], config.max_length)
+        if note:
+            notes.append(note)
+    initial = _initial_indices(config, [e.label for e in pool])
     state = RunState(run_dir)
     state.initialise(config.to_dict(), pool, test, train_set.label_names, gold=config.oracle == "simulated")
-    initial = _initial_indices(config, [e.label for e in pool])
     with state.transaction() as db:
+        state.set_meta("notes", notes, db)
         state.add_queries(0, initial, None, db)
-    return state
+    return state, builder
 
 
 class ActiveLearningLoop:
@@ -148,20 +191,24 @@ class ActiveLearningLoop:
     Args:
         state: the run.
         model_factory: ``(name, task_kind, num_labels) -> (model, tokenizer)``; default ``loracle.models.load_model``.
+        builder: a model builder to reuse (from :func:`create_run`); default a new one.
     """
 
-    def __init__(self, state: RunState, model_factory: ModelFactory | None = None) -> None:
+    def __init__(self, state: RunState, model_factory: ModelFactory | None = None,
+                 builder: ModelBuilder | None = None) -> None:
         self.state = state
         self.config = ALConfig.from_dict(state.config)
-        self.model_factory = model_factory or _default_factory
-        self.strategy = build_strategy(self.config.strategy, **self.config.strategy_options)
         c = self.config
-        self.scorer = Scorer(samples=c.mc_samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout, posterior=c.mc_posterior,
-                             stochastic_layers=c.stochastic_layers, batch_size=c.eval_batch_size,
-                             progress=c.progress)
+        self.strategy = build_strategy(c.strategy, **c.strategy_options)
+        self.scorer = Scorer(samples=c.mc_samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
+                             posterior=c.mc_posterior, stochastic_layers=c.stochastic_layers,
+                             batch_size=c.eval_batch_size, progress=c.progress)
         self.oracle = SimulatedOracle() if c.oracle == "simulated" else None
         self.label_names = state.label_names
         self.test = state.test_examples()
+        self.builder = builder or _builder(c, self.label_names, state.pool_examples(), model_factory)
+        self.cache: PrefixCache | None = None
+        self.phase_seconds: dict[int, dict[str, float]] = {}
 
     # -- public ------------------------------------------------------------------------------------------------
     def run(self, stop_after_round: int | None = None) -> str:
@@ -176,105 +223,150 @@ class ActiveLearningLoop:
             ``"done"``, ``"paused"``, or ``"waiting_for_labels"`` when a human oracle has pending queries.
         """
         c, state = self.config, self.state
-        rounds = range(c.n_rounds + 1)
-        bar = None
-        if c.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(rounds), desc=f"AL rounds ({c.strategy})", unit="round")
-            bar.update(len(state.completed_rounds()))
-        try:
-            for t in rounds:
-                if state.pending_queries(t):
-                    if self.oracle is None:
-                        return "waiting_for_labels"
-                    _fault("label", t)
-                    answers = self.oracle.answer(state, state.pending_queries(t))
-                    with state.transaction() as db:
-                        state.add_labels(answers, t, "initial" if t == 0 else self.oracle.source, db)
-                model = task = None
-                if t not in state.completed_rounds():
-                    model, task = self._train_round(t)
-                    if bar is not None:
-                        bar.update(1)
-                if t < c.n_rounds and not state.queries(t + 1):
-                    if model is None:
-                        model, task = self._load_round(t)
-                    self._query(t, model, task)
-                if stop_after_round is not None and t >= stop_after_round and t < c.n_rounds:
-                    return "paused"
-        finally:
-            if bar is not None:
-                bar.close()
+        for note in state.get_meta("notes") or []:
+            log(note)
+        for t in range(c.n_rounds + 1):
+            if state.pending_queries(t):
+                if self.oracle is None:
+                    return "waiting_for_labels"
+                _fault("label", t)
+                answers = self.oracle.answer(state, state.pending_queries(t))
+                with state.transaction() as db:
+                    state.add_labels(answers, t, "initial" if t == 0 else self.oracle.source, db)
+            built = None
+            worked = False
+            if t not in state.completed_rounds():
+                built = self._train_round(t)
+                worked = True
+            if t < c.n_rounds and not state.queries(t + 1):
+                if built is None:
+                    built = self._load_round(t)
+                self._query(t, built)
+                worked = True
+            if worked:
+                self._log_round(t)
+            if stop_after_round is not None and t >= stop_after_round and t < c.n_rounds:
+                return "paused"
         from loracle.active.report import write_report
 
         write_report(state)
         return "done"
 
     # -- steps -------------------------------------------------------------------------------------------------
-    def _build(self, t: int) -> tuple[nn.Module, Any]:
-        from loracle.tasks import build_task
+    def _log_round(self, t: int) -> None:
+        from loracle.active.report import format_round_line
+
+        row = next((r for r in self.state.rounds() if r["round"] == t), None)
+        if row is None:
+            return
+        phases = {"train": row["train_seconds"], "evaluate": row["metrics"].get("evaluate_seconds"),
+                  "score": row["score_seconds"]}
+        log(format_round_line(t, row["n_labels"], row["metrics"], phases))
+
+    def _cache_path(self, first_block: int) -> Path:
+        import hashlib
 
         c = self.config
-        num_labels = len(self.label_names) if c.task_kind == "classification" and self.label_names else None
-        torch.manual_seed(derived_seed(c.seed, t, "model"))  # the head's random init
-        model, tokenizer = self.model_factory(c.model, c.task_kind, num_labels)
-        options: dict[str, Any] = {"max_length": c.max_length}
-        if c.task_kind == "classification":
-            options["label_names"] = self.label_names
-        return model, build_task(c.task_kind, tokenizer, **options)
+        folder = Path(c.cache_dir) if c.cache_dir else self.state.run_dir / "cache"
+        digest = hashlib.sha1(f"{c.model}|{first_block}".encode()).hexdigest()[:12]
+        return folder / f"prefix-{digest}.safetensors"
 
-    def _adapter_config(self, model: nn.Module, t: int):
-        from loracle.adapters import config_from_dict
+    def _cached(self, built: Built) -> Any:
+        """The prefix cache attached to ``built`` (a no-op context when the adapter leaves nothing below it)."""
+        import contextlib
 
-        fields = dict(self.config.adapter)
-        if "modules_to_save" not in fields:
-            fields["modules_to_save"] = [h for h in _HEADS if isinstance(getattr(model, h, None), nn.Module)][:1]
-        fields["seed"] = derived_seed(self.config.seed, t if self.config.fresh_adapter else 0, "adapter")
-        return config_from_dict(fields)
+        first = built.layout.first_trainable_block
+        if not self.config.prefix_cache or first < 1 or first >= built.layout.num_blocks:
+            return contextlib.nullcontext()
+        if self.cache is None or self.cache.first_block != first:
+            self.cache = PrefixCache(first)
+            self.cache.load(self._cache_path(first))
+        return self.cache.attached(built.model, built.layout)
+
+    def _save_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.save_if_changed(self._cache_path(self.cache.first_block))
 
     def _checkpoint_dir(self, t: int) -> Path:
         return self.state.run_dir / "rounds" / f"{t:03d}"
 
-    def _load_round(self, t: int) -> tuple[nn.Module, Any]:
-        from loracle.adapters import load_adapter
+    def _fresh(self, t: int) -> Built:
+        c = self.config
+        return self.builder.fresh(head_seed=derived_seed(c.seed, t, "model"),
+                                  adapter_seed=derived_seed(c.seed, t if c.fresh_adapter else 0, "adapter"))
 
-        model, task = self._build(t)
-        load_adapter(model, self._checkpoint_dir(t))
-        return model.eval(), task
+    def _load_round(self, t: int) -> Built:
+        folder = self._checkpoint_dir(t)
+        if not folder.exists():
+            log(f"round {t}: its checkpoint {folder} is missing; retraining it from the same labels and seed")
+            return self._train_round(t, record=False)
+        return self.builder.load(folder)
 
-    def _train_round(self, t: int) -> tuple[nn.Module, Any]:
-        from loracle.adapters import apply_adapter, save_adapter
+    def _train_round(self, t: int, record: bool = True) -> Built:
+        from loracle.adapters import save_adapter
         from loracle.evaluation import evaluate
-        from loracle.training import TrainConfig, train
+        from loracle.training import train
 
         c, state = self.config, self.state
         labelled = state.labelled_examples(max_round=t)
-        if c.fresh_adapter or t == 0:
-            model, task = self._build(t)
-            apply_adapter(model, self._adapter_config(model, t))
-        else:
-            model, task = self._load_round(t - 1)
-        train_config = TrainConfig(**{**c.train, "seed": derived_seed(c.seed, t, "train"), "progress": c.progress})
-        start = time.perf_counter()
-        train(model, task, labelled, train_config, callbacks=[_FaultCallback(t)] if os.environ.get(FAULT_ENV) else [])
-        train_seconds = time.perf_counter() - start
-        model.eval()
-        _fault("evaluate", t)
-        metrics = evaluate(model, task, self.test, samples=0, batch_size=c.eval_batch_size)
+        built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
+        train_config = c.train.replace(seed=derived_seed(c.seed, t, "train"), progress=c.progress)
+        with self._cached(built):
+            start = time.perf_counter()
+            train(built.model, built.task, labelled, train_config,
+                  callbacks=[_FaultCallback(t)] if os.environ.get(FAULT_ENV) and record else [])
+            train_seconds = time.perf_counter() - start
+            built.model.eval()
+            _fault("evaluate", t)
+            start = time.perf_counter()
+            metrics = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size)
+            evaluate_seconds = time.perf_counter() - start
+        self._save_cache()
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        metrics["evaluate_seconds"] = evaluate_seconds
         final = self._checkpoint_dir(t)
         tmp = final.with_name(f".tmp-{final.name}")
         for leftover in (tmp, final):  # a killed earlier attempt: its folder has no committed row
             if leftover.exists():
                 shutil.rmtree(leftover)
-        save_adapter(model, tmp, extra={"round": t, "n_labels": len(labelled), "label_names": self.label_names})
+        save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled), "label_names": self.label_names})
         os.replace(tmp, final)
-        _fault("checkpoint", t)
-        state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
-        return model, task
+        if record:
+            _fault("checkpoint", t)
+            state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
+        return built
 
-    def _query(self, t: int, model: nn.Module, task: Any) -> None:
+    def _base_probs(self, built: Built) -> torch.Tensor:
+        base = self.state.get_signal("base_probs")
+        if base is None:
+            # U_base: once per run, with the current model's adapters off (computed right after round 0).
+            base = self.scorer.base_probs(built.model, built.task, self.state.pool_examples(),
+                                          derived_seed(self.config.seed, 0, "mc"))
+            self.state.put_signal("base_probs", base)
+        return base
+
+    def _measure(self, t: int, built: Built, candidates: list[int], requires: frozenset[str]) -> dict[str, Any]:
+        """Per-candidate signals, computed and persisted chunk by chunk (a resumed run skips stored chunks)."""
+        c, state = self.config, self.state
+        names = sorted(requires & {"probs", "embeddings"})
+        parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+        starts = list(range(0, len(candidates), c.score_chunk))
+        for k, start in enumerate(starts):
+            chunk = candidates[start:start + c.score_chunk]
+            stored = {name: state.get_signal(f"round{t}/chunk{k}/{name}") for name in names}
+            if any(v is None for v in stored.values()):
+                seed = derived_seed(c.seed, t, "mc") + k
+                stored = self.scorer.measure(frozenset(names), built.model, built.task, state.pool_examples(chunk),
+                                             seed)
+                for name in names:
+                    state.put_signal(f"round{t}/chunk{k}/{name}", stored[name])
+                if k == 0 and len(starts) > 1:
+                    _fault("score_chunk", t)
+            for name in names:
+                parts[name].append(stored[name])
+        return {name: torch.cat(parts[name]) for name in names}
+
+    def _query(self, t: int, built: Built) -> None:
         c, state = self.config, self.state
         labels = state.labels()
         unlabelled_idx = [i for i in range(state.pool_size()) if i not in labels]
@@ -283,19 +375,20 @@ class ActiveLearningLoop:
             unlabelled_idx = sorted(rng.choice(unlabelled_idx, c.score_subset, replace=False).tolist())
         k = c.query_size
         if k > len(unlabelled_idx):
-            raise ValueError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
-        base = None
-        if "base_probs" in self.strategy.requires:
-            base = state.get_signal("base_probs")
-            if base is None:
-                # U_base: once per run, with the round-0 model's adapters off (computed right after round 0).
-                base = self.scorer.base_probs(model, task, state.pool_examples(), derived_seed(c.seed, 0, "mc"))
-                state.put_signal("base_probs", base)
-            base = base[torch.as_tensor(unlabelled_idx, dtype=torch.long)]
+            raise LoracleError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
+        requires = self.strategy.requires
         start = time.perf_counter()
-        signals = self.scorer.signals(
-            self.strategy.requires, model, task, state.pool_examples(unlabelled_idx),
-            state.pool_examples(sorted(labels)), t, derived_seed(c.seed, t, "mc"), base_probs=base)
+        with self._cached(built):
+            extra: dict[str, Any] = {}
+            if "base_probs" in requires:
+                extra["base_probs"] = self._base_probs(built)[torch.as_tensor(unlabelled_idx, dtype=torch.long)]
+            extra.update(self._measure(t, built, unlabelled_idx, requires))
+            if "embeddings" in requires:
+                extra["labelled_embeddings"] = self.scorer.measure(
+                    frozenset({"embeddings"}), built.model, built.task, state.pool_examples(sorted(labels)),
+                    0)["embeddings"]
+        self._save_cache()
+        signals = Signals(round_index=t, n=len(unlabelled_idx), **extra)
         positions, scores = self.strategy.select(signals, k, np.random.default_rng(derived_seed(c.seed, t, "select")))
         score_seconds = time.perf_counter() - start
         _fault("score", t)
@@ -303,6 +396,7 @@ class ActiveLearningLoop:
         with state.transaction() as db:
             state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
             db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
+            db.execute("DELETE FROM signals WHERE name LIKE ?", (f"round{t}/chunk%",))
 
 
 def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: ModelFactory | None = None,
@@ -312,11 +406,14 @@ def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: Mo
     Returns:
         ``"done"``, ``"paused"`` (with ``stop_after_round``) or ``"waiting_for_labels"``.
     """
-    state = create_run(config, run_dir)
-    try:
-        return ActiveLearningLoop(state, model_factory).run(stop_after_round)
-    finally:
-        state.close()
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise LoracleError(f"--output {run_dir} is an existing file; give a folder for the run")
+    with RunLock(run_dir):
+        state, builder = create_run(config, run_dir, model_factory)
+        try:
+            return ActiveLearningLoop(state, model_factory, builder).run(stop_after_round)
+        finally:
+            state.close()
 
 
 def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_after_round: int | None = None,
@@ -330,16 +427,20 @@ def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_
         **overrides: config fields that may change on resume without changing results (``progress``).
 
     Raises:
-        ValueError: for a folder without a run, or overrides other than ``progress``.
+        LoracleError: for a folder without a run, a run in use by another process, or overrides other than
+            ``progress``.
     """
     allowed = {"progress"}
     if set(overrides) - allowed:
-        raise ValueError(f"only {sorted(allowed)} can change on resume, got {sorted(overrides)}")
-    state = RunState.open(run_dir)
-    try:
-        if overrides:
-            with state.transaction() as db:
-                state.set_meta("config", {**state.config, **overrides}, db)
-        return ActiveLearningLoop(state, model_factory).run(stop_after_round)
-    finally:
-        state.close()
+        raise LoracleError(f"only {sorted(allowed)} can change on resume, got {sorted(overrides)}")
+    if not (Path(run_dir) / "state.sqlite").exists():
+        raise LoracleError(f"{run_dir} holds no run (no state.sqlite); start one with `loracle al run`")
+    with RunLock(run_dir):
+        state = RunState.open(run_dir)
+        try:
+            if overrides:
+                with state.transaction() as db:
+                    state.set_meta("config", {**state.config, **overrides}, db)
+            return ActiveLearningLoop(state, model_factory).run(stop_after_round)
+        finally:
+            state.close()

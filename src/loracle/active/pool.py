@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from loracle.active.strategies import Signals
 from loracle.data.examples import Example
 from loracle.uncertainty.sampling import adapters_disabled, mc_probs
 
@@ -119,16 +118,13 @@ class Scorer:
             return mc_probs(model, task, unlabelled(examples), samples=samples, batch_size=self.batch_size,
                             dropout=False, base_dropout=samples > 0, seed=seed, progress=self.progress)
 
-    def signals(self, requires: frozenset[str], model: nn.Module, task: "Task", candidates: Sequence[Example],
-                labelled: Sequence[Example], round_index: int, seed: int,
-                base_probs: torch.Tensor | None = None) -> Signals:
-        """Measure what a strategy ``requires`` on the candidates (labels are stripped first)."""
-        out: dict[str, Any] = {}
+    def measure(self, requires: frozenset[str], model: nn.Module, task: "Task", examples: Sequence[Example],
+                seed: int) -> dict[str, torch.Tensor]:
+        """The per-item signals a strategy ``requires`` among ``probs`` (``[N, S, C]``) and ``embeddings``
+        (``[N, D]``, the features entering the output head), measured on ``examples`` with labels stripped."""
+        out: dict[str, torch.Tensor] = {}
         if "probs" in requires:
-            out["probs"] = self.probs(model, task, candidates, seed)
-        if "base_probs" in requires:
-            out["base_probs"] = base_probs
+            out["probs"] = self.probs(model, task, examples, seed)
         if "embeddings" in requires:
-            out["embeddings"] = embeddings(model, task, unlabelled(candidates), self.batch_size)
-            out["labelled_embeddings"] = embeddings(model, task, unlabelled(labelled), self.batch_size)
-        return Signals(round_index=round_index, n=len(candidates), **out)
+            out["embeddings"] = embeddings(model, task, unlabelled(examples), self.batch_size)
+        return out

@@ -54,7 +54,8 @@ class AdapterConfig:
             (``"query"`` matches ``bert.encoder.layer.0.attention.self.query``), or a single string that is a
             regular expression matched in full against the module name. ``None`` targets every linear layer
             except the output head.
-        layers: keep only targets inside these transformer block indices (``...layer.3...`` or ``...layers.3...``).
+        layers: keep only targets inside these transformer block indices (``...layer.3...`` or ``...layers.3...``);
+            negative indices count from the top (``[-2, -1]``: the last two blocks).
         modules_to_save: names (suffix match) of modules that are trained in full beside the adapters, such as a
             classification head (``["classifier"]`` or ``["score"]``).
         use_rslora: use ``alpha / sqrt(r)`` scaling (rank-stabilised LoRA).
@@ -76,6 +77,8 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
+        if isinstance(self.layers, tuple):
+            self.layers = list(self.layers)
         problems = self.validate()
         if problems:
             raise ValueError(f"invalid {type(self).__name__}:\n  - " + "\n  - ".join(problems))
@@ -91,8 +94,10 @@ class AdapterConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.target_modules, list) and not self.target_modules:
             problems.append("target_modules is an empty list; give names such as ['query', 'value'] or None for all")
-        if self.layers is not None and any(not isinstance(i, int) or i < 0 for i in self.layers):
-            problems.append(f"layers must be non-negative integers, got {self.layers!r}")
+        if self.layers is not None and (not isinstance(self.layers, list) or not self.layers
+                                        or any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers)):
+            problems.append(f"layers must be a non-empty list of block indices (negative counts from the top block, "
+                            f"-1 is the last), got {self.layers!r}")
         return problems
 
     @property

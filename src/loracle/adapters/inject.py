@@ -63,7 +63,10 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
                 f"its linear layer names are {_short_names(candidates)}"
             )
     if config.layers is not None:
-        wanted = set(config.layers)
+        # Negative indices count from the top block (-1 is the last), as in Python sequences.
+        indices = [i for i in (_layer_index(n) for n in candidates) if i is not None]
+        count = max(indices) + 1 if indices else 0
+        wanted = {i + count if i < 0 else i for i in config.layers}
         chosen = [n for n in chosen if _layer_index(n) in wanted]
     if not chosen:
         raise ValueError(

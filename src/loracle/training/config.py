@@ -36,6 +36,9 @@ class TrainConfig:
         log_path: append one JSON line of metrics per epoch here (``None``: no file).
         cpu: force training on the CPU even when a GPU is present.
         max_steps: stop after this many optimiser steps (``None``: run all epochs); the schedule ends there.
+        min_steps: run more epochs than ``epochs`` when needed to take at least this many optimiser steps
+            (``None``: exactly ``epochs``). Sizes training by the labelled set: 100 labels at batch 16 are 7
+            steps an epoch, too few to fit a head and an adapter in 3 epochs.
         eval_batch_size: batch size of the per-epoch evaluation on ``eval_examples``.
 
     Raises:
@@ -58,6 +61,7 @@ class TrainConfig:
     log_path: str | Path | None = None
     cpu: bool = False
     max_steps: int | None = None
+    min_steps: int | None = None
     eval_batch_size: int = 32
 
     def __post_init__(self) -> None:
@@ -79,6 +83,8 @@ class TrainConfig:
         positive_int("eval_batch_size", self.eval_batch_size)
         if self.max_steps is not None:
             positive_int("max_steps", self.max_steps)
+        if self.min_steps is not None:
+            positive_int("min_steps", self.min_steps)
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr!r}")
         if self.head_lr is not None and (not isinstance(self.head_lr, (int, float)) or self.head_lr <= 0):

@@ -164,7 +164,10 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     accum = accelerator.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accum)
-    total_steps = steps_per_epoch * config.epochs
+    epochs = config.epochs
+    if config.min_steps is not None:
+        epochs = max(epochs, math.ceil(config.min_steps / steps_per_epoch))
+    total_steps = steps_per_epoch * epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps),
@@ -178,7 +181,7 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
     start = time.perf_counter()
     stop = False
     try:
-        for epoch in range(config.epochs):
+        for epoch in range(epochs):
             sampler.set_epoch(epoch)
             model.train()
             epoch_start = time.perf_counter()

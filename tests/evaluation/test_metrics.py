@@ -22,6 +22,7 @@ from loracle.evaluation import (
     reliability_bins,
     reliability_diagram,
 )
+from loracle.evaluation.metrics import per_class_recall
 from loracle.tasks import build_task
 
 # Four binary predictions chosen away from bin edges (15 bins of width 1/15).
@@ -109,3 +110,16 @@ def test_reliability_diagram_writes_png(tmp_path: Path) -> None:
     path = reliability_diagram(PROBS, LABELS, tmp_path / "sub" / "rel.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
+
+
+def test_per_class_recall_by_hand() -> None:
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 2, 0])
+    probs = torch.nn.functional.one_hot(predicted, 4).double()
+    # class 0: 1 of 2; class 1: 1 of 1; class 2: 1 of 2; class 3 never a label: NaN
+    recall = per_class_recall(probs, labels)
+    assert recall[:3] == pytest.approx([0.5, 1.0, 0.5]) and math.isnan(recall[3])
+    metrics = classification_metrics(probs, labels)
+    assert {k: v for k, v in metrics.items() if k.startswith("recall_")} == {"recall_0": 0.5, "recall_1": 1.0,
+                                                                              "recall_2": 0.5}
+    assert all(isinstance(v, float) for v in metrics.values())

@@ -1,4 +1,4 @@
-"""Classification metrics on predicted probabilities: accuracy, macro-F1, ECE, NLL and Brier score.
+"""Classification metrics on predicted probabilities: accuracy, macro-F1, per-class recall, ECE, NLL and Brier score.
 
 Every function takes ``probs`` of shape ``[N, C]`` (rows sum to 1) or ``[N, S, C]`` (MC samples, averaged over
 ``S`` first) and integer ``labels`` of shape ``[N]``, and returns a Python float.
@@ -49,6 +49,20 @@ def macro_f1(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(scores) / len(scores)
 
 
+def per_class_recall(probs: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """``recall_c = TP_c / (TP_c + FN_c)`` for every class ``c = 0..C-1``: the share of class ``c`` items predicted
+    as ``c``. A class absent from the labels has recall NaN (0/0).
+
+    Returns:
+        ``C`` floats, position ``c`` for class ``c``.
+    """
+    probs, labels = _check(probs, labels)
+    n_classes = probs.shape[1]
+    hits = torch.bincount(labels[probs.argmax(-1) == labels], minlength=n_classes).double()
+    support = torch.bincount(labels, minlength=n_classes).double()
+    return (hits / support).tolist()  # 0/0 -> nan for absent classes
+
+
 def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-bin mean confidence, accuracy and count over equal-width bins of the max probability.
@@ -93,11 +107,14 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
-    """All of the above: ``accuracy``, ``macro_f1``, ``ece``, ``nll``, ``brier``."""
+    """All of the above as flat floats: ``accuracy``, ``macro_f1``, ``ece``, ``nll``, ``brier``, and
+    ``recall_<c>`` (:func:`per_class_recall`) for each class ``c`` that occurs in ``labels``."""
+    recalls = per_class_recall(probs, labels)
     return {
         "accuracy": accuracy(probs, labels),
         "macro_f1": macro_f1(probs, labels),
         "ece": expected_calibration_error(probs, labels, n_bins),
         "nll": negative_log_likelihood(probs, labels),
         "brier": brier_score(probs, labels),
+        **{f"recall_{c}": r for c, r in enumerate(recalls) if r == r},  # r != r only for NaN (absent class)
     }

@@ -62,7 +62,8 @@ def test_multiple_choice_scores_match_unbatched_hand_computation(tokenizer) -> N
     batch = task.collate(MC)
     assert batch["input_ids"].shape[0] == 2 * 3 and batch["choice_valid"].tolist() == [[True, True, False]] + [
         [True, True, True]]
-    # The choice mask marks exactly the choice's own tokens (tokenised apart from the prompt).
+    # The choice mask marks exactly the choice's tokens (the word-level tokenizer splits " 4" alone or joined alike;
+    # test_joint_tokens.py covers tokenizers that do not).
     row = batch["input_ids"][5][batch["choice_mask"][5]].tolist()
     assert row == tokenizer(" 4", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -83,7 +84,7 @@ def test_multiple_choice_truncates_prompt_from_left_and_fixed_width(tokenizer) -
     # The last prompt token before the choice is ":" of "Answer:" (the left end of the prompt was dropped).
     colon = tokenizer(":", add_special_tokens=False)["input_ids"][0]
     assert batch["input_ids"][0, 4].item() == colon
-    with pytest.raises(ValueError, match="num_choices must be >= 2"):
+    with pytest.raises(ValueError, match="num_choices must be an integer >= 2"):
         MultipleChoiceTask(tokenizer, num_choices=1)
 
 
@@ -161,3 +162,76 @@ def test_build_task_errors(tokenizer) -> None:
         build_task("classification", tokenizer, label_name=["a"])
     task = build_task("multiple_choice", tokenizer, max_length=40)
     assert task.options()["max_length"] == 40 and task.kind == "multiple_choice"
+
+
+# Two- and four-choice items; sorted by length, mc_probs batches them [2, 2] and [4, 4] choices wide with batch size 2.
+MIXED = [Example("a", "is this film good ?", label=0, choices=("yes", "no")),
+         Example("b", "how many is two plus two plus two ?", label=3, choices=("1", "2", "4", "6")),
+         Example("c", "fun ?", label=1, choices=("yes", "no")),
+         Example("d", "what is 1 plus 2 plus 3 ?", label=2, choices=("5", "0", "6", "7"))]
+
+
+def _alone(model, tokenizer, example: Example) -> torch.Tensor:
+    """The choice distribution of one item scored on its own (a batch of one, as wide as its choices)."""
+    task = MultipleChoiceTask(tokenizer)
+    with torch.no_grad():
+        return task.class_logits(model, task.collate([example]))[0].softmax(-1)
+
+
+def test_mixed_choice_counts_score_and_evaluate_with_num_choices(tokenizer) -> None:
+    from loracle.evaluation import evaluate
+    from loracle.evaluation.metrics import classification_metrics
+    from loracle.uncertainty.sampling import mc_probs
+
+    model = tiny_llama_lm()
+    task = MultipleChoiceTask(tokenizer, num_choices=4)
+    assert [task.num_classes(e) for e in MIXED] == [4, 4, 4, 4]
+    probs = mc_probs(model, task, MIXED, samples=0, batch_size=2)  # (N, S, C)
+    assert probs.shape == (4, 1, 4)
+    expected = torch.zeros(4, 4)
+    for i, example in enumerate(MIXED):
+        expected[i, : len(example.choices)] = _alone(model, tokenizer, example)
+    assert (probs[[0, 2], 0, 2:] == 0).all()  # padded choices: exactly zero probability
+    torch.testing.assert_close(probs[:, 0], expected, atol=1e-5, rtol=1e-5)
+    result = evaluate(model, task, MIXED, batch_size=2, return_probs=True)
+    torch.testing.assert_close(result["probs"], expected, atol=1e-5, rtol=1e-5)
+    labels = torch.tensor([e.label for e in MIXED])
+    reference = classification_metrics(expected, labels)
+    assert result["accuracy"] == reference["accuracy"] and result["n"] == 4
+    assert result["nll"] == pytest.approx(reference["nll"], abs=1e-5)
+    # with MC dropout the padded columns stay exactly zero in every sample
+    from loracle.adapters import LoRAConfig, apply_adapter
+
+    adapted = apply_adapter(tiny_llama_lm(), LoRAConfig(rank=4, dropout=0.3, target_modules=["q_proj", "v_proj"]))
+    sampled = mc_probs(adapted, task, MIXED, samples=3, batch_size=2)
+    assert sampled.shape == (4, 3, 4) and (sampled[[0, 2], :, 2:] == 0).all()
+    torch.testing.assert_close(sampled.sum(-1), torch.ones(4, 3))
+
+
+def test_padded_choices_never_win_and_stay_out_of_the_loss(tokenizer) -> None:
+    model = tiny_llama_lm()
+    task = MultipleChoiceTask(tokenizer, num_choices=4)
+    batch = task.collate(MIXED)
+    assert batch["choice_valid"].sum(1).tolist() == [2, 4, 2, 4]
+    with torch.no_grad():
+        logits = task.class_logits(model, batch)
+        loss = task.loss(model, batch)
+    assert torch.isinf(logits[[0, 2], 2:]).all() and (logits[[0, 2], 2:] < 0).all()
+    assert (logits.argmax(-1) < torch.tensor([2, 4, 2, 4])).all()
+    # the loss is the mean over items of -log p(label) within each item's own choices
+    by_item = [-_alone(model, tokenizer, e)[e.label].log() for e in MIXED]
+    assert loss.item() == pytest.approx(torch.stack(by_item).mean().item(), abs=1e-5)
+    # and the placeholder rows get no gradient signal: the loss is finite and its gradient too
+    model.zero_grad()
+    task.loss(model, batch).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_multiple_choice_label_must_index_a_real_choice(tokenizer) -> None:
+    task = MultipleChoiceTask(tokenizer, num_choices=4)
+    with pytest.raises(ValueError, match=r"example 'x' has label 3 but only 2 choices"):
+        task.collate([Example("x", "good ?", label=3, choices=("yes", "no"))])
+    with pytest.raises(ValueError, match=r"example 'y' has 5 choices but the task was built with num_choices=4"):
+        task.collate([Example("y", "good ?", label=0, choices=("1", "2", "3", "4", "5"))])
+    with pytest.raises(ValueError, match="num_choices must be an integer >= 2 or None"):
+        MultipleChoiceTask(tokenizer, num_choices=2.5)

@@ -8,6 +8,7 @@ from loracle.tasks.base import Batch, Task, model_inputs
 from loracle.tasks.classification import ClassificationTask
 from loracle.tasks.generation import GenerationOutput, GenerationTask, exact_match, extract_answer
 from loracle.tasks.multiple_choice import MultipleChoiceTask
+from loracle.tasks.tokens import split_continuations
 
 TASKS: dict[str, type[Task]] = {
     "classification": ClassificationTask,
@@ -51,4 +52,5 @@ __all__ = [
     "exact_match",
     "extract_answer",
     "model_inputs",
+    "split_continuations",
 ]

@@ -17,6 +17,7 @@ from torch import nn
 
 from loracle.data.examples import Example
 from loracle.tasks.base import Batch, Task, model_inputs
+from loracle.tasks.tokens import split_continuations
 
 DEFAULT_PROMPT = "Question: {question}\nAnswer:"
 ANSWER_MODES = ("number", "text")
@@ -88,7 +89,10 @@ class GenerationTask(Task):
     """Question → answer with a causal LM.
 
     Training sequences are ``prompt + answer_prefix + answer + EOS``; the loss is the mean token cross-entropy
-    on the answer tokens (and EOS) only. For generation the prompts are left-padded.
+    on the answer tokens (and EOS) only. Prompt and answer are tokenised as one text and split after the prompt
+    (:func:`~loracle.tasks.tokens.split_continuations`), so the answer tokens are those the model meets in the joined
+    text (apart, a SentencePiece "legacy" tokenizer would train on a lone ``▁`` before every answer). For generation
+    the prompts are left-padded.
 
     Args:
         tokenizer: the causal LM's tokenizer.
@@ -135,9 +139,9 @@ class GenerationTask(Task):
         """Returns ``prompt_input_ids``/``prompt_attention_mask`` ``[B, P]`` (left-padded) and ``answers`` (list of
         str); when every example has an answer also ``input_ids``/``attention_mask``/``labels`` ``[B, T]``
         (right-padded; ``labels`` is -100 outside the answer)."""
-        prompts = [list(ids) for ids in self.tokenizer(
-            [self.prompt_template.format(question=e.text) for e in examples], add_special_tokens=True)["input_ids"]]
-        prompts = [p[-(self.max_length - 1):] or [self.pad_id()] for p in prompts]
+        prompt_texts = [self.prompt_template.format(question=e.text) for e in examples]
+        own_ids = [list(ids) for ids in self.tokenizer(prompt_texts, add_special_tokens=True)["input_ids"]]
+        prompts = [p[-(self.max_length - 1):] or [self.pad_id()] for p in own_ids]
         pad = self.pad_id()
         width = max(len(p) for p in prompts)
         prompt_ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -149,12 +153,13 @@ class GenerationTask(Task):
                         "answers": [e.answer for e in examples]}
         if not all(e.answer is not None for e in examples):
             return batch
-        eos = self.tokenizer.eos_token_id
-        answers = [list(ids) + ([eos] if eos is not None else []) for ids in self.tokenizer(
-            [self.answer_prefix + e.answer for e in examples], add_special_tokens=False)["input_ids"]]
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        pairs = split_continuations(self.tokenizer, prompt_texts, [self.answer_prefix + e.answer for e in examples],
+                                    prompt_ids=own_ids)
         rows = []
-        for prompt, answer in zip(prompts, answers):
-            answer = answer[: self.max_length - 1]
+        for prompt, answer in pairs:
+            answer = (answer + eos)[: self.max_length - 1]
+            prompt = prompt or [self.pad_id()]  # the first answer token needs something to be predicted from
             rows.append((prompt[-(self.max_length - len(answer)):], answer))
         length = max(len(p) + len(a) for p, a in rows)
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)

@@ -20,6 +20,7 @@ from torch import nn
 
 from loracle.data.examples import Example
 from loracle.tasks.base import Batch, Task, model_inputs
+from loracle.tasks.tokens import split_continuations
 
 DEFAULT_PROMPT = "Question: {question}\nAnswer:"
 
@@ -28,10 +29,18 @@ class MultipleChoiceTask(Task):
     """Score choices by likelihood under a causal LM; train with cross-entropy over the choice scores.
 
     The loss ``-log softmax(s)_y`` raises the correct choice's (length-normalised) likelihood relative to the other
-    choices, so training and prediction use the same distribution. Prompt and choice are tokenised separately and
-    their ids concatenated, so the tokenizer can never merge the last prompt token with the first choice token and
-    the choice tokens are known exactly. Sequences are right-padded (positions of real tokens start at 0); a prompt
-    too long for ``max_length`` loses its left end.
+    choices, so training and prediction use the same distribution. Each prompt+choice text is tokenised as one text
+    and split after the prompt (:func:`~loracle.tasks.tokens.split_continuations`), so a choice's tokens, scored and
+    counted in the length normalisation, are exactly the tail of the joined text's tokens (tokenised apart, a
+    SentencePiece "legacy" tokenizer such as Llama-2's or Mistral's would put a lone ``▁`` before every choice).
+    Sequences are right-padded (positions of real tokens start at 0); a prompt too long for ``max_length`` loses its
+    left end.
+
+    Items may have different numbers of choices. Every batch is padded to ``num_choices`` columns: a missing choice
+    is a placeholder row whose score is ``-inf``, so it has probability 0 after the softmax, never wins, and adds
+    nothing to the loss. Batches of one scoring run must share their width (``mc_probs`` concatenates them), so
+    whoever builds the task for a data set passes ``num_choices = max(len(e.choices) for e in examples)``; with
+    ``None`` each batch is only as wide as its own widest item, which suits single batches.
 
     Args:
         tokenizer: the causal LM's tokenizer.
@@ -41,6 +50,9 @@ class MultipleChoiceTask(Task):
         length_normalize: divide each choice's log-likelihood by its token count (else the sum).
         num_choices: pad every batch to this many choices (choices an item lacks get probability 0); ``None`` uses
             the largest count in the batch.
+
+    Raises:
+        ValueError: a template without ``{question}``, or ``num_choices`` that is not an integer >= 2 or None.
     """
 
     kind = "multiple_choice"
@@ -51,8 +63,9 @@ class MultipleChoiceTask(Task):
         problems = []
         if "{question}" not in prompt_template:
             problems.append(f"prompt_template must contain '{{question}}', got {prompt_template!r}")
-        if num_choices is not None and num_choices < 2:
-            problems.append(f"num_choices must be >= 2 or None, got {num_choices!r}")
+        if num_choices is not None and (isinstance(num_choices, bool) or not isinstance(num_choices, int)
+                                        or num_choices < 2):
+            problems.append(f"num_choices must be an integer >= 2 or None, got {num_choices!r}")
         if problems:
             raise ValueError("invalid MultipleChoiceTask options:\n  - " + "\n  - ".join(problems))
         self.prompt_template = prompt_template
@@ -79,31 +92,42 @@ class MultipleChoiceTask(Task):
             ``[B]`` when every item is labelled.
 
         Raises:
-            ValueError: an example without choices, or more choices than ``num_choices``.
+            ValueError: an example without choices, more choices than ``num_choices``, or a label that is not the
+                index of one of the example's choices.
         """
         bad = [e.id for e in examples if not e.choices]
         if bad:
             raise ValueError(f"multiple-choice examples need choices; example {bad[0]!r} has none")
+        out_of_range = [e for e in examples if e.label is not None and not 0 <= e.label < len(e.choices)]
+        if out_of_range:
+            e = out_of_range[0]
+            raise ValueError(f"example {e.id!r} has label {e.label} but only {len(e.choices)} choices (labels are "
+                             f"0-based choice indices)")
         width = max(len(e.choices) for e in examples)
         if self.num_choices is not None:
             if width > self.num_choices:
-                raise ValueError(f"an example has {width} choices but the task was built with num_choices="
-                                 f"{self.num_choices}")
+                widest = max(examples, key=lambda e: len(e.choices))
+                raise ValueError(f"example {widest.id!r} has {width} choices but the task was built with "
+                                 f"num_choices={self.num_choices}; build it with the largest choice count of the data")
             width = self.num_choices
-        prompts = self._ids([self.prompt_template.format(question=e.text) for e in examples], special=True)
-        flat_choices = [self.choice_prefix + c for e in examples for c in e.choices]
-        choice_ids = iter(self._ids(flat_choices, special=False))
+        prompt_texts = [self.prompt_template.format(question=e.text) for e in examples]
+        prompt_ids = self._ids(prompt_texts, special=True)
+        flat = [(b, self.choice_prefix + c) for b, e in enumerate(examples) for c in e.choices]
+        pairs = iter(split_continuations(self.tokenizer, [prompt_texts[b] for b, _ in flat], [c for _, c in flat],
+                                         prompt_ids=[prompt_ids[b] for b, _ in flat]))
         start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.pad_id()
         rows: list[tuple[list[int], int]] = []  # (ids, number of trailing choice tokens)
         valid = torch.zeros(len(examples), width, dtype=torch.bool)
-        for b, (example, prompt) in enumerate(zip(examples, prompts)):
-            prompt = prompt or [start]  # the first choice token needs something to be predicted from
+        for b, example in enumerate(examples):
             for j in range(width):
                 if j < len(example.choices):
-                    choice = next(choice_ids)[: self.max_length - 1] or [self.pad_id()]
+                    # the joined text's ids: the prompt's own ids unless its end merged into the choice
+                    prompt, choice = next(pairs)
+                    choice = choice[: self.max_length - 1] or [self.pad_id()]
                     valid[b, j] = True
                 else:
-                    choice = [self.pad_id()]  # placeholder row, masked out of the scores
+                    prompt, choice = prompt_ids[b], [self.pad_id()]  # placeholder row, masked out of the scores
+                prompt = prompt or [start]  # the first choice token needs something to be predicted from
                 keep = self.max_length - len(choice)
                 rows.append((prompt[-keep:] + choice, len(choice)))
         length = max(len(ids) for ids, _ in rows)

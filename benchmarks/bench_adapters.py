@@ -23,7 +23,13 @@ minus the file-backed RSS (``RssFile``, code pages of the shared libraries, whic
 method runs) at the end of the run, i.e. the peak of anonymous (data) memory. Children run with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that RSS follows live memory (repeatable to about 1 MiB).
 
-Usage: ``python benchmarks/bench_adapters.py [--steps 20] [--warmup 3] [--out benchmarks/results/adapters.json]``.
+``--memory`` runs no timing and writes ``results/adapters_memory.json`` instead: exact byte counts per method after
+one training step (trainable parameters, adapter buffers such as LoRA-SP's frozen values and gather indices,
+gradients, AdamW state, and the activations autograd saves for backward, counted once per storage and excluding
+parameters and buffers), plus the peak RSS of a fresh subprocess as above.
+
+Usage: ``python benchmarks/bench_adapters.py [--steps 20] [--warmup 3] [--out benchmarks/results/adapters.json]``;
+``python benchmarks/bench_adapters.py --memory --methods lora lora_sp_element lora_sp_row lora_sp_column``.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ TARGET_REGEX = r".*\.attention\.(self\.(query|key|value)|output\.dense)"
 RANK, ALPHA = 8, 16.0
 BATCH, SEQ = 16, 64
 METHODS = ["peft_lora", "peft_monteclora", "lora", "lora_sp_element", "lora_sp_row", "lora_sp_column", "monteclora"]
+DEFAULT_OUT = str(Path(__file__).parent / "results" / "adapters.json")
 REFERENCE = {"lora": "peft_lora", "lora_sp_element": "peft_lora", "lora_sp_row": "peft_lora",
              "lora_sp_column": "peft_lora", "monteclora": "peft_monteclora"}
 
@@ -139,6 +146,77 @@ class Runner:
         return total, moments
 
 
+def memory_accounting(runner: Runner) -> dict[str, int]:
+    """Exact bytes after one training step: adapter state (parameters, buffers, gradients, AdamW state) and the
+    activations saved for backward (each storage once; parameters and buffers excluded)."""
+    model = runner.model
+    kept = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in kept:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    runner.opt.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**runner.batch).loss
+        extra = runner.aux(model)
+        if extra is not None and torch.is_tensor(extra):
+            loss = loss + extra
+    loss.backward()
+    runner.opt.step()
+
+    def nbytes(tensors: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    # PEFT and loracle both name every adapter tensor lora_*; the (frozen) base model has no buffer of that name
+    buffers = [b for n, b in model.named_buffers() if "lora_" in n]
+    return {
+        "trainable_param_bytes": nbytes(runner.params),
+        "adapter_buffer_bytes": nbytes(buffers),
+        "grad_bytes": nbytes(p.grad for p in runner.params if p.grad is not None),
+        "optimizer_state_bytes": runner.state_bytes()[0],
+        "saved_activation_bytes": sum(saved.values()),
+    }
+
+
+def memory_main(args: argparse.Namespace) -> None:
+    started = time.time()
+    peaks = {m: measure_peak(m, args.peak_steps, args.threads) for m in args.methods}
+    rows = []
+    for method in args.methods:
+        runner = Runner(method)
+        counts = memory_accounting(runner)
+        state = sum(v for k, v in counts.items() if k != "saved_activation_bytes")
+        rows.append({"method": method, **counts, "adapter_state_bytes": state,
+                     "peak_train_mib": round(peaks[method]["peak_train_mib"], 1),
+                     "peak_data_mib": round(peaks[method]["peak_data_mib"], 1)})
+        del runner
+    result = {
+        "benchmark": "adapters_memory",
+        "model": "all-MiniLM-L6-v2 (BertForSequenceClassification, 6 layers, hidden 384)",
+        "targets": TARGET_REGEX, "rank": RANK, "alpha": ALPHA, "batch": [BATCH, SEQ],
+        "counts": "exact bytes after one forward + backward + AdamW step; adapter_state_bytes = trainable parameters + "
+                  "adapter buffers + gradients + AdamW state; saved_activation_bytes = storages autograd keeps for "
+                  "backward (saved_tensors_hooks), each once, parameters and buffers excluded",
+        "peak_memory": f"VmHWM of a fresh subprocess per method ({args.peak_steps} steps), as in adapters.json",
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "platform": platform.platform(),
+        "runtime_s": round(time.time() - started, 1),
+        "results": rows,
+    }
+    out = Path(args.out).with_name("adapters_memory.json") if args.out == DEFAULT_OUT else Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    cols = list(rows[0])
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+    print(f"\nwritten to {out} in {result['runtime_s']} s")
+
+
 def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -181,11 +259,16 @@ def main() -> None:
     parser.add_argument("--peak-steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="*", default=METHODS)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "adapters.json"))
+    parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--memory", action="store_true", help="exact memory accounting only (no timing)")
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_child:
         peak_child(args.peak_child, args.peak_steps, args.threads)
+        return
+    if args.memory:
+        torch.set_num_threads(args.threads)
+        memory_main(args)
         return
 
     torch.set_num_threads(args.threads)

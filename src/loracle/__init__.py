@@ -12,28 +12,25 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
-_EXPORTS = {
-    name: "loracle.adapters"
-    for name in (
-        "AdapterConfig",
-        "LoRAConfig",
-        "LoRASPConfig",
-        "MonteCLoRAConfig",
-        "adapter_layers",
-        "apply_adapter",
-        "export_peft",
-        "import_peft",
-        "load_adapter",
-        "merge_adapters",
-        "remove_adapters",
-        "save_adapter",
-        "trainable_parameters",
-        "unmerge_adapters",
-    )
-}
+__all__ = [
+    "AdapterConfig",
+    "LoRAConfig",
+    "LoRASPConfig",
+    "MonteCLoRAConfig",
+    "adapter_layers",
+    "apply_adapter",
+    "export_peft",
+    "import_peft",
+    "load_adapter",
+    "merge_adapters",
+    "remove_adapters",
+    "save_adapter",
+    "trainable_parameters",
+    "unmerge_adapters",
+]
 
-__all__ = sorted(_EXPORTS)
+#: public name -> the module that defines it
+_EXPORTS = dict.fromkeys(__all__, "loracle.adapters")
 
 if TYPE_CHECKING:
     from loracle.adapters import (

@@ -9,7 +9,8 @@ they agree, so a new strategy or adapter is its registration plus its name here.
 from __future__ import annotations
 
 #: ``loracle.active.strategies.STRATEGIES``
-STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "star", "kcenter")
+STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
+                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust")
 
 #: ``loracle.adapters.ADAPTERS`` (``loracle train`` also accepts ``full``: every weight trained, no adapter)
 ADAPTER_NAMES: tuple[str, ...] = ("lora", "lora_sp", "monteclora")

@@ -41,7 +41,9 @@ def log(message: str, stream: TextIO | None = None) -> None:
 
 
 def _plural(unit: str, n: float) -> str:
-    return unit if n == 1 or unit.endswith("s") else f"{unit}s"
+    if n == 1 or unit.endswith("s"):
+        return unit
+    return f"{unit}es" if unit.endswith(("x", "ch", "sh")) else f"{unit}s"
 
 
 class PhaseLine:

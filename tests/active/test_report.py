@@ -14,7 +14,6 @@ import pytest
 
 from loracle.active.report import (
     area_under_curve,
-    compare_runs,
     default_compare_dir,
     display_name,
     format_round_line,

@@ -83,10 +83,13 @@ def test_full_finetune_and_multiple_choice(tmp_path: Path, capsys) -> None:
 
 def test_user_errors_exit_2(tmp_path: Path, sentiment: Path, capsys) -> None:
     model_dir = save_tiny(tiny_bert(), tmp_path / "bert")
-    code = main(["train", "--model", model_dir, "--data", str(sentiment), "--task", "classification",
-                 "--adapter", "dora", "--output", str(tmp_path / "x")])
-    assert code == 2 and "unknown --adapter 'dora'; expected one of" in capsys.readouterr().err
-    write_jsonl(tmp_path / "bad" / "train.jsonl", [{"text": "good", "label": "fresh"}])
+    with pytest.raises(SystemExit) as exc:  # a closed set: argparse refuses it before anything loads
+        main(["train", "--model", model_dir, "--data", str(sentiment), "--task", "classification",
+              "--adapter", "dora", "--output", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert "invalid choice: 'dora' (choose from 'lora', 'lora_sp', 'monteclora', 'full')" in capsys.readouterr().err
+    write_jsonl(tmp_path / "bad" / "train.jsonl",
+                [{"text": "good", "label": "fresh"}, {"text": "bad", "label": "rotten"}])
     write_jsonl(tmp_path / "bad" / "test.jsonl", [{"text": "good", "label": "stale"}])
     code = main(["train", "--model", model_dir, "--data", str(tmp_path / "bad"), "--task", "classification",
                  "--output", str(tmp_path / "y")])
@@ -102,3 +105,19 @@ def test_help_documents_every_option() -> None:
     text = sub.choices["train"].format_help()
     for option in ("--b-weight-decay", "--target-modules", "--max-train", "--adapter", "--test-data"):
         assert option in text
+
+
+def test_adapter_records_the_model_name_as_given(tmp_path: Path, sentiment: Path, monkeypatch) -> None:
+    """Not the resolved folder (for ``minilm`` a path inside the virtual environment): the name the user typed."""
+    import loracle.models
+
+    folder = save_tiny(tiny_bert(), tmp_path / "weights" / "bert")
+    resolve = loracle.models.resolve_model
+    monkeypatch.setattr(loracle.models, "resolve_model", lambda name: folder if name == "tinybert" else resolve(name))
+    args = ["--data", str(sentiment), "--task", "classification", "--epochs", "1", "--max-train", "8",
+            "--no-progress"]
+    assert main(["train", "--model", "tinybert", *args, "--output", str(tmp_path / "named")]) == 0
+    assert json.loads((tmp_path / "named" / "loracle_adapter.json").read_text())["base_model"] == "tinybert"
+    monkeypatch.chdir(tmp_path / "weights")  # a folder, given relative to the working directory, stays as given
+    assert main(["train", "--model", "bert", *args, "--output", str(tmp_path / "relative")]) == 0
+    assert json.loads((tmp_path / "relative" / "loracle_adapter.json").read_text())["base_model"] == "bert"

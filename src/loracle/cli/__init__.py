@@ -1,7 +1,8 @@
 """The ``loracle`` command: ``train``, ``evaluate`` and ``al`` (active learning) subcommands.
 
 Each subcommand module registers its parsers through ``add_parsers(subparsers)`` and sets ``func``; heavy imports
-(torch, transformers) happen inside the handlers so ``loracle --help`` stays fast.
+(torch, transformers) happen inside the handlers so ``loracle --help`` stays fast (``tests/cli`` checks that building
+the parser imports no torch).
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_when_logged(args: argparse.Namespace) -> None:
+    """Off a terminal (a redirected log), or with ``--no-progress``, switch off the libraries' own progress bars.
+
+    transformers draws a "Loading weights" bar on every model load and huggingface_hub/datasets draw download bars;
+    in a log they are lines of carriage returns. loracle's own phases go through :mod:`loracle.progress`.
+    """
+    from loracle.progress import is_terminal, library_bars_off
+
+    if not is_terminal() or getattr(args, "progress", None) is False or getattr(args, "no_progress", False):
+        library_bars_off()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the process exit code; user errors print one clear line and exit with 2."""
     parser = build_parser()
@@ -37,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    quiet_when_logged(args)
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as err:

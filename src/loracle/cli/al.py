@@ -1,98 +1,219 @@
-"""``loracle al``: active learning from the command line.
+"""``loracle al``: active learning from the command line (run, status, resume, label, compare).
 
-    loracle al run --model minilm --data ../shared/data/rotten_tomatoes --strategy star --output runs/main
-    loracle al status runs/main
-    loracle al resume runs/main            # after a crash or kill, or after human labelling
-    loracle al label runs/main             # answer pending queries in the terminal (or --export/--import CSV)
-    loracle al compare runs/a runs/b --output runs/compare
-
-Flags override the fields of ``--config run.yaml`` (fields of :class:`loracle.active.ALConfig`).
+Parsers are built without torch: the closed sets come from :mod:`loracle.names`, and the defaults shown in help are
+read from :class:`loracle.active.ALConfig` only when help is rendered. Handlers import what they need.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+from collections.abc import Mapping
 from typing import Any
+
+from loracle.cli.formatting import HelpFormatter, show_default
+from loracle.names import ADAPTER_NAMES, AL_TASK_KINDS, INITIAL_MODES, ORACLE_NAMES, SCORE_NAMES, STRATEGY_NAMES
+
+DESCRIPTION = """\
+Pool-based active learning with adapters: train on the labelled set, score the
+unlabelled pool, ask for the labels that help most, repeat. Every step is saved,
+so a killed run resumes where it stopped.
+
+examples:
+  loracle al run --model minilm --data data/rotten_tomatoes --output runs/star
+  loracle al status runs/star
+  loracle al resume runs/star    # after a crash or a kill, or after labelling
+  loracle al label runs/star     # answer pending queries (or --export/--import)
+  loracle al compare runs/star runs/random --output runs/compare
+
+`loracle al run --config run.yaml` reads the run's settings (the fields of
+loracle.active.ALConfig) from a YAML file; command-line flags override it.
+"""
+
+#: ``al run`` flags that are copied as they are into the ALConfig field of the same name
+_PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
+                 "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
+                 "mc_posterior", "progress", "label_field")
+#: ``al run`` flags where 0 means None ("all")
+_ZERO_IS_ALL = ("pool_size", "test_size", "score_subset", "stochastic_layers")
 
 
 def _default(name: str) -> Any:
+    """The ``ALConfig`` default of a field; a dotted name reads inside it (``train.epochs``, ``adapter.rank``)."""
     from loracle.active.config import ALConfig
 
-    field = {f.name: f for f in dataclasses.fields(ALConfig)}[name]
-    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    top, *rest = name.split(".")
+    field = {f.name: f for f in dataclasses.fields(ALConfig)}[top]
+    value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    for part in rest:
+        value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
+    return value
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    """An ALConfig section (``adapter``, ``train``) as a plain dict, whether it is a dict or a config object."""
+    if section is None:
+        return {}
+    if isinstance(section, Mapping):
+        return dict(section)
+    if hasattr(section, "to_dict"):
+        return dict(section.to_dict())
+    return dataclasses.asdict(section)
+
+
+def _strategy_default(option: str, strategy: str = "star") -> Any:
+    """The default of a strategy's constructor option (``score``, ``schedule``), or ``"the strategy's own"``."""
+    import inspect
+
+    from loracle.active.strategies import STRATEGIES
+
+    try:
+        default = inspect.signature(STRATEGIES[strategy]).parameters[option].default
+    except (KeyError, TypeError, ValueError):
+        return "the strategy's own"
+    return "the strategy's own" if default is inspect.Parameter.empty else default
+
+
+def _option(group: argparse._ActionsContainer, *flags: str, field: str | None = None, none: str = "none",
+            sets: Any = None, **kwargs: Any) -> argparse.Action:
+    """Add an ``al run`` option whose help ends with the ALConfig default of ``field``, read at help time.
+
+    Args:
+        field: the ALConfig field (dotted inside ``adapter``/``train``) the option overrides.
+        none: how a None default reads (``all``, ``the data's test split``...).
+        sets: for a switch, the field value it sets; help then says whether the default already does that.
+    """
+    kwargs.setdefault("default", None)
+    action = group.add_argument(*flags, **kwargs)
+    if field is not None:
+        def shown() -> Any:
+            value = _default(field)
+            if action.nargs == 0:
+                return "on" if value == (action.const if sets is None else sets) else "off"
+            return none if value in (None, "") else value
+
+        show_default(action, shown)
+    return action
+
+
+def _epochs_default() -> str:
+    epochs, min_steps = _default("train.epochs"), _default("train.min_steps")
+    return f"{epochs}, more if needed for at least {min_steps} steps" if min_steps else str(epochs)
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``al`` and its sub-subcommands run/status/resume/label/compare."""
     al = subparsers.add_parser("al", help="active learning: run, status, resume, label, compare",
-                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                               description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = al.add_subparsers(dest="al_command", metavar="ACTION")
     al.set_defaults(func=lambda args: (al.print_help(), 2)[1])
 
-    run = sub.add_parser("run", help="start a run (simulated oracle: runs to the end; human: stops for labels)")
-    run.add_argument("--config", help="YAML file of ALConfig fields (flags override it)")
-    run.add_argument("--output", "-o", required=True, help="run folder (state.sqlite, rounds/, report.json)")
+    run = sub.add_parser("run", help="start a run (simulated oracle: runs to the end; human: stops for labels)",
+                         description="Start an active-learning run in --output. Flags override --config; "
+                         "the defaults shown are those of loracle.active.ALConfig.", formatter_class=HelpFormatter)
+    _option(run, "--config", metavar="YAML", help="YAML file of ALConfig fields; the flags below override it")
+    run.add_argument("--output", "-o", required=True, metavar="DIR",
+                     help="run folder (state.sqlite, rounds/, report.json, learning_curve.png)")
     g = run.add_argument_group("data and model")
-    g.add_argument("--model", help="built-in name (minilm, smollm2), hub id or folder [minilm]")
-    g.add_argument("--data", help="dataset folder/file with train (and test) splits")
-    g.add_argument("--test-data", help="evaluation set [the data's test split]")
-    g.add_argument("--task-kind", choices=["classification", "multiple_choice"])
-    g.add_argument("--text-field")
-    g.add_argument("--pool-size", type=int, help="seeded pool subset [2000]; 0 = whole training split")
-    g.add_argument("--test-size", type=int, help="seeded test subset [500]; 0 = whole test split")
-    g.add_argument("--max-length", type=int, help="token limit [64]")
+    _option(g, "--model", field="model", help="built-in name (minilm, smollm2), Hugging Face hub id or model folder")
+    _option(g, "--data", field="data", none="none: give it here or in --config",
+            help="dataset: a folder with train (and test) splits, a JSONL/CSV/Parquet file, or a hub dataset")
+    _option(g, "--test-data", field="test_data", none="the test split of --data",
+            help="evaluation set (same forms as --data)")
+    _option(g, "--task-kind", field="task_kind", choices=AL_TASK_KINDS, metavar="KIND",
+            help=f"how examples become model inputs: {', '.join(AL_TASK_KINDS)}")
+    _option(g, "--text-field", field="text_field", metavar="FIELD", none="the loader's guess: text, question, ...",
+            help="the field holding the input text")
+    _option(g, "--label-field", field="label_field", metavar="FIELD", none="label",
+            help="the field holding the class label (classification) or the right choice (multiple choice)")
+    _option(g, "--pool-size", field="pool_size", type=int, metavar="N", none="all of the training split",
+            help="use a seeded random subset of N training items as the pool; 0 = all")
+    _option(g, "--test-size", field="test_size", type=int, metavar="N", none="all of the test split",
+            help="evaluate on a seeded random subset of N test items; 0 = all")
+    _option(g, "--max-length", field="max_length", type=int, metavar="N",
+            help="token limit; longer inputs are truncated")
     g = run.add_argument_group("active learning")
-    g.add_argument("--strategy", help="random, entropy, least_confidence, margin, bald, star, kcenter [star]")
-    g.add_argument("--score", help="uncertainty measure inside star (entropy, bald, least_confidence, margin)")
-    g.add_argument("--schedule-slope", type=float, help="star: λ_t = min(1, slope·(t+1)) [0.1]")
-    g.add_argument("--initial-size", type=int, help="[100]")
-    g.add_argument("--initial-mode", choices=["random", "stratified"])
-    g.add_argument("--query-size", type=int, help="labels per round [100]")
-    g.add_argument("--rounds", type=int, help="query rounds [4]")
-    g.add_argument("--budget", type=int, help="total labels incl. the initial set")
-    g.add_argument("--score-subset", type=int, help="score a seeded random subset of the unlabelled pool")
-    g.add_argument("--oracle", choices=["simulated", "human"])
-    g.add_argument("--seed", type=int)
+    _option(g, "--strategy", field="strategy", choices=STRATEGY_NAMES, metavar="NAME",
+            help=f"query strategy: {', '.join(STRATEGY_NAMES)}")
+    show_default(g.add_argument("--score", choices=SCORE_NAMES, metavar="NAME",
+                                help=f"star: the uncertainty measure ({', '.join(SCORE_NAMES)})"),
+                 lambda: _strategy_default("score"))
+    show_default(g.add_argument("--schedule-slope", type=float, metavar="SLOPE",
+                                help="star: the fine-tuned model's share of the uncertainty grows as "
+                                "min(1, slope * (round + 1))"),
+                 lambda: _strategy_default("schedule"))
+    _option(g, "--initial-size", field="initial_size", type=int, metavar="N",
+            help="labels before the first query (round 0 trains on them)")
+    _option(g, "--initial-mode", field="initial_mode", choices=INITIAL_MODES, metavar="MODE",
+            help=f"how the initial set is drawn: {', '.join(INITIAL_MODES)} (by class)")
+    _option(g, "--query-size", field="query_size", type=int, metavar="N", help="labels asked for per round")
+    _option(g, "--rounds", field="rounds", type=int, metavar="N", none="as many as --budget allows",
+            help="query rounds after round 0")
+    _option(g, "--budget", field="budget", type=int, metavar="N", none="initial size + rounds x query size",
+            help="total labels, the initial set included")
+    _option(g, "--score-subset", field="score_subset", type=int, metavar="N", none="all of the unlabelled pool",
+            help="each round, score a seeded random subset of N unlabelled items and query the best of it; 0 = all")
+    _option(g, "--oracle", field="oracle", choices=ORACLE_NAMES, metavar="NAME",
+            help="simulated: labels come from the data, hidden from the strategy; human: the run stops for "
+            "`loracle al label`")
+    _option(g, "--seed", field="seed", type=int,
+            help="seeds the pool subset, initial set, adapters, training, MC passes and selection")
     g = run.add_argument_group("uncertainty")
-    g.add_argument("--mc-samples", type=int, help="stochastic passes [8]; 0 = deterministic")
-    g.add_argument("--no-mc-dropout", dest="mc_dropout", action="store_false", default=None)
-    g.add_argument("--mc-posterior", action="store_true", default=None, help="sample MonteCLoRA posteriors")
-    g.add_argument("--stochastic-layers", type=int, help="MC only in the last k blocks [2]; 0 = all adapters")
+    _option(g, "--mc-samples", field="mc_samples", type=int, metavar="N",
+            help="stochastic passes per scored item; 0 = one deterministic pass")
+    _option(g, "--no-mc-dropout", dest="mc_dropout", action="store_false", field="mc_dropout", sets=False,
+            help="score without MC dropout through the adapters' dropout")
+    _option(g, "--mc-posterior", action="store_true", field="mc_posterior",
+            help="sample MonteCLoRA posteriors when scoring (needs --adapter monteclora)")
+    _option(g, "--stochastic-layers", field="stochastic_layers", type=int, metavar="K", none="all adapters",
+            help="randomness only in the adapters of the last K blocks; 0 = all adapters")
     g = run.add_argument_group("adapter and training")
-    g.add_argument("--adapter", dest="adapter_method", help="lora, lora_sp, monteclora [lora]")
-    g.add_argument("--rank", type=int)
-    g.add_argument("--alpha", type=float)
-    g.add_argument("--lora-dropout", type=float)
-    g.add_argument("--warm-start", action="store_true", default=None, help="continue the adapter across rounds")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--b-weight-decay", type=float, help="STAR constraint: weight decay on lora_B only [0.5]")
-    run.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    _option(g, "--adapter", dest="adapter_method", field="adapter.method", choices=ADAPTER_NAMES, metavar="NAME",
+            help=f"adapter method: {', '.join(ADAPTER_NAMES)}")
+    _option(g, "--rank", field="adapter.rank", type=int, metavar="R", help="adapter rank r")
+    _option(g, "--alpha", field="adapter.alpha", type=float, help="adapter scale numerator (update scaled by alpha/r)")
+    _option(g, "--lora-dropout", field="adapter.dropout", type=float, metavar="P",
+            help="adapter input dropout (also the source of MC-dropout uncertainty)")
+    _option(g, "--warm-start", action="store_true", field="fresh_adapter", sets=False,
+            help="continue each round's adapter from the previous round instead of a fresh one")
+    show_default(g.add_argument("--epochs", type=int, metavar="N", help="passes over the labelled set per round"),
+                 _epochs_default)
+    _option(g, "--batch-size", field="train.batch_size", type=int, metavar="N", help="examples per training step")
+    _option(g, "--lr", field="train.lr", type=float, help="peak learning rate")
+    _option(g, "--b-weight-decay", field="train.b_weight_decay", type=float, metavar="WD",
+            none="the weight decay of the other parameters",
+            help="weight decay on lora_B only (STAR's constraint)")
+    _option(run, "--no-progress", dest="progress", action="store_false", field="progress", sets=False,
+            help="no progress bars even on a terminal (a log gets one line per phase and per round either way)")
     run.set_defaults(func=cmd_run)
 
-    status = sub.add_parser("status", help="show a run's progress and metrics")
-    status.add_argument("run_dir")
+    status = sub.add_parser("status", help="show a run's progress and metrics", formatter_class=HelpFormatter)
+    status.add_argument("run_dir", help="the run folder (the --output of `loracle al run`)")
     status.add_argument("--json", action="store_true", help="print the full summary as JSON")
     status.set_defaults(func=cmd_status)
 
-    resume = sub.add_parser("resume", help="continue a run from its last completed step")
-    resume.add_argument("run_dir")
-    resume.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    resume = sub.add_parser("resume", help="continue a run from its last completed step",
+                            formatter_class=HelpFormatter)
+    resume.add_argument("run_dir", help="the run folder")
+    resume.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="no progress bars even on a terminal")
     resume.set_defaults(func=cmd_resume)
 
-    label = sub.add_parser("label", help="answer pending queries (terminal), or export/import them as CSV")
-    label.add_argument("run_dir")
+    label = sub.add_parser("label", help="answer pending queries (terminal), or export/import them as CSV",
+                           formatter_class=HelpFormatter)
+    label.add_argument("run_dir", help="the run folder")
     both = label.add_mutually_exclusive_group()
     both.add_argument("--export", metavar="CSV", help="write pending queries to CSV (fill in the label column)")
     both.add_argument("--import", dest="import_csv", metavar="CSV", help="read a labelled CSV back")
     label.set_defaults(func=cmd_label)
 
-    compare = sub.add_parser("compare", help="one learning curve and JSON over several runs")
-    compare.add_argument("run_dirs", nargs="+")
-    compare.add_argument("--output", "-o", default="al_compare", help="folder for compare.json and the PNG")
+    compare = sub.add_parser("compare", help="one learning curve and JSON over several runs",
+                             formatter_class=HelpFormatter)
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders to compare")
+    show_default(compare.add_argument("--output", "-o", metavar="DIR", help="folder for compare.json and "
+                                      "learning_curve.png"), "a folder named compare beside the first run's folder")
     compare.set_defaults(func=cmd_compare)
 
 
@@ -108,12 +229,8 @@ def config_from_args(args: argparse.Namespace):
             data = yaml.safe_load(handle) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{args.config}: expected a mapping of ALConfig fields")
-    flat = {name: getattr(args, name) for name in (
-        "model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
-        "initial_mode", "query_size", "rounds", "budget", "score_subset", "oracle", "seed", "mc_samples",
-        "mc_dropout", "mc_posterior", "progress")}
-    data.update({k: v for k, v in flat.items() if v is not None})
-    for name in ("pool_size", "test_size", "stochastic_layers"):
+    data.update({name: getattr(args, name) for name in _PLAIN_FIELDS if getattr(args, name) is not None})
+    for name in _ZERO_IS_ALL:
         value = getattr(args, name)
         if value is not None:
             data[name] = None if value == 0 else value
@@ -126,16 +243,12 @@ def config_from_args(args: argparse.Namespace):
         options["schedule"] = args.schedule_slope
     if options:
         data["strategy_options"] = options
-    adapter = {**_default("adapter"), **(data.get("adapter") or {})}
-    for flag, key in (("adapter_method", "method"), ("rank", "rank"), ("alpha", "alpha"), ("lora_dropout", "dropout")):
-        if getattr(args, flag) is not None:
-            adapter[key] = getattr(args, flag)
-    data["adapter"] = adapter
-    train = {**_default("train"), **(data.get("train") or {})}
-    for key in ("epochs", "batch_size", "lr", "b_weight_decay"):
-        if getattr(args, key) is not None:
-            train[key] = getattr(args, key)
-    data["train"] = train
+    adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}
+    train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay"}
+    for section, flags in (("adapter", adapter), ("train", train)):
+        given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
+        if given or section in data:
+            data[section] = {**_as_dict(_default(section)), **_as_dict(data.get(section)), **given}
     return ALConfig.from_dict(data)
 
 
@@ -163,9 +276,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import json
-
-    from loracle.active.report import run_summary
+    from loracle.active.report import METRICS, format_value, run_summary
     from loracle.active.state import RunState
 
     state = RunState.open(args.run_dir)
@@ -176,17 +287,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
+    sources = ", ".join(f"{n} {source}" for source, n in summary["labels_by_source"].items())
     print(f"run {args.run_dir}: strategy {summary['strategy']}, {summary['status']}, "
-          f"rounds {summary['rounds_completed']}/{summary['rounds_planned']}, labels {summary['labels']} "
-          f"{summary['labels_by_source']}, pending queries {summary['pending_queries']}")
-    print(f"{'round':>5} {'labels':>6} {'accuracy':>8} {'ece':>7} {'train s':>8} {'score s':>8}")
+          f"rounds {summary['rounds_completed']}/{summary['rounds_planned']}, labels {summary['labels']}"
+          f"{f' ({sources})' if sources else ''}, pending queries {summary['pending_queries']}")
+    print(f"data {summary['dataset']} (pool {summary['pool_size']}, test {summary['test_size']}), "
+          f"model {summary['model']}; {_baseline_text(summary['majority_baseline'])}")
+    header = ["round", "labels", *(label for _, label in METRICS), "train s", "score s"]
+    widths = [max(len(h), 6) for h in header]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
-        m = r["metrics"]
-        print(f"{r['round']:>5} {r['n_labels']:>6} {m.get('accuracy', float('nan')):>8.4f} "
-              f"{m.get('ece', float('nan')):>7.4f} {r['train_seconds'] or 0:>8.1f} {r['score_seconds'] or 0:>8.1f}")
-    if summary["aulc_accuracy"] is not None:
-        print(f"area under the accuracy curve: {summary['aulc_accuracy']:.4f}")
+        cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
+                 format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
+        print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    if summary["rounds"]:
+        print("area under the curve: " + ", ".join(f"{label} {format_value(summary[f'aulc_{key}'])}"
+                                                   for key, label in METRICS))
     return 0
+
+
+def _baseline_text(baseline: dict[str, float] | None) -> str:
+    from loracle.active.report import format_value
+
+    if baseline is None:
+        return "no majority-class baseline (unlabelled test set)"
+    return (f"majority-class baseline: accuracy {format_value(baseline['accuracy'])}, "
+            f"macro-F1 {format_value(baseline['macro_f1'])}")
 
 
 def cmd_label(args: argparse.Namespace) -> int:
@@ -200,8 +326,9 @@ def cmd_label(args: argparse.Namespace) -> int:
             print(f"wrote {n} pending queries to {args.export}; fill in the 'label' column, then "
                   f"`loracle al label {args.run_dir} --import {args.export}`")
         elif args.import_csv:
-            n = import_labels(state, args.import_csv)
-            print(f"recorded {n} labels; {len(state.pending_queries())} queries still pending")
+            result = import_labels(state, args.import_csv)
+            skipped = f" ({result.already_recorded} rows already recorded, skipped)" if result.already_recorded else ""
+            print(f"recorded {result.recorded} labels{skipped}; {len(state.pending_queries())} queries still pending")
         else:
             n = label_interactive(state)
             print(f"recorded {n} labels; {len(state.pending_queries())} queries still pending", file=sys.stderr)
@@ -213,13 +340,20 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loracle.active.report import compare_runs
+    from loracle.active.report import METRICS, compare_runs, default_compare_dir, format_value
 
-    result = compare_runs(args.run_dirs, args.output)
+    output = args.output or default_compare_dir(args.run_dirs)
+    result = compare_runs(args.run_dirs, output)
+    header = ["run", "labels", *(f"AULC {label}" for _, label in METRICS)]
+    widths = [max(len(header[0]), *(len(name) for name in result)), *(len(h) for h in header[1:])]
+    print("  ".join([header[0].ljust(widths[0]), *(h.rjust(w) for h, w in zip(header[1:], widths[1:]))]))
     for name, r in result.items():
-        aulc = r["aulc_accuracy"]
-        print(f"{name:>30}: labels {r['labels']:>5}  AULC accuracy {aulc if aulc is None else round(aulc, 4)}")
-    print(f"wrote {args.output}/compare.json and {args.output}/learning_curve.png")
+        cells = [str(r["labels"]), *(format_value(r[f"aulc_{key}"]) for key, _ in METRICS)]
+        print("  ".join([name.ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells, widths[1:]))]))
+    baselines = {json.dumps(r["majority_baseline"], sort_keys=True) for r in result.values()}
+    if len(baselines) == 1:
+        print(_baseline_text(next(iter(result.values()))["majority_baseline"]))
+    print(f"wrote {output}/compare.json and {output}/learning_curve.png")
     return 0
 
 
@@ -231,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from loracle.cli import quiet_when_logged
+
+    quiet_when_logged(args)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:

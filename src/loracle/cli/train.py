@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-TASK_KINDS = ("classification", "multiple_choice", "generation")
+from loracle.cli.formatting import HelpFormatter, show_default
+from loracle.names import ADAPTER_NAMES, SCHEDULER_NAMES, TASK_KINDS
 TASK_FILE = "loracle_task.json"
 HEAD_NAMES = ("classifier", "score")
 
@@ -23,67 +24,74 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         "train", help="fine-tune a model with an adapter (or in full) and evaluate it",
         description="Fine-tune MODEL on DATA with a LoRA / LoRA-SP / MonteCLoRA adapter (or all weights), then "
         "write the adapter, metrics.json, train_log.jsonl and (with test data) reliability.png into --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _data_options(train)
     train.add_argument("--model", required=True, help="built-in name (minilm, smollm2), local folder or hub id")
-    train.add_argument("--test-data", default=None,
-                       help="test data (same forms as --data); default: the --test-split of --data when --data is a "
-                       "folder that has one, else no test evaluation")
+    show_default(train.add_argument("--test-data", default=None, help="test data (same forms as --data)"),
+                 "the --test-split of --data when --data is a folder that has one, else no test evaluation")
     train.add_argument("--task", required=True, choices=TASK_KINDS, help="how examples become model inputs")
-    train.add_argument("--adapter", default="lora",
-                       help="adapter method: lora, lora_sp, monteclora (any registered method), or full for full "
-                       "fine-tuning")
+    train.add_argument("--adapter", default="lora", choices=(*ADAPTER_NAMES, "full"), metavar="NAME",
+                       help=f"adapter method: {', '.join(ADAPTER_NAMES)}, or full to train every weight")
     train.add_argument("--rank", type=int, default=8, help="adapter rank r")
     train.add_argument("--alpha", type=float, default=16.0, help="adapter scale numerator (update scaled by alpha/r)")
     train.add_argument("--dropout", type=float, default=0.1,
                        help="adapter input dropout (also the source of MC-dropout uncertainty)")
-    train.add_argument("--target-modules", nargs="+", default=None,
-                       help="layer name suffixes to adapt (e.g. query value); one value with regex characters is a "
-                       "regular expression; default: every linear layer except the output head")
-    train.add_argument("--modules-to-save", nargs="*", default=None,
-                       help="modules trained in full beside the adapter; default: the classification head "
-                       "(classifier/score) for --task classification, none otherwise")
+    show_default(train.add_argument("--target-modules", nargs="+", default=None,
+                                    help="layer name suffixes to adapt (e.g. query value); one value with regex "
+                                    "characters is a regular expression"),
+                 "every linear layer except the output head")
+    show_default(train.add_argument("--modules-to-save", nargs="*", default=None,
+                                    help="modules trained in full beside the adapter"),
+                 "the classification head (classifier/score) for --task classification, none otherwise")
     train.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
                        help="extra adapter config field (JSON value), e.g. mask_mode='\"row\"' or num_samples=4; "
-                       "repeatable")
+                       "repeatable (default: none)")
     train.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
-    train.add_argument("--head-lr", type=float, default=None, help="learning rate of --modules-to-save (default --lr)")
+    show_default(train.add_argument("--head-lr", type=float, default=None, help="learning rate of --modules-to-save"),
+                 "--lr")
     train.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (global)")
     train.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimiser step")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (all but lora_B*)")
-    train.add_argument("--b-weight-decay", type=float, default=None,
-                       help="weight decay of lora_B* only (STAR's constraint, e.g. 0.5); default: --weight-decay")
+    show_default(train.add_argument("--b-weight-decay", type=float, default=None,
+                                    help="weight decay of lora_B* only (STAR's constraint, e.g. 0.5)"),
+                 "--weight-decay")
     train.add_argument("--warmup-ratio", type=float, default=0.06, help="fraction of steps of linear warm-up")
-    train.add_argument("--scheduler", default="linear", help="learning-rate schedule (linear, cosine, constant, ...)")
+    train.add_argument("--scheduler", default="linear", choices=SCHEDULER_NAMES, metavar="NAME",
+                       help=f"learning-rate schedule after warm-up: {', '.join(SCHEDULER_NAMES)}")
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (0: none)")
     train.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast precision")
     train.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
-    train.add_argument("--max-train", type=int, default=None, help="use a random subset of N training examples")
-    train.add_argument("--max-test", type=int, default=None, help="evaluate on a random subset of N test examples")
+    show_default(train.add_argument("--max-train", type=int, default=None, metavar="N",
+                                    help="use a seeded random subset of N training examples"), "all")
+    show_default(train.add_argument("--max-test", type=int, default=None, metavar="N",
+                                    help="evaluate on a seeded random subset of N test examples"), "all")
     train.add_argument("--seed", type=int, default=0, help="seeds the adapter init, data order, dropout, subsets")
     train.add_argument("--samples", type=int, default=0,
                        help="MC passes for the test evaluation (0: one deterministic pass)")
-    train.add_argument("--output", required=True, help="output folder")
+    train.add_argument("--output", required=True, metavar="DIR",
+                       help="output folder (adapter, metrics.json, train_log.jsonl, reliability.png)")
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
         "evaluate", help="score a saved adapter (or fully fine-tuned model) on labelled data",
         description="Load the model and adapter saved by `loracle train`, evaluate on DATA and print the metrics "
         "as JSON (accuracy, macro-F1, ECE, NLL, Brier; exact match for generation).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     evaluate.add_argument("--adapter-dir", required=True, help="the --output folder of `loracle train`")
-    evaluate.add_argument("--model", default=None,
-                          help="base model (built-in name, folder or hub id); default: the one it was trained from")
+    show_default(evaluate.add_argument("--model", default=None,
+                                       help="base model (built-in name, folder or hub id)"),
+                 "the one the adapter was trained from")
     _data_options(evaluate, default_split="test")
     evaluate.add_argument("--samples", type=int, default=0,
                           help="MC passes averaged (0: one deterministic pass)")
     evaluate.add_argument("--posterior", action="store_true",
                           help="with --samples, also sample MonteCLoRA posteriors")
     evaluate.add_argument("--no-dropout", action="store_true", help="with --samples, turn MC dropout off")
-    evaluate.add_argument("--max-test", type=int, default=None, help="evaluate on a random subset of N examples")
+    show_default(evaluate.add_argument("--max-test", type=int, default=None, metavar="N",
+                                       help="evaluate on a seeded random subset of N examples"), "all")
     evaluate.add_argument("--seed", type=int, default=0, help="seeds the MC passes and the subset")
     evaluate.add_argument("--metrics-out", default=None, help="also write the metrics JSON to this file")
     evaluate.add_argument("--plot", default=None, help="write a reliability diagram PNG here (classification, MC)")
@@ -97,13 +105,15 @@ def _data_options(parser: argparse.ArgumentParser, default_split: str = "train")
     parser.add_argument("--split", default=default_split, help="split of a folder or hub dataset")
     if default_split == "train":
         parser.add_argument("--test-split", default="test", help="split used for --test-data (or --data)")
-    parser.add_argument("--text-field", default=None, help="text/question field (default: text, question, ...)")
+    show_default(parser.add_argument("--text-field", default=None, help="the text (or question) field"),
+                 "the loader's guess: text, question, ...")
     parser.add_argument("--label-field", default="label", help="class label / right-choice field")
     parser.add_argument("--choices-field", default="choices", help="choices field (multiple choice)")
     parser.add_argument("--answer-field", default="answer", help="answer field (generation, MC fallback)")
     parser.add_argument("--max-length", type=int, default=128, help="longest token sequence")
     parser.add_argument("--batch-size-eval", type=int, default=32, help="batch size of evaluation")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar even on a terminal (a log gets one line per phase either way)")
 
 
 def _field_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -219,8 +229,8 @@ def run_train(args: argparse.Namespace) -> int:
             reliability_diagram(probs, labels, output / "reliability.png", title=f"{args.adapter} on test")
         metrics["test"] = scores
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    summary = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if isinstance(v, float)}
-    print(f"loracle train: {result.steps} steps in {train_time:.1f}s; test {summary or 'not evaluated'}; "
+    summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.get("test", {}).items() if isinstance(v, float))
+    print(f"loracle train: {result.steps} steps in {train_time:.1f} s; test {summary or 'not evaluated'}; "
           f"wrote {output}")
     return 0
 

@@ -1,0 +1,287 @@
+"""The command line as a new user meets it: help without torch, every flag with its help and default, typos
+caught at parse time with the valid names, and logs that read as logs (no bars, one line per phase and round)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loracle import names
+from loracle.cli import build_parser, main
+from loracle.cli.al import _default
+from loracle.progress import PhaseLine, log, progress
+from active.al_helpers import write_toy_data
+from tiny_models import tiny_bert, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+#: what a terminal bar writes and a log must not hold: carriage returns and ANSI escape sequences
+BAR_CODES = re.compile(r"\r|\x1b\[")
+ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
+                        r"ECE (\d\.\d{3}|n/a); train .+, evaluate .+, score .+$")
+HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")
+
+
+def python(code: str, timeout: int = 120, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def loracle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``loracle ARGS`` in a child process whose stderr is a pipe, as in ``loracle ... 2> log``."""
+    return subprocess.run([sys.executable, "-m", "loracle", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+# -- help without torch ----------------------------------------------------------------------------------------
+HELP_PROBE = """
+import sys, time
+start = time.perf_counter()
+import loracle
+from loracle.cli import main
+try:
+    main({argv!r})
+except SystemExit:
+    pass
+print("IMPORTED", sorted(m for m in {heavy!r} if m in sys.modules), "SECONDS %.2f" % (time.perf_counter() - start))
+"""
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"], ["evaluate", "--help"],
+                                  ["al", "--help"], ["al", "status", "--help"], ["al", "compare", "--help"],
+                                  ["al", "run", "-o", "x", "--strategy", "stra"]])
+def test_help_and_parse_errors_import_no_torch(argv):
+    proc = python(HELP_PROBE.format(argv=argv, heavy=HEAVY))
+    assert "IMPORTED []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    print(argv, proc.stdout.split("IMPORTED")[-1].strip())  # the time, for the record (pytest -s)
+
+
+def test_import_loracle_is_lazy():
+    proc = python("import sys, loracle\n"
+                  "assert 'torch' not in sys.modules\n"
+                  "assert 'LoRAConfig' in dir(loracle) and 'LoRAConfig' in loracle.__all__\n"
+                  "from loracle import LoRAConfig, apply_adapter\n"
+                  "print(LoRAConfig.method, apply_adapter.__module__, 'torch' in sys.modules)")
+    assert proc.stdout.split() == ["lora", "loracle.adapters.inject", "True"], proc.stderr[-2000:]
+    with pytest.raises(AttributeError, match="no attribute 'LoraConfig'"):
+        import loracle
+
+        loracle.LoraConfig
+
+
+@pytest.mark.xfail(reason="reading ALConfig's defaults imports torch: loracle.active.config imports "
+                   "loracle.active.strategies, loracle.adapters.base and loracle.training.config (whose packages "
+                   "import torch), and loracle/active/__init__.py imports strategies", strict=False)
+def test_al_run_help_imports_no_torch():
+    proc = python(HELP_PROBE.format(argv=["al", "run", "--help"], heavy=HEAVY))
+    assert "IMPORTED []" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+# -- every flag explained, with its default --------------------------------------------------------------------
+def subparser(*path: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    for name in path:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = action.choices[name]
+    return parser
+
+
+def option_help(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{first option string: its help, joined into one line}`` from the rendered help."""
+    text = parser.format_help()
+    blocks: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        if re.match(r"^  -", line):
+            current = line.split()[0].rstrip(",")
+            blocks[current] = line
+        elif current is not None and line.startswith("    "):
+            blocks[current] += " " + line
+        else:
+            current = None
+    return {flag: " ".join(block.split()) for flag, block in blocks.items()}
+
+
+@pytest.mark.parametrize("path", [("al", "run"), ("al", "status"), ("al", "resume"), ("al", "label"),
+                                  ("al", "compare"), ("train",), ("evaluate",)])
+def test_every_flag_has_help_and_its_default(path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    parser = subparser(*path)
+    blocks = option_help(parser)
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        block = blocks[action.option_strings[0]]
+        assert action.help and " ".join(action.help.split()[:3]) in block, block
+        assert re.search(r"\((default: .+|required)\)$", block), f"{path}: no default shown: {block}"
+
+
+def test_al_run_defaults_are_alconfig_defaults(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    blocks = option_help(subparser("al", "run"))
+    for flag, field in (("--epochs", "train.epochs"), ("--lr", "train.lr"), ("--batch-size", "train.batch_size"),
+                        ("--rank", "adapter.rank"), ("--alpha", "adapter.alpha"), ("--seed", "seed"),
+                        ("--oracle", "oracle"), ("--task-kind", "task_kind"), ("--strategy", "strategy"),
+                        ("--adapter", "adapter.method"), ("--mc-samples", "mc_samples")):
+        assert f"(default: {_default(field)}" in blocks[flag], blocks[flag]
+    assert blocks["--no-progress"].endswith("(default: off)")
+    assert blocks["--score-subset"].endswith(
+        f"(default: {_default('score_subset') or 'all of the unlabelled pool'})")
+    assert blocks["--text-field"].endswith("(default: the loader's guess: text, question, ...)")
+
+
+def test_train_flag_defaults_are_trainconfig_defaults():
+    from loracle.training.config import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "d", "--model", "m", "--task", "classification",
+                                      "--output", "o"])
+    config = TrainConfig()
+    for name in ("epochs", "lr", "batch_size", "grad_accum", "weight_decay", "b_weight_decay", "warmup_ratio",
+                 "scheduler", "max_grad_norm", "mixed_precision", "seed"):
+        assert getattr(args, name) == getattr(config, name), name
+    assert args.batch_size_eval == config.eval_batch_size
+
+
+def test_descriptions_are_plain_text(capsys):
+    for argv in (["--help"], ["al", "--help"], ["al", "run", "--help"], ["train", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "``" not in out and ":class:" not in out and ":func:" not in out, argv
+
+
+# -- closed sets are choices -----------------------------------------------------------------------------------
+TRAIN = ["train", "--data", "d", "--model", "m", "--task", "classification", "--output", "o"]
+
+
+@pytest.mark.parametrize("argv, valid", [
+    (["al", "run", "-o", "x", "--strategy", "stra"], names.STRATEGY_NAMES),
+    (["al", "run", "-o", "x", "--adapter", "lorra"], names.ADAPTER_NAMES),
+    (["al", "run", "-o", "x", "--score", "entropi"], names.SCORE_NAMES),
+    (["al", "run", "-o", "x", "--oracle", "humans"], names.ORACLE_NAMES),
+    ([*TRAIN, "--adapter", "lorra"], (*names.ADAPTER_NAMES, "full")),
+    ([*TRAIN, "--scheduler", "cosin"], names.SCHEDULER_NAMES),
+])
+def test_a_typo_fails_at_parse_time_listing_the_valid_names(argv, valid, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice" in err and all(name in err for name in valid), err
+
+
+def test_names_match_the_registries():
+    from loracle.active.config import INITIAL_MODES, ORACLES
+    from loracle.active.strategies import STRATEGIES
+    from loracle.adapters import ADAPTERS
+    from loracle.models import TASK_KINDS
+    from loracle.training.config import SCHEDULERS
+    from loracle.uncertainty.scores import SCORES
+
+    for listed, registry, where in ((names.STRATEGY_NAMES, STRATEGIES, "loracle.active.strategies.STRATEGIES"),
+                                    (names.ADAPTER_NAMES, ADAPTERS, "loracle.adapters.ADAPTERS"),
+                                    (names.SCORE_NAMES, SCORES, "loracle.uncertainty.scores.SCORES"),
+                                    (names.SCHEDULER_NAMES, SCHEDULERS, "loracle.training.config.SCHEDULERS"),
+                                    (names.ORACLE_NAMES, ORACLES, "loracle.active.config.ORACLES"),
+                                    (names.INITIAL_MODES, INITIAL_MODES, "loracle.active.config.INITIAL_MODES"),
+                                    (names.TASK_KINDS, TASK_KINDS, "loracle.models.TASK_KINDS")):
+        assert sorted(listed) == sorted(registry), f"src/loracle/names.py must list the names of {where}"
+
+
+# -- progress: a bar on a terminal, one line per phase in a log ------------------------------------------------
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_in_a_log_writes_one_line_per_phase():
+    stream = io.StringIO()
+    bar = progress(10, "train", "step", stream=stream)
+    for _ in range(10):
+        bar.update(1)
+        bar.set_postfix(loss="0.5000")
+    bar.close()
+    bar.close()  # closing twice writes once
+    assert [item for item in progress(range(3), "score", "batch", stream=stream)] == [0, 1, 2]
+    with progress(10, "train", "step", stream=stream) as early:
+        early.update(4)
+    progress(5, "hidden", "step", silent=True, stream=stream).close()
+    log("round 0 (6 labels): ...", stream=stream)
+    text = stream.getvalue()
+    assert not BAR_CODES.search(text)
+    lines = text.splitlines()
+    assert len(lines) == 4, lines
+    assert re.fullmatch(r"train: 10 steps in \d+\.\d s \(\d+(\.\d)? step/s\), loss=0\.5000", lines[0]), lines[0]
+    assert re.fullmatch(r"score: 3 batches in \d+\.\d s \(\d+(\.\d)? batch/s\)", lines[1]), lines[1]
+    assert lines[2].startswith("train: 4/10 steps in ")  # stopped early
+    assert lines[3] == "round 0 (6 labels): ..."
+
+
+def test_progress_on_a_terminal_is_a_tqdm_bar_with_rate_and_eta():
+    from tqdm import tqdm
+
+    terminal = Terminal()
+    bar = progress(4, "train", "step", stream=terminal)
+    assert isinstance(bar, tqdm)
+    bar.update(2)
+    bar.close()
+    assert "step/s" in terminal.getvalue() and "<" in terminal.getvalue()  # rate and time left
+    assert isinstance(progress(4, "train", "step", enabled=False, stream=Terminal()), PhaseLine)  # --no-progress
+    assert isinstance(progress(4, "train", "step", silent=True, stream=Terminal()), PhaseLine)
+
+
+def test_library_bars_off_silences_transformers():
+    proc = python("import os\n"
+                  "os.environ.pop('HF_HUB_DISABLE_PROGRESS_BARS', None)\n"
+                  "from transformers.utils import logging\n"
+                  "from loracle.progress import library_bars_off\n"
+                  "assert logging.is_progress_bar_enabled()\n"
+                  "library_bars_off()\n"
+                  "print(logging.is_progress_bar_enabled(), os.environ['HF_HUB_DISABLE_PROGRESS_BARS'])")
+    assert proc.stdout.split() == ["False", "1"], proc.stderr[-2000:]
+
+
+# -- logs of real commands -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logs")
+    model_dir = root / "model"
+    tiny_bert().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    return root, write_toy_data(root / "data"), model_dir
+
+
+def test_train_log_has_no_bars(tiny, tmp_path):
+    root, data, model_dir = tiny
+    proc = loracle("train", "--model", str(model_dir), "--data", str(data), "--task", "classification",
+                   "--epochs", "2", "--batch-size", "8", "--max-length", "16", "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not BAR_CODES.search(proc.stderr), proc.stderr[-3000:]
+    assert "Loading weights" not in proc.stderr
+    assert len(re.findall(r"^train: 16 steps in .* step/s\), loss=", proc.stderr, re.M)) == 1, proc.stderr
+    assert re.search(r"test accuracy \d\.\d{3}, ", proc.stdout), proc.stdout
+
+
+def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path):
+    root, data, model_dir = tiny
+    out = tmp_path / "run"
+    proc = loracle("al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out),
+                   "--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
+                   "--mc-samples", "2", "--epochs", "1",
+                   "--batch-size", "8", "--max-length", "16", "--strategy", "entropy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not BAR_CODES.search(proc.stderr), proc.stderr[-3000:]
+    assert "Loading weights" not in proc.stderr
+    rounds = [line for line in proc.stderr.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3 and all(ROUND_LINE.match(line) for line in rounds), proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    for line, r in zip(rounds, report["rounds"]):
+        assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
+                               f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")

@@ -172,4 +172,6 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     # The tokenizer makes the inputs, so its pad id is the one the model must skip (e.g. to find the last token).
     model.config.pad_token_id = tokenizer.pad_token_id
+    # What save_adapter records as the base model: the name as given, portable, not a path into the venv or cache.
+    model.loracle_model_name = str(name_or_path)
     return model, tokenizer

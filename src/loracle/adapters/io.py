@@ -15,6 +15,8 @@ from loracle.adapters.inject import CONFIG_ATTR, _modules_to_save, adapter_confi
 CONFIG_FILE = "loracle_adapter.json"
 TENSORS_FILE = "loracle_adapter.safetensors"
 FORMAT_VERSION = 1
+#: set on a model by ``loracle.models.load_model``: the name or path it was asked for
+MODEL_NAME_ATTR = "loracle_model_name"
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -61,7 +63,8 @@ def save_adapter(model: nn.Module, folder: str | Path, extra: dict[str, Any] | N
     info = {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "base_model": getattr(base_config, "_name_or_path", None) or None,
+        # the name the user gave load_model (minilm, a hub id, a folder as typed), not the resolved cache path
+        "base_model": getattr(model, MODEL_NAME_ATTR, None) or getattr(base_config, "_name_or_path", None) or None,
         "extra": extra or {},
     }
     (folder / CONFIG_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))

@@ -18,6 +18,8 @@ from loracle.adapters import (
     load_adapter,
     save_adapter,
 )
+from loracle.adapters.io import MAX_CONFIG_BYTES, read_adapter_info
+from loracle.errors import AdapterFileError
 from adapter_helpers import HEADS, build, logits, make_config, randomize
 from tiny_models import tiny_bert
 
@@ -103,3 +105,137 @@ def test_import_peft_rejects_unsupported(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="use_dora=True"):
         import_peft(tiny_bert(), tmp_path)
+
+
+# -- untrusted adapter folders (issue 7) -----------------------------------------------------------------------------
+
+
+def saved_folder(tmp_path, **config_changes):
+    """A tiny-BERT LoRA adapter saved to ``tmp_path/"adapter"``, its JSON then edited with ``config_changes``."""
+    folder = tmp_path / "adapter"
+    save_adapter(apply_adapter(tiny_bert(), make_config("lora", "bert")), folder)
+    info = json.loads((folder / "loracle_adapter.json").read_text())
+    info["config"].update(config_changes)
+    (folder / "loracle_adapter.json").write_text(json.dumps(info))
+    return folder
+
+
+@pytest.mark.parametrize(("pattern", "message"), [
+    # Before: re.fullmatch backtracked exponentially on a 40-character module name and the process hung.
+    ("(.*.*)*X", r"refused: a repeated group contains another repeat or an alternative \(a nested quantifier"),
+    # 8 repeats, each with at most 43 + 1 iteration counts on the longest name (43 characters), over 14 names
+    (".*.*.*.*.*.*.*.*X", r"refused: matching it against the 14 layer names could take up to 2\.0e\+14 backtracking "
+                          r"steps"),
+    ("(.)\\1", r"refused: back-references are not supported"),
+    ("(", r"is not a valid regular expression: missing \)"),
+])
+def test_regex_target_with_unbounded_matching_time_is_refused(tmp_path, pattern, message):
+    folder = saved_folder(tmp_path, target_modules=pattern)
+    model = tiny_bert()
+    with pytest.raises(AdapterFileError, match=message) as err:
+        load_adapter(model, folder)
+    assert str(err.value).startswith(str(folder / "loracle_adapter.json"))
+    assert not list(adapter_layers(model))
+
+
+def test_safe_regex_targets_still_match():
+    model = apply_adapter(tiny_bert(), LoRAConfig(rank=2, target_modules=r".*\.(query|value)"))
+    assert sorted({n.rsplit(".", 1)[-1] for n, _ in adapter_layers(model)}) == ["query", "value"]
+    model = apply_adapter(tiny_bert(), LoRAConfig(rank=2, target_modules=r"(?!.*pooler).*layer\.1\..*\.dense"))
+    assert [n for n, _ in adapter_layers(model)] == [
+        "bert.encoder.layer.1.attention.output.dense", "bert.encoder.layer.1.intermediate.dense",
+        "bert.encoder.layer.1.output.dense"]
+
+
+def test_rank_above_layer_dimensions_is_refused_before_allocation(tmp_path):
+    # Before: rank 2000000 allocated A (2e6 x 32) and B (32 x 2e6) for every layer, exhausting memory.
+    folder = saved_folder(tmp_path, rank=2_000_000)
+    model = tiny_bert()
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(model, folder)
+    assert str(err.value) == (
+        f"{folder / 'loracle_adapter.json'}: rank 2000000 exceeds min(in_features, out_features) of layer "
+        "'bert.encoder.layer.0.attention.self.query' (in_features 32, out_features 32) and 12 more layer(s); use "
+        "rank <= 32, or leave such layers out of target_modules")
+    assert not list(adapter_layers(model))
+    with pytest.raises(ValueError, match=r"rank 33 exceeds min\(in_features, out_features\) of this layer"):
+        LoRAConfig.layer_class(torch.nn.Linear(32, 64), LoRAConfig(rank=33), torch.Generator())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"format_version": 1, "config": null, "extra": {}}',
+     r"loracle_adapter.json: field 'config' is null; expected the adapter config, a JSON object"),
+    ('{"format_version": 1, "config": {"method": "lora", "rank": 4', r"loracle_adapter.json: malformed JSON "
+                                                                      r"\(Expecting .* at line 1, column \d+\)"),
+    ("[1, 2]", r"loracle_adapter.json: expected a JSON object with 'config'"),
+    ('{"format_version": 7, "config": {"method": "lora"}}', r"format_version 7 is not one this loracle reads"),
+    ('{"config": {"method": "lora", "target_modules": 5}}',
+     r"loracle_adapter.json: invalid LoRAConfig:\n  - target_modules must be a list of layer names, a regex"),
+    ('{"config": {"method": "lora", "seed": "x", "use_rslora": 1, "modules_to_save": null}}',
+     r"(?s)modules_to_save must be a list.*use_rslora must be true or false.*seed must be an integer"),
+    ('{"config": {"method": "dora"}}', r"loracle_adapter.json: unknown adapter method 'dora'; registered methods"),
+])
+def test_malformed_adapter_json_names_the_file(tmp_path, text, message):
+    folder = saved_folder(tmp_path)
+    (folder / "loracle_adapter.json").write_text(text)
+    with pytest.raises(AdapterFileError, match=message) as err:
+        load_adapter(tiny_bert(), folder)
+    assert str(folder / "loracle_adapter.json") in str(err.value)
+
+
+def test_oversized_adapter_json_is_not_parsed(tmp_path):
+    folder = saved_folder(tmp_path)
+    with open(folder / "loracle_adapter.json", "r+b") as handle:
+        handle.truncate(MAX_CONFIG_BYTES + 1)  # sparse: no 16 MiB written
+    with pytest.raises(AdapterFileError, match=rf"loracle_adapter.json is {MAX_CONFIG_BYTES + 1} bytes; an adapter "
+                                               "config is a few kB"):
+        read_adapter_info(folder)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+def test_damaged_safetensors_names_the_file(tmp_path, damage):
+    folder = saved_folder(tmp_path)
+    path = folder / "loracle_adapter.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 64 + data[64:])
+    model = tiny_bert()
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(model, folder)
+    assert str(err.value).startswith(f"{path}: not a readable safetensors file (Error while deserializing header")
+    assert str(err.value).endswith("it is damaged or truncated: save the adapter again")
+    assert not list(adapter_layers(model))
+
+
+def test_failed_save_names_the_file_and_keeps_the_previous_adapter(tmp_path, monkeypatch, token_batch):
+    import errno
+
+    import safetensors.torch
+
+    model = apply_adapter(tiny_bert(), make_config("lora", "bert"))
+    randomize(model)
+    save_adapter(model, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    randomize(model, seed=2)
+    with pytest.raises(OSError) as err:
+        save_adapter(model, tmp_path)
+    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "loracle_adapter.safetensors")
+    assert "cannot write loracle_adapter.safetensors: No space left on device" in str(err.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left, old one whole
+    monkeypatch.undo()
+    restored = load_adapter(tiny_bert(), tmp_path)
+    randomize(model, seed=1)
+    torch.testing.assert_close(logits(restored, token_batch), logits(model, token_batch))
+
+
+def test_long_target_lists_match_in_linear_time(tmp_path):
+    # 200,000 names from an untrusted file: matched through a set, not 200,000 x every layer name.
+    folder = saved_folder(tmp_path, target_modules=["query"] + [f"x{i}" for i in range(200_000)])
+    with pytest.raises(AdapterFileError, match=r"target_modules \['x0', 'x1', .* match no linear layer"):
+        load_adapter(tiny_bert(), folder)

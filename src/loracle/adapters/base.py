@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from loracle.errors import LoracleError
 
 ADAPTERS: dict[str, type["AdapterConfig"]] = {}
 
@@ -33,8 +36,11 @@ def config_from_dict(data: dict[str, Any]) -> "AdapterConfig":
     """Rebuild a config saved with :meth:`AdapterConfig.to_dict`.
 
     Raises:
-        ValueError: if the method is unknown (the message lists the registered ones).
+        ValueError: if ``data`` is not a mapping, or the method is unknown (the message lists the registered ones).
     """
+    if not isinstance(data, dict):
+        raise LoracleError(f"an adapter config must be a mapping of fields such as {{'method': 'lora', 'rank': 8}}, "
+                           f"got {type(data).__name__} {data!r:.80}")
     data = dict(data)
     method = data.pop("method", None)
     if method not in ADAPTERS:
@@ -86,14 +92,28 @@ class AdapterConfig:
     def validate(self) -> list[str]:
         """Return every problem with this config (empty when valid). Subclasses extend the list."""
         problems = []
-        if not isinstance(self.rank, int) or self.rank < 1:
+        if not _is_int(self.rank) or self.rank < 1:
             problems.append(f"rank must be an integer >= 1, got {self.rank!r}")
-        if not isinstance(self.alpha, (int, float)) or self.alpha < 0:
+        if not _is_number(self.alpha) or not 0 <= self.alpha < math.inf:
             problems.append(f"alpha must be a number >= 0, got {self.alpha!r}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
         if isinstance(self.target_modules, list) and not self.target_modules:
             problems.append("target_modules is an empty list; give names such as ['query', 'value'] or None for all")
+        elif isinstance(self.target_modules, list) and not all(isinstance(t, str) and t for t in self.target_modules):
+            problems.append(f"target_modules must be a list of non-empty layer names, got {self.target_modules!r:.200}")
+        elif isinstance(self.target_modules, str):
+            problems.extend(_regex_problems(self.target_modules))
+        elif self.target_modules is not None and not isinstance(self.target_modules, list):
+            problems.append(f"target_modules must be a list of layer names, a regex string or None, got "
+                            f"{self.target_modules!r:.200}")
+        if not isinstance(self.modules_to_save, list) or not all(isinstance(m, str) and m
+                                                                 for m in self.modules_to_save):
+            problems.append(f"modules_to_save must be a list of module names, got {self.modules_to_save!r:.200}")
+        if not isinstance(self.use_rslora, bool):
+            problems.append(f"use_rslora must be true or false, got {self.use_rslora!r}")
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
+            problems.append(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
         if self.layers is not None and (not isinstance(self.layers, list) or not self.layers
                                         or any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers)):
             problems.append(f"layers must be a non-empty list of block indices (negative counts from the top block, "
@@ -120,6 +140,31 @@ class AdapterConfig:
     def replace(self, **changes: Any) -> "AdapterConfig":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# A regex target longer than this is refused (module names are short); matching cost is bounded in inject.py.
+MAX_TARGET_REGEX_LENGTH = 500
+
+
+def _regex_problems(pattern: str) -> list[str]:
+    if not pattern:
+        return ["target_modules is an empty string; give a regular expression, a list of names, or None for all"]
+    if len(pattern) > MAX_TARGET_REGEX_LENGTH:
+        return [f"target_modules regex is {len(pattern)} characters long; at most {MAX_TARGET_REGEX_LENGTH} are "
+                "accepted (give a list of layer names instead)"]
+    try:
+        re.compile(pattern)
+    except (re.error, OverflowError, RecursionError) as err:
+        return [f"target_modules {pattern!r} is not a valid regular expression: {err}"]
+    return []
 
 
 def linear_shape(base_layer: nn.Module) -> tuple[int, int, bool]:
@@ -159,6 +204,9 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.config = config
         self.in_features, self.out_features, self.fan_in_fan_out = linear_shape(base_layer)
+        if config.rank > min(self.in_features, self.out_features):  # checked before any allocation
+            raise LoracleError(f"rank {config.rank} exceeds min(in_features, out_features) of this layer "
+                               f"(in_features {self.in_features}, out_features {self.out_features})")
         self.rank = config.rank
         self.scaling = config.scaling
         self.merged = False

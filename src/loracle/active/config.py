@@ -19,6 +19,7 @@ from typing import Any
 
 from loracle.active.strategies import STRATEGIES
 from loracle.adapters.base import AdapterConfig, config_from_dict
+from loracle.modeling.precision import PRECISIONS
 from loracle.training.config import TrainConfig
 
 ORACLES = ("simulated", "human")
@@ -77,6 +78,8 @@ class ALConfig:
         cache_dir: where the prefix cache is kept between sessions (None: ``<run_dir>/cache``); runs on the same
             model may share one folder.
         score_chunk: unlabelled items scored per persisted chunk (a killed scoring pass resumes by chunk).
+        precision: ``auto`` (bf16 autocast for training, evaluation and scoring where the hardware runs bf16
+            fast: AMX/AVX512-BF16 CPUs, bf16 GPUs; fp32 elsewhere), ``bf16`` or ``fp32``.
         oracle: ``simulated`` (labels from the data, hidden from the strategy) or ``human``.
         seed: seeds everything (pool subset, initial set, adapters, training, MC, selection).
         progress: progress bars on a terminal (one line per phase in a log).
@@ -111,6 +114,7 @@ class ALConfig:
     prefix_cache: bool = True
     cache_dir: str | None = None
     score_chunk: int = 2048
+    precision: str = "auto"
     oracle: str = "simulated"
     seed: int = 0
     progress: bool = True
@@ -180,6 +184,8 @@ class ALConfig:
         if (self.mc_dropout and self.mc_samples > 0 and not self.mc_posterior
                 and not getattr(self.adapter, "dropout", 0)):
             p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
+        if self.precision not in PRECISIONS:
+            p.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.max_length, int) or self.max_length < 2:
             p.append(f"max_length must be an integer >= 2, got {self.max_length!r}")
         return p

@@ -169,7 +169,7 @@ def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactor
     if config.score_subset is not None:
         notes.append(f"scoring: each round scores a seeded subset of at most {config.score_subset:,} unlabelled "
                      "items (--score-subset 0 to score them all)")
-    builder = _builder(config, train_set.label_names, pool, model_factory)
+    builder = _builder(config, train_set.label_names, pool + test, model_factory)
     builder.fresh(head_seed=derived_seed(config.seed, 0, "model"),
                   adapter_seed=derived_seed(config.seed, 0, "adapter"))  # the adapter fits this model
     if config.task_kind == "classification":
@@ -200,13 +200,16 @@ class ActiveLearningLoop:
         self.config = ALConfig.from_dict(state.config)
         c = self.config
         self.strategy = build_strategy(c.strategy, **c.strategy_options)
+        from loracle.modeling.precision import resolve_precision
+
+        self.precision = resolve_precision(c.precision)
         self.scorer = Scorer(samples=c.mc_samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
                              posterior=c.mc_posterior, stochastic_layers=c.stochastic_layers,
-                             batch_size=c.eval_batch_size, progress=c.progress)
+                             batch_size=c.eval_batch_size, progress=c.progress, precision=self.precision)
         self.oracle = SimulatedOracle() if c.oracle == "simulated" else None
         self.label_names = state.label_names
         self.test = state.test_examples()
-        self.builder = builder or _builder(c, self.label_names, state.pool_examples(), model_factory)
+        self.builder = builder or _builder(c, self.label_names, state.pool_examples() + self.test, model_factory)
         self.cache: PrefixCache | None = None
         self.phase_seconds: dict[int, dict[str, float]] = {}
 
@@ -311,6 +314,8 @@ class ActiveLearningLoop:
         labelled = state.labelled_examples(max_round=t)
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
         train_config = c.train.replace(seed=derived_seed(c.seed, t, "train"), progress=c.progress)
+        if self.precision == "bf16" and train_config.mixed_precision == "no":
+            train_config = train_config.replace(mixed_precision="bf16")
         with self._cached(built):
             start = time.perf_counter()
             train(built.model, built.task, labelled, train_config,
@@ -319,7 +324,8 @@ class ActiveLearningLoop:
             built.model.eval()
             _fault("evaluate", t)
             start = time.perf_counter()
-            metrics = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size)
+            metrics = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size,
+                               precision=self.precision)
             evaluate_seconds = time.perf_counter() - start
         self._save_cache()
         metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

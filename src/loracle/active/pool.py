@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from loracle.data.examples import Example
+from loracle.modeling.precision import autocast
 from loracle.uncertainty.sampling import adapters_disabled, mc_probs
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def _head(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batch_size: int = 64) -> torch.Tensor:
+def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batch_size: int = 64,
+               precision: str = "fp32") -> torch.Tensor:
     """Features entering the output head: ``[N, D]`` (token features are mean-pooled over the attention mask).
 
     For a BERT classifier this is the pooled ``[CLS]`` vector; for a causal LM the last hidden states.
@@ -57,7 +59,8 @@ def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batc
             batch = task.collate(items)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             captured.clear()
-            task.class_logits(model, batch)
+            with autocast(precision, device):
+                task.class_logits(model, batch)
             feats = captured[0].float()
             if feats.dim() == 3:  # (rows, T, D) token features: mean over real tokens
                 mask = batch.get("attention_mask")
@@ -85,7 +88,8 @@ class Scorer:
         posterior: MonteCLoRA posterior sampling.
         stochastic_layers: randomness only in the last k blocks' adapters.
         batch_size: items per forward.
-        progress: tqdm bars.
+        progress: progress bars.
+        precision: autocast precision of the forward passes (``fp32``, ``bf16``, ``auto``).
     """
 
     samples: int = 8
@@ -95,13 +99,14 @@ class Scorer:
     stochastic_layers: int | None = None
     batch_size: int = 64
     progress: bool = False
+    precision: str = "fp32"
 
     def probs(self, model: nn.Module, task: "Task", examples: Sequence[Example], seed: int) -> torch.Tensor:
         """``[N, S, C]`` predictions of the adapted model."""
         return mc_probs(model, task, unlabelled(examples), samples=self.samples, batch_size=self.batch_size,
                         dropout=self.dropout, posterior=self.posterior, seed=seed,
                         stochastic_layers=self.stochastic_layers if self.samples else None,
-                        progress=self.progress)
+                        progress=self.progress, precision=self.precision)
 
     def base_probs(self, model: nn.Module, task: "Task", examples: Sequence[Example], seed: int) -> torch.Tensor:
         """``[N, S, C]`` predictions of the adapter-free base model (STAR's ``U_base``).
@@ -116,7 +121,8 @@ class Scorer:
         samples = self.base_samples if has_dropout else 0
         with adapters_disabled(model):
             return mc_probs(model, task, unlabelled(examples), samples=samples, batch_size=self.batch_size,
-                            dropout=False, base_dropout=samples > 0, seed=seed, progress=self.progress)
+                            dropout=False, base_dropout=samples > 0, seed=seed, progress=self.progress,
+                            precision=self.precision)
 
     def measure(self, requires: frozenset[str], model: nn.Module, task: "Task", examples: Sequence[Example],
                 seed: int) -> dict[str, torch.Tensor]:
@@ -126,5 +132,5 @@ class Scorer:
         if "probs" in requires:
             out["probs"] = self.probs(model, task, examples, seed)
         if "embeddings" in requires:
-            out["embeddings"] = embeddings(model, task, unlabelled(examples), self.batch_size)
+            out["embeddings"] = embeddings(model, task, unlabelled(examples), self.batch_size, self.precision)
         return out

@@ -25,6 +25,7 @@ def evaluate(
     batch_size: int = 32,
     seed: int = 0,
     return_probs: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Metrics of ``model`` on labelled ``examples``.
 
@@ -43,6 +44,8 @@ def evaluate(
         batch_size: examples per forward pass.
         seed: seeds the stochastic passes.
         return_probs: also return ``probs`` (``[N, C]`` tensor, mean over samples) and ``labels`` (``[N]``).
+        precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` autocast for the forward passes (see
+            :mod:`loracle.modeling.precision`).
 
     Returns:
         ``{"accuracy", "macro_f1", "ece", "nll", "brier", "n", "samples"}`` for classification and multiple choice;
@@ -62,7 +65,7 @@ def evaluate(
     from loracle.uncertainty.sampling import mc_probs
 
     probs = mc_probs(model, task, examples, samples=samples, batch_size=batch_size, dropout=dropout,
-                     posterior=posterior, seed=seed).mean(dim=1)  # (N, S, C) -> (N, C)
+                     posterior=posterior, seed=seed, precision=precision).mean(dim=1)  # (N, S, C) -> (N, C)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     result: dict[str, Any] = {**classification_metrics(probs, labels), "n": len(examples),
                               "samples": max(samples, 1)}

@@ -187,9 +187,11 @@ class PrefixCache:
             model.register_forward_hook(after_model, with_kwargs=True, always_call=True),
             full[f].register_forward_pre_hook(before_block, with_kwargs=True),
         ]
+        model.loracle_prefix_block = f  # read by uncertainty.sampling.mc_probs: blocks below f cost nothing now
         try:
             yield self
         finally:
+            del model.loracle_prefix_block
             for handle in handles:
                 handle.remove()
             if getattr(parent, attribute) is not full:

@@ -217,6 +217,7 @@ def mc_probs(
     stochastic_layers: int | None = None,
     fast: bool = True,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Class (or choice) probabilities from ``samples`` stochastic passes.
 
@@ -234,7 +235,9 @@ def mc_probs(
         stochastic_layers: if given, only adapters in the last ``k`` transformer blocks are random.
         fast: length sorting, prefix caching and batched samples (see the module docstring); False gives the
             naive loop of S full forward passes per batch, in the given order.
-        progress: show a tqdm bar over batches.
+        progress: show a progress bar over batches (one line at the end off a terminal).
+        precision: ``"fp32"``, ``"bf16"`` (autocast) or ``"auto"`` (bf16 where the hardware runs it fast; see
+            :mod:`loracle.modeling.precision`). Probabilities are always returned in float32.
 
     Returns:
         ``[N, S, C]`` probabilities (``S = max(samples, 1)``), float32 on the CPU, in the order of ``examples``.
@@ -255,13 +258,14 @@ def mc_probs(
     order = sorted(range(n), key=lambda i: _length(examples[i])) if fast else list(range(n))
     chunks: list[torch.Tensor] = []
     ctx = stochastic(model, dropout, posterior, base_dropout) if samples > 0 else contextlib.nullcontext()
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    from loracle.modeling.precision import autocast
+    from loracle.progress import progress as progress_bar
 
-        starts = tqdm(starts, desc="scoring", unit="batch", leave=False)
+    starts = progress_bar(range(0, n, batch_size), desc="score", unit="batch", enabled=progress, leave=False,
+                          silent=not progress)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), ctx:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), ctx, \
+                autocast(precision, device):
             torch.manual_seed(seed)
             if samples > 0:
                 _restrict_stochastic(model, stochastic_layers)
@@ -270,6 +274,8 @@ def mc_probs(
                 ):
                     raise ValueError(f"stochastic_layers={stochastic_layers} leaves no stochastic adapter")
             cut = _first_stochastic_block(model, base_dropout) if (fast and samples > 0) else None
+            if cut is not None and cut[1] <= getattr(model, "loracle_prefix_block", 0):
+                cut = None  # a cross-round prefix cache already serves every deterministic block
             for start in starts:
                 items = [examples[i] for i in order[start:start + batch_size]]
                 batch = task.collate(items)
@@ -281,8 +287,12 @@ def mc_probs(
                     chunks.append(_sample_batch(model, task, batch, len(items), S, cut).cpu())
     finally:
         model.train(was_training)
+        if hasattr(starts, "close"):
+            starts.close()
     if not chunks:
         return torch.zeros(0, S, 0)
+    width = max(chunk.shape[-1] for chunk in chunks)  # items with fewer choices: the missing ones have p = 0
+    chunks = [torch.nn.functional.pad(chunk, (0, width - chunk.shape[-1])) for chunk in chunks]
     probs = torch.cat(chunks, dim=0)
     out = torch.empty_like(probs)
     out[torch.as_tensor(order, dtype=torch.long)] = probs

@@ -35,9 +35,14 @@ def python(code: str, timeout: int = 120, **env: str) -> subprocess.CompletedPro
 
 
 def loracle(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``loracle ARGS`` in a child process whose stderr is a pipe, as in ``loracle ... 2> log``."""
-    return subprocess.run([sys.executable, "-m", "loracle", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """``loracle ARGS`` in a child process whose stderr is a pipe, as in ``loracle ... 2> log``.
+
+    The output is decoded by hand: ``text=True`` would turn the carriage returns this module looks for into newlines.
+    """
+    proc = subprocess.run([sys.executable, "-m", "loracle", *args], capture_output=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
 
 
 # -- help without torch ----------------------------------------------------------------------------------------
@@ -269,13 +274,14 @@ def test_train_log_has_no_bars(tiny, tmp_path):
     assert re.search(r"test accuracy \d\.\d{3}, ", proc.stdout), proc.stdout
 
 
-def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path):
+@pytest.mark.parametrize("strategy", ["entropy", "star"])  # star also scores the base model once
+def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, strategy):
     root, data, model_dir = tiny
     out = tmp_path / "run"
     proc = loracle("al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out),
                    "--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
                    "--mc-samples", "2", "--epochs", "1",
-                   "--batch-size", "8", "--max-length", "16", "--strategy", "entropy")
+                   "--batch-size", "8", "--max-length", "16", "--strategy", strategy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not BAR_CODES.search(proc.stderr), proc.stderr[-3000:]
     assert "Loading weights" not in proc.stderr

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loracle.active.strategies import STRATEGIES
+from loracle.active.strategies import STRATEGIES, cold_start_strategies
 from loracle.adapters.base import AdapterConfig, config_from_dict
 from loracle.modeling.precision import PRECISIONS
 from loracle.training.config import TrainConfig
@@ -80,6 +80,16 @@ class ALConfig:
         score_chunk: unlabelled items scored per persisted chunk (a killed scoring pass resumes by chunk).
         precision: ``auto`` (bf16 autocast for training, evaluation and scoring where the hardware runs bf16
             fast: AMX/AVX512-BF16 CPUs, bf16 GPUs; fp32 elsewhere), ``bf16`` or ``fp32``.
+        calibration: ``temperature``: each round fits a temperature on out-of-fold predictions of the labelled
+            set (``calibration_folds`` models, each trained on the other folds with the same recipe) and reports
+            ECE / NLL / Brier before and after it; ``none``: no calibration.
+        calibration_folds: folds of the cross-fitting (>= 2).
+        calibrate_scores: strategies see temperature-scaled probabilities.
+        stopping: stopping criteria checked every round on a fixed unlabelled stop set
+            (``stabilizing_predictions``: Cohen's kappa between rounds; ``overall_uncertainty``: mean normalised
+            entropy), reported as "labelling more is unlikely to help" with their numbers; ``[]`` for none.
+        stop_set_size: items of the seeded stop set drawn from the pool.
+        stop_early: end the run at the first round where a stopping criterion says stop.
         oracle: ``simulated`` (labels from the data, hidden from the strategy) or ``human``.
         seed: seeds everything (pool subset, initial set, adapters, training, MC, selection).
         progress: progress bars on a terminal (one line per phase in a log).
@@ -115,6 +125,12 @@ class ALConfig:
     cache_dir: str | None = None
     score_chunk: int = 2048
     precision: str = "auto"
+    calibration: str = "temperature"
+    calibration_folds: int = 3
+    calibrate_scores: bool = False
+    stopping: list[str] = field(default_factory=lambda: ["stabilizing_predictions", "overall_uncertainty"])
+    stop_set_size: int = 1000
+    stop_early: bool = False
     oracle: str = "simulated"
     seed: int = 0
     progress: bool = True
@@ -156,7 +172,7 @@ class ALConfig:
                      "(generation has no class distribution to score in the loop yet)")
         if self.strategy not in STRATEGIES:
             p.append(f"unknown strategy {self.strategy!r}; valid strategies: {sorted(STRATEGIES)}")
-        cold = sorted(n for n, cls in STRATEGIES.items() if getattr(cls, "cold_start", False) and n != "random")
+        cold = [n for n in cold_start_strategies() if n != "random"]
         if self.initial_mode not in INITIAL_MODES + tuple(cold):
             p.append(f"initial_mode must be one of {list(INITIAL_MODES) + cold}, got {self.initial_mode!r}")
         if self.oracle not in ORACLES:
@@ -184,6 +200,18 @@ class ALConfig:
         if (self.mc_dropout and self.mc_samples > 0 and not self.mc_posterior
                 and not getattr(self.adapter, "dropout", 0)):
             p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
+        if self.calibration not in ("temperature", "none"):
+            p.append(f"calibration must be 'temperature' or 'none', got {self.calibration!r}")
+        if not isinstance(self.calibration_folds, int) or self.calibration_folds < 2:
+            p.append(f"calibration_folds must be an integer >= 2, got {self.calibration_folds!r}")
+        from loracle.active.stopping import STOPPING_CRITERIA
+
+        unknown = [n for n in (self.stopping or []) if n not in STOPPING_CRITERIA or n == "max_rounds"]
+        if unknown:
+            valid = sorted(n for n in STOPPING_CRITERIA if n != "max_rounds")
+            p.append(f"unknown stopping criteria {unknown}; valid: {valid}")
+        if not isinstance(self.stop_set_size, int) or self.stop_set_size < 1:
+            p.append(f"stop_set_size must be an integer >= 1, got {self.stop_set_size!r}")
         if self.precision not in PRECISIONS:
             p.append(f"precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.max_length, int) or self.max_length < 2:

@@ -21,6 +21,7 @@ resumes at the next chunk. One process at a time drives a run folder (:class:`lo
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ from loracle.active.lock import RunLock
 from loracle.active.oracle import SimulatedOracle
 from loracle.active.pool import Scorer
 from loracle.active.state import RunState
-from loracle.active.strategies import Signals, build_strategy
+from loracle.active.strategies import STRATEGIES, Signals, build_strategy
 from loracle.data.examples import Example
 from loracle.errors import LoracleError
 from loracle.modeling.build import Built, ModelBuilder, ModelFactory
@@ -53,7 +54,7 @@ from loracle.progress import log
 FAULT_ENV = "LORACLE_AL_FAULT"
 
 _PURPOSES = {"pool": 1, "test": 2, "initial": 3, "model": 4, "train": 5, "mc": 6, "select": 7, "subset": 8,
-             "adapter": 9, "calibrate": 10}
+             "adapter": 9, "calibrate": 10, "stop": 11}
 
 def derived_seed(seed: int, round_index: int, purpose: str) -> int:
     """An independent 31-bit seed for ``(seed, round, purpose)``."""
@@ -176,12 +177,10 @@ def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactor
         note = _truncation_note(builder, [e.text for e in pool + test], config.max_length)
         if note:
             notes.append(note)
-    initial = _initial_indices(config, [e.label for e in pool])
     state = RunState(run_dir)
     state.initialise(config.to_dict(), pool, test, train_set.label_names, gold=config.oracle == "simulated")
     with state.transaction() as db:
         state.set_meta("notes", notes, db)
-        state.add_queries(0, initial, None, db)
     return state, builder
 
 
@@ -199,7 +198,10 @@ class ActiveLearningLoop:
         self.state = state
         self.config = ALConfig.from_dict(state.config)
         c = self.config
-        self.strategy = build_strategy(c.strategy, **c.strategy_options)
+        options = dict(c.strategy_options)
+        if "total_rounds" in inspect.signature(STRATEGIES[c.strategy]).parameters:
+            options.setdefault("total_rounds", c.n_rounds)  # a schedule that ends with the run
+        self.strategy = build_strategy(c.strategy, **options)
         from loracle.modeling.precision import resolve_precision
 
         self.precision = resolve_precision(c.precision)
@@ -228,6 +230,8 @@ class ActiveLearningLoop:
         c, state = self.config, self.state
         for note in state.get_meta("notes") or []:
             log(note)
+        if not state.queries(0):
+            self._initial_queries()
         for t in range(c.n_rounds + 1):
             if state.pending_queries(t):
                 if self.oracle is None:
@@ -248,6 +252,10 @@ class ActiveLearningLoop:
                 worked = True
             if worked:
                 self._log_round(t)
+            decision = self._stop_decision(t)
+            if decision is not None and decision.stop and c.stop_early and t < c.n_rounds:
+                log(f"stopping early after round {t}: {decision.reason}")
+                break
             if stop_after_round is not None and t >= stop_after_round and t < c.n_rounds:
                 return "paused"
         from loracle.active.report import write_report
@@ -312,10 +320,11 @@ class ActiveLearningLoop:
 
         c, state = self.config, self.state
         labelled = state.labelled_examples(max_round=t)
+        train_config = self._train_config(t)
+        start = time.perf_counter()
+        temperature = self._cross_fit_temperature(t, labelled, train_config)
+        calibrate_seconds = time.perf_counter() - start
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
-        train_config = c.train.replace(seed=derived_seed(c.seed, t, "train"), progress=c.progress)
-        if self.precision == "bf16" and train_config.mixed_precision == "no":
-            train_config = train_config.replace(mixed_precision="bf16")
         with self._cached(built):
             start = time.perf_counter()
             train(built.model, built.task, labelled, train_config,
@@ -324,30 +333,155 @@ class ActiveLearningLoop:
             built.model.eval()
             _fault("evaluate", t)
             start = time.perf_counter()
-            metrics = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size,
-                               precision=self.precision)
+            result = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size,
+                              precision=self.precision, return_probs=True)
             evaluate_seconds = time.perf_counter() - start
+            stop_probs = self._stop_set_probs(t, built, temperature)
         self._save_cache()
-        metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+        if temperature is not None:
+            from loracle.evaluation.calibration import apply_temperature
+            from loracle.evaluation.metrics import classification_metrics
+
+            calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
+                                                                  temperature), result["labels"])
+            metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "nll", "brier")})
+            metrics["temperature"] = float(temperature)
+            metrics["calibrate_seconds"] = calibrate_seconds
         metrics["evaluate_seconds"] = evaluate_seconds
         final = self._checkpoint_dir(t)
         tmp = final.with_name(f".tmp-{final.name}")
         for leftover in (tmp, final):  # a killed earlier attempt: its folder has no committed row
             if leftover.exists():
                 shutil.rmtree(leftover)
-        save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled), "label_names": self.label_names})
+        save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled), "label_names": self.label_names,
+                                              "temperature": temperature, "train_config": train_config.to_dict()})
         os.replace(tmp, final)
         if record:
+            if stop_probs is not None:
+                state.put_signal(f"stop_probs/{t}", stop_probs)
             _fault("checkpoint", t)
             state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
         return built
 
+    # -- recipe, calibration, stopping -------------------------------------------------------------------------
+    def _train_config(self, t: int) -> Any:
+        """The round's training recipe: the config's, with the strategy's declared overrides for fields the
+        config leaves unset (STAR's B-only weight decay), the round's seed, and bf16 where it pays."""
+        c = self.config
+        config = c.train.replace(seed=derived_seed(c.seed, t, "train"), progress=c.progress)
+        overrides = {k: v for k, v in getattr(self.strategy, "train_overrides", {}).items()
+                     if getattr(config, k) is None}
+        if overrides:
+            config = config.replace(**overrides)
+        if self.precision == "bf16" and config.mixed_precision == "no":
+            config = config.replace(mixed_precision="bf16")
+        return config
+
+    def _cross_fit_temperature(self, t: int, labelled: list[Example], train_config: Any) -> float | None:
+        """Temperature scaling without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
+        set with the round's recipe, predict their held-out fold; one temperature is fitted on all out-of-fold
+        predictions (cross-fitting). Returns None when calibration is off or the set is too small."""
+        from loracle.evaluation.calibration import fit_temperature_from_folds
+        from loracle.training import train
+        from loracle.uncertainty.sampling import mc_probs
+
+        c = self.config
+        k = c.calibration_folds
+        if c.calibration != "temperature" or len(labelled) < 2 * k:
+            return None
+        order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
+        folds = [order[i::k] for i in range(k)]
+        pairs = []
+        for i, held in enumerate(folds):
+            held_set = set(held.tolist())
+            fit_on = [e for j, e in enumerate(labelled) if j not in held_set]
+            held_out = [labelled[j] for j in held]
+            built = self.builder.fresh(head_seed=derived_seed(c.seed, t, "calibrate") + i + 1,
+                                       adapter_seed=derived_seed(c.seed, t, "calibrate") + i + 1)
+            with self._cached(built):
+                train(built.model, built.task, fit_on, train_config.replace(seed=train_config.seed + i + 1,
+                                                                          progress=False))
+                probs = mc_probs(built.model, built.task, held_out, samples=0, batch_size=c.eval_batch_size,
+                                 precision=self.precision)[:, 0]
+            pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
+        return fit_temperature_from_folds(pairs)
+
+    def _stop_indices(self) -> list[int]:
+        c = self.config
+        n = self.state.pool_size()
+        rng = np.random.default_rng(derived_seed(c.seed, 0, "stop"))
+        return sorted(rng.choice(n, min(c.stop_set_size, n), replace=False).tolist())
+
+    def _stop_set_probs(self, t: int, built: Built, temperature: float | None) -> torch.Tensor | None:
+        """Deterministic predictions on the fixed stop set (temperature-scaled when calibrated)."""
+        from loracle.uncertainty.sampling import mc_probs
+
+        c = self.config
+        if not c.stopping:
+            return None
+        probs = mc_probs(built.model, built.task, self.state.pool_examples(self._stop_indices()), samples=0,
+                         batch_size=c.eval_batch_size, precision=self.precision)[:, 0]
+        if temperature is not None:
+            from loracle.evaluation.calibration import apply_temperature
+
+            probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
+        return probs
+
+    def _stop_decision(self, t: int) -> Any:
+        """The stopping criteria replayed over the stored stop-set predictions of rounds ``0..t`` (None if off)."""
+        if not self.config.stopping:
+            return None
+        return stop_decision(self.state, self.config.stopping, t)
+
+    def _initial_queries(self) -> None:
+        """The initial set: random, stratified, or a cold-start strategy on the base model's features."""
+        c, state = self.config, self.state
+        rng = np.random.default_rng(derived_seed(c.seed, 0, "initial"))
+        if c.initial_mode in ("random", "stratified"):
+            initial = _initial_indices(c, [state.gold_label(i) for i in range(state.pool_size())])
+        else:
+            features = self._base_features()
+            strategy = build_strategy(c.initial_mode)
+            positions, _ = strategy.select(Signals(round_index=-1, n=len(features), embeddings=features),
+                                           c.initial_size, rng)
+            initial = sorted(int(p) for p in positions)
+        with state.transaction() as db:
+            state.add_queries(0, initial, None, db)
+
+    def _base_features(self) -> torch.Tensor:
+        """``[N, D]`` base-model features of the whole pool, computed once per run and stored."""
+        from loracle.active.pool import base_features
+
+        features = self.state.get_signal("base_features")
+        if features is None:
+            built = self._fresh(0)
+            with self._cached(built):
+                features = base_features(built.model, built.task, self.state.pool_examples(),
+                                         self.config.eval_batch_size, self.precision)
+            self._save_cache()
+            self.state.put_signal("base_features", features.half())
+        return features.float()
+
     def _base_probs(self, built: Built) -> torch.Tensor:
+        """STAR's ``U_base`` predictions over the whole pool, once per run: the adapter-free model (the
+        strategy's ``base="adapter_off"``), or a linear probe on frozen base features fitted on the initial
+        labelled set (``base="linear_probe"``)."""
+        from loracle.active.pool import linear_probe_probs
+
         base = self.state.get_signal("base_probs")
         if base is None:
-            # U_base: once per run, with the current model's adapters off (computed right after round 0).
-            base = self.scorer.base_probs(built.model, built.task, self.state.pool_examples(),
-                                          derived_seed(self.config.seed, 0, "mc"))
+            if getattr(self.strategy, "base", "adapter_off") == "linear_probe":
+                features = self._base_features()
+                initial = self.state.labels(max_round=0)
+                idx = sorted(initial)
+                labels = torch.tensor([initial[i] for i in idx])
+                base = linear_probe_probs(features[idx], labels, features, len(self.label_names or [])
+                                          or int(labels.max()) + 1)
+            else:
+                # The current model's adapters off (computed right after round 0).
+                base = self.scorer.base_probs(built.model, built.task, self.state.pool_examples(),
+                                              derived_seed(self.config.seed, 0, "mc"))
             self.state.put_signal("base_probs", base)
         return base
 
@@ -394,6 +528,12 @@ class ActiveLearningLoop:
                     frozenset({"embeddings"}), built.model, built.task, state.pool_examples(sorted(labels)),
                     0)["embeddings"]
         self._save_cache()
+        if self.config.calibrate_scores and "probs" in extra:
+            temperature = next((r["metrics"].get("temperature") for r in state.rounds() if r["round"] == t), None)
+            if temperature:
+                from loracle.evaluation.calibration import apply_temperature
+
+                extra["probs"] = apply_temperature(extra["probs"].clamp_min(1e-12).log(), temperature)
         signals = Signals(round_index=t, n=len(unlabelled_idx), **extra)
         positions, scores = self.strategy.select(signals, k, np.random.default_rng(derived_seed(c.seed, t, "select")))
         score_seconds = time.perf_counter() - start
@@ -403,6 +543,25 @@ class ActiveLearningLoop:
             state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
             db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
             db.execute("DELETE FROM signals WHERE name LIKE ?", (f"round{t}/chunk%",))
+
+
+def stop_decision(state: RunState, criteria: list[str], upto: int | None = None) -> Any:
+    """Replay the stopping ``criteria`` over the stop-set predictions stored for rounds ``0..upto``.
+
+    Returns:
+        The last :class:`loracle.active.stopping.StopDecision`, or None before any round.
+    """
+    from loracle.active.stopping import build_stopping_criterion
+
+    criterion = build_stopping_criterion(list(criteria))
+    decision = None
+    for t in sorted(state.completed_rounds()):
+        if upto is not None and t > upto:
+            break
+        probs = state.get_signal(f"stop_probs/{t}")
+        if probs is not None:
+            decision = criterion.update(t, probs, n_labels=None)
+    return decision
 
 
 def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: ModelFactory | None = None,

@@ -134,3 +134,80 @@ class Scorer:
         if "embeddings" in requires:
             out["embeddings"] = embeddings(model, task, unlabelled(examples), self.batch_size, self.precision)
         return out
+
+
+@torch.no_grad()
+def base_features(model: nn.Module, task: "Task", examples: Sequence[Example], batch_size: int = 64,
+                  precision: str = "fp32") -> torch.Tensor:
+    """``[N, D]`` features of the adapter-free base model: its backbone's last hidden states, mean-pooled over the
+    attention mask (the sentence embedding of a sentence-transformers encoder such as MiniLM).
+
+    Used where no trained head may be involved: cold-start selection of the initial set and STAR's linear-probe
+    ``U_base``. Adapters are switched off; the labels of ``examples`` are never read.
+    """
+    backbone = model.base_model
+    captured: list[torch.Tensor] = []
+
+    def grab(module: nn.Module, args: Any, output: Any) -> None:
+        hidden = getattr(output, "last_hidden_state", None)
+        captured.append(hidden if hidden is not None else output[0])
+
+    handle = backbone.register_forward_hook(grab)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    items = unlabelled(examples)
+    out = []
+    try:
+        with adapters_disabled(model), autocast(precision, device):
+            for start in range(0, len(items), batch_size):
+                batch = task.collate(items[start:start + batch_size])
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                captured.clear()
+                task.class_logits(model, batch)
+                hidden = captured[0].float()  # (rows, T, D)
+                mask = batch.get("attention_mask")
+                mask = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None
+                        or mask.shape != hidden.shape[:2] else mask.float())[..., None]
+                feats = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # (rows, D)
+                rows = len(items[start:start + batch_size])
+                if feats.shape[0] != rows:  # one row per choice: average them
+                    feats = feats.view(rows, -1, feats.shape[-1]).mean(1)
+                out.append(feats.cpu())
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def linear_probe_probs(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, num_classes: int,
+                       l2: float = 1e-2, seed: int = 0) -> torch.Tensor:
+    """Fit a multinomial logistic regression on frozen features and predict: ``[N, 1, C]`` probabilities.
+
+    The analogue of STAR's zero-shot base model for an encoder whose head is new: the frozen encoder with a
+    linear head fitted on the labelled set alone (standardised features, L2 penalty ``l2``, L-BFGS).
+
+    Args:
+        train_x: ``[M, D]`` features of the labelled items.
+        train_y: ``[M]`` their labels.
+        x: ``[N, D]`` features to predict.
+        num_classes: ``C``.
+        l2: weight of ``‖W‖²`` in the mean loss.
+        seed: unused by the deterministic fit; kept for the stochastic-API convention.
+    """
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    z_train, z = (train_x - mean) / std, (x - mean) / std
+    weight = torch.zeros(train_x.shape[1], num_classes, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z_train @ weight + bias, train_y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    with torch.no_grad():
+        return (z @ weight + bias).softmax(-1)[:, None, :]

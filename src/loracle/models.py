@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from loracle.errors import LoracleError
+
 TASK_KINDS = ("classification", "multiple_choice", "generation")
 
 
@@ -102,6 +104,38 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt", "vocab.json",
+                    "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_model_folder(folder: Path) -> None:
+    """Say which files a local model folder lacks, before transformers does (its message talks of sentencepiece).
+
+    Raises:
+        LoracleError: no config.json, no weights, or no tokenizer files (the message lists what the folder holds).
+    """
+    names = {p.name for p in folder.iterdir()}
+    missing = []
+    if "config.json" not in names:
+        missing.append("config.json")
+    if not names & set(_WEIGHT_FILES) and not any(n.endswith((".safetensors", ".bin")) for n in names):
+        missing.append("weights (model.safetensors or pytorch_model.bin)")
+    if not names & set(_TOKENIZER_FILES):
+        missing.append("tokenizer files (tokenizer.json or tokenizer_config.json)")
+    if not missing:
+        return
+    holds = f"it holds {sorted(names)[:10]}{' ...' if len(names) > 10 else ''}" if names else "it is empty"
+    what = "no model files found" if len(missing) == 3 else "missing " + " and ".join(missing)
+    raise LoracleError(
+        f"{what} in the folder {str(folder)!r} ({holds}). A model folder, as model.save_pretrained(folder) and "
+        "tokenizer.save_pretrained(folder) write it, holds config.json, weights (model.safetensors or "
+        f"pytorch_model.bin) and tokenizer files (tokenizer.json or tokenizer_config.json); or pass a hub id or a "
+        f"built-in name: {sorted(BUILTIN_MODELS)}"
+    )
+
+
 def load_model(
     name_or_path: str,
     task_kind: str,
@@ -152,6 +186,8 @@ def load_model(
     if task_kind == "classification":
         # The new head is intended; transformers' "classifier.weight MISSING" load report would only alarm users.
         hf_logging.set_verbosity_error()
+    if Path(path).is_dir():
+        _check_model_folder(Path(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = auto.from_pretrained(path, **kwargs)
@@ -162,7 +198,7 @@ def load_model(
             if local
             else f"{path!r} is neither a local folder nor a reachable Hugging Face hub id"
         )
-        raise ValueError(
+        raise LoracleError(
             f"could not load model: {hint}. Pass a folder saved with save_pretrained, a hub id (needs network), "
             f"or a built-in name: {sorted(BUILTIN_MODELS)}"
         ) from err

@@ -226,7 +226,7 @@ def test_failed_save_names_the_file_and_keeps_the_previous_adapter(tmp_path, mon
     with pytest.raises(OSError) as err:
         save_adapter(model, tmp_path)
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "loracle_adapter.safetensors")
-    assert "cannot write loracle_adapter.safetensors: No space left on device" in str(err.value)
+    assert str(err.value) == f"[Errno 28] No space left on device: '{tmp_path / 'loracle_adapter.safetensors'}'"
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary file left, old one whole
     monkeypatch.undo()
     restored = load_adapter(tiny_bert(), tmp_path)
@@ -234,8 +234,12 @@ def test_failed_save_names_the_file_and_keeps_the_previous_adapter(tmp_path, mon
     torch.testing.assert_close(logits(restored, token_batch), logits(model, token_batch))
 
 
-def test_long_target_lists_match_in_linear_time(tmp_path):
-    # 200,000 names from an untrusted file: matched through a set, not 200,000 x every layer name.
+def test_long_target_lists_give_a_short_message(tmp_path):
+    # 200,000 names from an untrusted file (matched through a set, not 200,000 x every layer name): the message
+    # shows five of the unmatched ones, not all of them.
     folder = saved_folder(tmp_path, target_modules=["query"] + [f"x{i}" for i in range(200_000)])
-    with pytest.raises(AdapterFileError, match=r"target_modules \['x0', 'x1', .* match no linear layer"):
+    with pytest.raises(AdapterFileError) as err:
         load_adapter(tiny_bert(), folder)
+    assert (f"{folder / 'loracle_adapter.json'}: target_modules ['x0', 'x1', 'x2', 'x3', 'x4'] and 199995 more match "
+            "no linear layer of BertForSequenceClassification; its linear layer names are") in str(err.value)
+    assert len(str(err.value)) < 500

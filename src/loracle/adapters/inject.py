@@ -171,8 +171,9 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
         matched = {n for names in hits.values() for n in names}
         chosen = [n for n in candidates if n in matched]
         if missing and chosen:
+            shown = f"{missing}" if len(missing) <= 5 else f"{missing[:5]} and {len(missing) - 5} more"
             raise ValueError(
-                f"target_modules {missing} match no linear layer of {type(model).__name__}; "
+                f"target_modules {shown} match no linear layer of {type(model).__name__}; "
                 f"its linear layer names are {_short_names(candidates)}"
             )
     if config.layers is not None:

@@ -91,7 +91,7 @@ def _write_atomic(path: Path, write: Any) -> None:
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {path.name}: {err.strerror or err}", str(path)) from err
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from err
 
 
 def read_adapter_info(folder: str | Path) -> dict[str, Any]:

@@ -365,14 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from loracle.cli import quiet_when_logged
+    from loracle.cli import quiet_when_logged, run_command
 
     quiet_when_logged(args)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"loracle al: error: {err}", file=sys.stderr)
-        return 2
+    return run_command(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the handlers so ``loracle --he
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loracle.cli.formatting import HelpFormatter, show_default
+from loracle.errors import LoracleError
 from loracle.names import ADAPTER_NAMES, SCHEDULER_NAMES, TASK_KINDS
 TASK_FILE = "loracle_task.json"
 HEAD_NAMES = ("classifier", "score")
@@ -126,12 +128,40 @@ def _adapter_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--adapter-option expects KEY=VALUE, got {pair!r}")
+            raise LoracleError(f"--adapter-option expects KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+# Adapter config fields that have their own ``train`` flag (an --adapter-option for them would be ambiguous).
+_FIELD_FLAGS = {"rank": "--rank", "alpha": "--alpha", "dropout": "--dropout", "target_modules": "--target-modules",
+                "modules_to_save": "--modules-to-save", "seed": "--seed"}
+
+
+def _adapter_config(args: argparse.Namespace) -> Any:
+    """The adapter config of the flags, validated before any data or model is loaded (``modules_to_save`` is
+    filled in once the model is known).
+
+    Raises:
+        LoracleError: an --adapter-option that is not a field of the method (the message lists the valid ones) or
+            that has its own flag; ValueError from the config's own checks (a wrong type or value).
+    """
+    from loracle.adapters import ADAPTERS
+
+    cls = ADAPTERS[args.adapter]
+    options = _adapter_options(args.adapter_option)
+    extra_fields = sorted({f.name for f in dataclasses.fields(cls)} - set(_FIELD_FLAGS))
+    for key in options:
+        if key in _FIELD_FLAGS:
+            raise LoracleError(f"--adapter-option {key}=...: {key} has its own flag, use {_FIELD_FLAGS[key]}")
+        if key not in extra_fields:
+            raise LoracleError(f"--adapter-option {key!r} is not an option of --adapter {args.adapter}; its options "
+                               f"are {extra_fields}")
+    return cls(rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=_target_modules(
+        args.target_modules), modules_to_save=[], seed=args.seed, **options)
 
 
 def _target_modules(values: list[str] | None) -> list[str] | str | None:
@@ -164,6 +194,9 @@ def run_train(args: argparse.Namespace) -> int:
                          seed=args.seed, progress=not args.no_progress, cpu=args.cpu,
                          eval_batch_size=args.batch_size_eval)
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise LoracleError(f"--output {output} is an existing file; give a folder (new, or one to write into)")
+    adapter_config = _adapter_config(args) if args.adapter != "full" else None
     fields = _field_options(args)
     train_set = load_examples(args.data, args.task, split=args.split, **fields)
     if args.max_train is not None:
@@ -192,14 +225,11 @@ def run_train(args: argparse.Namespace) -> int:
         # one width for every batch, so per-batch predictions stack into one [N, C] array
         task_options["num_choices"] = max(len(e.choices) for e in train_set)
     task = build_task(args.task, tokenizer, **task_options)
-    if args.adapter != "full":
+    if adapter_config is not None:
         modules_to_save = args.modules_to_save
         if modules_to_save is None:
             modules_to_save = _head_modules(model) if args.task == "classification" else []
-        adapter_config = ADAPTERS[args.adapter](
-            rank=args.rank, alpha=args.alpha, dropout=args.dropout, target_modules=_target_modules(args.target_modules),
-            modules_to_save=modules_to_save, seed=args.seed, **_adapter_options(args.adapter_option))
-        apply_adapter(model, adapter_config)
+        apply_adapter(model, adapter_config.replace(modules_to_save=modules_to_save))
     output.mkdir(parents=True, exist_ok=True)
     config = config.replace(log_path=output / "train_log.jsonl")
     if config.log_path.exists():
@@ -235,16 +265,37 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_task_info(folder: Path) -> dict[str, Any]:
-    if (folder / TASK_FILE).is_file():
-        return json.loads((folder / TASK_FILE).read_text())
-    from loracle.adapters import read_adapter_info
+def _read_task_info(folder: Path) -> tuple[dict[str, Any], Path]:
+    """The task information `loracle train` wrote, and the file it came from (checked: the folder is untrusted).
 
-    info = read_adapter_info(folder).get("extra") or {}
-    if "task" not in info:
-        raise ValueError(f"{folder}: the adapter carries no task information (expected {TASK_FILE} or 'task' in "
-                         "the adapter's extra); was it written by `loracle train`?")
-    return info
+    Raises:
+        LoracleError: malformed JSON, no task, or a field of the wrong type; the message names the file.
+    """
+    from loracle.adapters.io import CONFIG_FILE, read_adapter_info
+
+    path = folder / TASK_FILE
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, not UTF-8, nesting too deep
+            raise LoracleError(f"{path}: malformed JSON ({err}); expected the file written by `loracle train`") from err
+    else:
+        path = folder / CONFIG_FILE
+        info = read_adapter_info(folder).get("extra") or {}
+    if not isinstance(info, dict) or "task" not in info:
+        raise LoracleError(f"{folder}: the adapter carries no task information (expected {TASK_FILE} or 'task' in "
+                           "the adapter's extra); was it written by `loracle train`?")
+    label_names = info.get("label_names")
+    if info["task"] not in TASK_KINDS:
+        raise LoracleError(f"{path}: task {info['task']!r:.80} is none of {list(TASK_KINDS)}")
+    if label_names is not None and (not isinstance(label_names, list) or not all(isinstance(n, str)
+                                                                                 for n in label_names)):
+        raise LoracleError(f"{path}: label_names must be a list of strings, got {label_names!r:.80}")
+    if info.get("model") is not None and not isinstance(info["model"], str):
+        raise LoracleError(f"{path}: model must be a string, got {info['model']!r:.80}")
+    if not isinstance(info.get("task_options") or {}, dict):
+        raise LoracleError(f"{path}: task_options must be a JSON object, got {info['task_options']!r:.80}")
+    return info, path
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -258,10 +309,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     folder = Path(args.adapter_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"--adapter-dir {folder} is not a folder")
-    info = _read_task_info(folder)
+    info, info_path = _read_task_info(folder)
     kind, label_names = info["task"], info.get("label_names")
     full = info.get("adapter") == "full"
-    model_name = args.model or info["model"]
+    model_name = args.model or info.get("model")
+    if kind == "classification" and not label_names:
+        raise LoracleError(f"{info_path} has no label_names for a classification adapter; was it written by "
+                           "`loracle train`?")
+    if not model_name:
+        raise LoracleError(f"{info_path} names no base model; pass --model (the model the adapter was trained from)")
+    if not args.model:
+        # The folder chooses what gets loaded (a hub id, a path): say so before loading it.
+        print(f"loracle evaluate: {'model' if full else 'base model'} {model_name} (named in {info_path}; --model "
+              "chooses another)", file=sys.stderr)
     model, tokenizer = load_model(model_name, kind, num_labels=len(label_names) if label_names else None,
                                   label_names=label_names)
     if not full:
@@ -271,6 +331,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if kind != "classification":
         options.pop("label_names", None)
         options.pop("num_labels", None)
+    else:
+        options.setdefault("label_names", label_names)
     task = build_task(kind, tokenizer, **options)
     examples = load_examples(args.data, kind, split=args.split, label_names=label_names, **_field_options(args))
     if args.max_test is not None:

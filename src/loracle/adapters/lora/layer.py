@@ -17,7 +17,7 @@ def init_lora_A(rank: int, in_features: int, generator: torch.Generator) -> torc
 
 
 class LoRALayer(AdapterLayer):
-    """``x ↦ W0 x + (alpha / r) · B dropout(A x)``  (Hu et al., arXiv 2106.09685, eq. 3).
+    """``x ↦ W0 x + (alpha / r) · B A dropout(x)``  (Hu et al., arXiv 2106.09685, eq. 3).
 
     ``A`` (``r × in``) is Kaiming-uniform, ``B`` (``out × r``) is zero, so a fresh adapter equals the base model.
     """

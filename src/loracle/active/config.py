@@ -4,7 +4,7 @@
 so every field (a typo inside ``train:`` in a YAML file included) is validated before a run folder is written.
 
 Defaults: the whole training split is the pool and the whole unlabelled pool is scored every round; the adapter
-(LoRA r=8 on every linear layer of the top two transformer blocks, dropout 0.1) leaves the blocks below frozen, so
+(LoRA r=8 on query/value of the top two transformer blocks, dropout 0.1) leaves the blocks below frozen, so
 the states entering the first adapted block are computed once per run (:class:`loracle.modeling.PrefixCache`) and
 each round trains, evaluates and scores only the top blocks. docs/ARCHITECTURE.md and the README's benchmark
 tables give the measured cost of this placement against adapters in every block.
@@ -26,11 +26,22 @@ ORACLES = ("simulated", "human")
 INITIAL_MODES = ("random", "stratified")
 
 
+#: The attention query and value projections under the names of common architectures (BERT/RoBERTa ``query``,
+#: ``value``; Llama/Mistral/Qwen ``q_proj``, ``v_proj``; DistilBERT ``q_lin``, ``v_lin``; GPT-2 ``c_attn``, which
+#: fuses q, k and v), as one regex matched in full against module names.
+QUERY_VALUE = r".*\.(query|value|q_proj|v_proj|q_lin|v_lin|c_attn)"
+
+
 def default_adapter() -> AdapterConfig:
-    """LoRA r=8, alpha 16, dropout 0.1 on every linear layer of the top two transformer blocks."""
+    """LoRA r=8, alpha 16, dropout 0.1 on the attention query and value projections of the top two blocks.
+
+    Query/value is the LoRA paper's choice; the top two blocks leave the rest frozen, so the prefix below is
+    computed once per run. MC dropout draws one Bernoulli per adapter input element and sample, which on a CPU
+    costs more than the adapters' products: fewer adapted inputs keep a whole-pool scoring pass affordable.
+    """
     from loracle.adapters import LoRAConfig
 
-    return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
+    return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=QUERY_VALUE, layers=[-2, -1])
 
 
 def default_train() -> TrainConfig:

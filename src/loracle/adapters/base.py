@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from loracle.adapters.dropout import dropout as fast_dropout
 from loracle.errors import LoracleError
 
 ADAPTERS: dict[str, type["AdapterConfig"]] = {}
@@ -248,7 +249,7 @@ class AdapterLayer(nn.Module):
         p = self.config.dropout
         if p == 0.0:
             return x
-        return F.dropout(x, p, training=self.training or self.stochastic_dropout)
+        return fast_dropout(x, p, training=self.training or self.stochastic_dropout)
 
     def delta_weight(self) -> torch.Tensor:
         """``s · B A`` in the layout of the base weight: ``(out, in)`` for Linear, ``(in, out)`` for Conv1D."""

@@ -72,7 +72,8 @@ class ALConfig:
         test_size: seeded random subset of the test set (None: all).
         score_subset: each round, score only a seeded random subset of this many unlabelled items (None: all).
             The top-k is taken within the subset (standard pool subsampling).
-        mc_samples: stochastic passes for uncertainty (0: one deterministic pass).
+        mc_samples: stochastic passes for uncertainty (0: one deterministic pass; None: the strategy's own
+            choice, 8 for the uncertainty strategies and STAR, 0 for BADGE, k-center and random).
         base_mc_samples: MC passes for STAR's ``U_base`` through the base model's own dropout (0: one
             deterministic pass over the pool, which keeps this once-per-run cost small).
         mc_dropout: MC dropout through the adapters' dropout.
@@ -112,7 +113,7 @@ class ALConfig:
     test_data: str | None = None
     text_field: str | None = None
     label_field: str | None = None
-    strategy: str = "star"
+    strategy: str = "badge"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     initial_size: int = 100
     initial_mode: str = "random"
@@ -122,7 +123,7 @@ class ALConfig:
     pool_size: int | None = None
     test_size: int | None = None
     score_subset: int | None = None
-    mc_samples: int = 8
+    mc_samples: int | None = None
     base_mc_samples: int = 0
     mc_dropout: bool = True
     mc_posterior: bool = False
@@ -199,16 +200,16 @@ class ALConfig:
             p.append("give rounds or budget (or both)")
         if (isinstance(self.budget, int) and isinstance(self.initial_size, int) and self.budget < self.initial_size):
             p.append(f"budget ({self.budget}) is smaller than initial_size ({self.initial_size})")
-        if not isinstance(self.mc_samples, int) or self.mc_samples < 0:
-            p.append(f"mc_samples must be an integer >= 0, got {self.mc_samples!r}")
+        if self.mc_samples is not None and (not isinstance(self.mc_samples, int) or self.mc_samples < 0):
+            p.append(f"mc_samples must be an integer >= 0 or None (the strategy's choice), got {self.mc_samples!r}")
         if not isinstance(self.base_mc_samples, int) or self.base_mc_samples < 0:
             p.append(f"base_mc_samples must be an integer >= 0, got {self.base_mc_samples!r}")
-        if self.mc_samples > 0 and not (self.mc_dropout or self.mc_posterior):
+        if (self.mc_samples or 0) > 0 and not (self.mc_dropout or self.mc_posterior):
             p.append("mc_samples > 0 needs mc_dropout or mc_posterior")
         method = getattr(self.adapter, "method", None)
         if self.mc_posterior and method != "monteclora":
             p.append(f"mc_posterior needs adapter method 'monteclora', got {method!r}")
-        if (self.mc_dropout and self.mc_samples > 0 and not self.mc_posterior
+        if (self.mc_dropout and (self.mc_samples or 0) > 0 and not self.mc_posterior
                 and not getattr(self.adapter, "dropout", 0)):
             p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
         if self.calibration not in ("temperature", "none"):

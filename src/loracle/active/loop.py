@@ -205,7 +205,8 @@ class ActiveLearningLoop:
         from loracle.modeling.precision import resolve_precision
 
         self.precision = resolve_precision(c.precision)
-        self.scorer = Scorer(samples=c.mc_samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
+        samples = c.mc_samples if c.mc_samples is not None else self.strategy.mc_samples
+        self.scorer = Scorer(samples=samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
                              posterior=c.mc_posterior, stochastic_layers=c.stochastic_layers,
                              batch_size=c.eval_batch_size, progress=c.progress, precision=self.precision)
         self.oracle = SimulatedOracle() if c.oracle == "simulated" else None

@@ -67,6 +67,10 @@ class Strategy(ABC):
     name: ClassVar[str] = ""
     requires: ClassVar[frozenset[str]] = frozenset()
     cold_start: ClassVar[bool] = False
+    #: MC samples the strategy's ``probs`` should have when the run does not say (0: one deterministic pass).
+    mc_samples: ClassVar[int] = 0
+    #: Training-recipe fields the strategy brings when the run leaves them unset (e.g. STAR's constraint).
+    train_overrides: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:

@@ -94,6 +94,8 @@ class StarStrategy(Strategy):
 
     name = "star"
     requires = frozenset({"probs", "base_probs"})
+    mc_samples = 8
+    train_overrides = {"b_weight_decay": 0.5}  # the constraint LoRA of STAR (its code: 0.5 on B only)
 
     def __init__(self, score: str = "entropy", schedule: Schedule | float | str = 0.1,
                  total_rounds: int | None = None, slope: float = 0.1, base: str = "adapter_off") -> None:

@@ -41,6 +41,7 @@ class PowerStrategy(Strategy):
     """
 
     requires = frozenset({"probs"})
+    mc_samples = 8
 
     def __init__(self, score: str = "entropy", beta: float = 1.0, distribution: str = "power") -> None:
         problems = []

@@ -23,6 +23,7 @@ class UncertaintyStrategy(Strategy):
     """
 
     requires = frozenset({"probs"})
+    mc_samples = 8
 
     def __init__(self, score: str = "entropy") -> None:
         self.score = score

@@ -1,0 +1,381 @@
+"""Loop features on a tiny BERT: cross-fitted temperature scaling, stopping signals, cold-start initial sets, STAR's
+linear-probe U_base, the run lock, retraining a missing checkpoint, chunked resumable scoring, the prefix cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import loracle.active.loop as loop_module
+from loracle.active.lock import RunInUseError, RunLock
+from loracle.active.loop import ActiveLearningLoop, create_run, derived_seed, resume, run_active_learning, stop_decision
+from loracle.active.pool import Scorer, base_features, linear_probe_probs
+from loracle.active.state import RunState
+from loracle.active.stopping import cohen_kappa
+from loracle.active.strategies import Signals, build_strategy
+from loracle.adapters import read_adapter_info
+from loracle.evaluation import evaluate
+from loracle.evaluation.calibration import apply_temperature
+from loracle.evaluation.metrics import classification_metrics
+from loracle.uncertainty.sampling import mc_probs
+from al_helpers import small_config, tiny_factory, write_toy_data
+
+POOL = 60  # write_toy_data's default training split: the whole pool (pool_size=None)
+TOP_BLOCK = {"method": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.2, "layers": [-1]}  # tiny BERT has 2 blocks
+
+
+def fast_config(data, **overrides):
+    """small_config with the costly extras off (no calibration folds, no stop set), fp32 (``auto`` may pick bf16
+    autocast on one machine and fp32 on another) and random queries, unless a test turns them on."""
+    values = dict(calibration="none", stopping=[], precision="fp32", strategy="random")
+    values.update(overrides)
+    return small_config(data, **values)
+
+
+@pytest.fixture(autouse=True)
+def _no_report(monkeypatch):
+    """The learning-curve PNG costs ~1 s per run and is tested in test_loop.py; these tests read the state."""
+    monkeypatch.setattr("loracle.active.report.write_report", lambda state: None)
+
+
+def opened(run_dir):
+    return RunState.open(run_dir)
+
+
+# -- calibration -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    """Two rounds with 2-fold cross-fitted temperature scaling and the stabilizing-predictions stop signal; the
+    stop set (default 1000 items) is the whole pool of 60."""
+    root = tmp_path_factory.mktemp("calibrated")
+    data = write_toy_data(root / "data")
+    config = fast_config(data, rounds=1, calibration="temperature", calibration_folds=2,
+                         stopping=["stabilizing_predictions"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as conftest's function-scoped _one_torch_thread, which a module fixture precedes
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("loracle.active.report.write_report", lambda state: None)
+            assert run_active_learning(config, root / "run", tiny_factory) == "done"
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+def _checkpoint_model(run_dir, t):
+    state = opened(run_dir)
+    loop = ActiveLearningLoop(state, tiny_factory)
+    return state, loop, loop.builder.load(run_dir / "rounds" / f"{t:03d}")
+
+
+def test_calibration_metrics_every_round(calibrated_run):
+    state = opened(calibrated_run)
+    rounds = state.rounds()
+    state.close()
+    assert [r["round"] for r in rounds] == [0, 1]
+    for t, row in enumerate(rounds):
+        m = row["metrics"]
+        assert {"temperature", "ece_calibrated", "nll_calibrated", "brier_calibrated"} <= set(m)
+        assert m["temperature"] > 0 and np.isfinite(m["temperature"])
+        # The calibrated numbers are the checkpoint's test predictions, softmax(log p / T), through the metrics.
+        state, loop, built = _checkpoint_model(calibrated_run, t)
+        result = evaluate(built.model, built.task, state.test_examples(), samples=0, batch_size=16,
+                          return_probs=True)
+        state.close()
+        assert result["nll"] == pytest.approx(m["nll"], abs=1e-5)
+        calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
+                                                              m["temperature"]), result["labels"])
+        for key in ("ece", "nll", "brier"):
+            assert m[f"{key}_calibrated"] == pytest.approx(calibrated[key], abs=1e-5), key
+        info = read_adapter_info(calibrated_run / row["checkpoint"])
+        assert info["extra"]["temperature"] == pytest.approx(m["temperature"], rel=1e-12)
+
+
+def test_calibration_none_reports_no_temperature(tmp_path, toy_data):
+    assert run_active_learning(fast_config(toy_data, rounds=0), tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    (row,) = state.rounds()
+    state.close()
+    assert "accuracy" in row["metrics"]
+    assert not {"temperature", "ece_calibrated", "nll_calibrated", "brier_calibrated"} & set(row["metrics"])
+
+
+# -- stopping ----------------------------------------------------------------------------------------------------
+def test_stop_probs_and_kappa(calibrated_run):
+    state = opened(calibrated_run)
+    probs = [state.get_signal(f"stop_probs/{t}") for t in (0, 1)]
+    temperatures = [r["metrics"]["temperature"] for r in state.rounds()]
+    decision = stop_decision(state, ["stabilizing_predictions"])
+    state.close()
+    for p in probs:
+        assert p.shape == (POOL, 2)  # min(stop_set_size=1000, pool)
+        torch.testing.assert_close(p.sum(1), torch.ones(POOL), atol=1e-5, rtol=0)
+    # Kappa between the two rounds' predicted labels (Cohen's formula in cohen_kappa).
+    expected = cohen_kappa(probs[0].argmax(1).numpy(), probs[1].argmax(1).numpy())
+    assert decision.values["stabilizing_predictions"]["kappa"] == pytest.approx([expected])
+    assert decision.stop is False and "not yet stable" in decision.reason  # 1 of the 3 comparisons needed
+    # The stored predictions are round 1's checkpoint on the stop set (all 60 items), temperature-scaled.
+    state, loop, built = _checkpoint_model(calibrated_run, 1)
+    plain = mc_probs(built.model, built.task, state.pool_examples(loop._stop_indices()), samples=0)[:, 0]
+    state.close()
+    torch.testing.assert_close(apply_temperature(plain.clamp_min(1e-12).log(), temperatures[1]), probs[1],
+                               atol=1e-5, rtol=0)
+
+
+def test_stop_decision_on_identical_predictions(tmp_path, toy_data):
+    state, _ = create_run(fast_config(toy_data), tmp_path / "run", tiny_factory)
+    same = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    for t in range(4):
+        state.add_round(t, 6 + 4 * t, {"accuracy": 0.5}, None, 0.0)
+        state.put_signal(f"stop_probs/{t}", same)
+    decision = stop_decision(state, ["stabilizing_predictions"])
+    assert decision.stop is True and "unlikely to help" in decision.reason
+    assert decision.values["stabilizing_predictions"]["kappa"] == [1.0, 1.0, 1.0]
+    # Up to round 2 only two comparisons exist: not yet.
+    assert stop_decision(state, ["stabilizing_predictions"], upto=2).stop is False
+    # One flipped prediction in the last round: kappa 0.5 (p_o = 3/4, p_e = 1/2), mean (1 + 1 + 0.5) / 3 < 0.99.
+    state.put_signal("stop_probs/3", torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.4, 0.6]]))
+    decision = stop_decision(state, ["stabilizing_predictions"])
+    assert decision.stop is False and decision.values["stabilizing_predictions"]["kappa"] == [1.0, 1.0, 0.5]
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """5 query rounds with stop_early and the stop-set predictions frozen: kappa is 1 from round 1 on, so the
+    3-comparison window is full after round 3."""
+    root = tmp_path_factory.mktemp("stopped")
+    config = fast_config(write_toy_data(root / "data"), rounds=5, stopping=["stabilizing_predictions"],
+                         stop_early=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as conftest's function-scoped _one_torch_thread, which a module fixture precedes
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr("loracle.active.report.write_report", lambda state: None)
+            mp.setattr(ActiveLearningLoop, "_stop_set_probs",
+                       lambda self, t, built, temperature: torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
+            assert run_active_learning(config, root / "run", tiny_factory) == "done"
+    finally:
+        torch.set_num_threads(threads)
+    return root / "run"
+
+
+def test_stop_early_ends_the_run(stopped_run):
+    state = opened(stopped_run)
+    assert state.completed_rounds() == {0, 1, 2, 3}
+    assert len(state.labels()) == 6 + 3 * 4
+    decision = stop_decision(state, ["stabilizing_predictions"])
+    state.close()
+    assert decision.stop and decision.values["stabilizing_predictions"]["kappa"] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.xfail(strict=True, reason="loop.run queries round t+1 (scores the pool, records queries) before the "
+                                       "stop check of round t, so an early-stopped run ends with pending queries "
+                                       "that are never labelled or trained on")
+def test_stop_early_leaves_no_pending_queries(stopped_run):
+    state = opened(stopped_run)
+    try:
+        assert state.pending_queries() == [] and state.query_rounds() == [0, 1, 2, 3]
+    finally:
+        state.close()
+
+
+# -- cold start --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["typiclust", "kmeans"])
+def test_cold_start_initial_set(tmp_path, toy_data, mode):
+    chosen, features = [], []
+    for name in ("a", "b"):
+        state, builder = create_run(fast_config(toy_data, initial_mode=mode), tmp_path / name, tiny_factory)
+        loop = ActiveLearningLoop(state, tiny_factory, builder)
+        loop._initial_queries()
+        chosen.append(state.queries(0))
+        features.append(state.get_signal("base_features"))
+        if name == "a":
+            # The stored features are the base model's mean-pooled last hidden states (fp16 storage).
+            built = builder.fresh(0, 0)
+            direct = base_features(built.model, built.task, state.pool_examples())
+        state.close()
+    assert chosen[0] == chosen[1]  # deterministic for a seed
+    assert len(chosen[0]) == 6 and len(set(chosen[0])) == 6 and all(0 <= i < POOL for i in chosen[0])
+    assert features[0].shape == (POOL, 32) and torch.equal(features[0], features[1])
+    torch.testing.assert_close(features[0].float(), direct, atol=1e-2, rtol=0)
+    # A resumed run re-selects from the stored features; it must pick the same set.
+    strategy = build_strategy(mode)
+    rng = np.random.default_rng(derived_seed(0, 0, "initial"))
+    positions, _ = strategy.select(Signals(round_index=-1, n=POOL, embeddings=features[0].float()), 6, rng)
+    assert sorted(int(p) for p in positions) == chosen[0]
+
+
+# -- STAR with a linear-probe U_base ----------------------------------------------------------------------------
+def test_star_linear_probe_base_probs(tmp_path, toy_data):
+    config = fast_config(toy_data, rounds=1, strategy="star", strategy_options={"base": "linear_probe"})
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    base = state.get_signal("base_probs")
+    features = state.get_signal("base_features")
+    initial = state.labels(max_round=0)
+    assert len(state.labels()) == 10
+    state.close()
+    assert base.shape == (POOL, 1, 2) and features.shape == (POOL, 32)
+    torch.testing.assert_close(base.sum(-1), torch.ones(POOL, 1), atol=1e-5, rtol=0)
+    # The probe is a logistic regression fitted on the initial labels over the base features: refitting it from
+    # the stored (fp16) features gives the stored U_base up to that rounding (exactness: the xfail test below).
+    idx = sorted(initial)
+    refit = linear_probe_probs(features.float()[idx], torch.tensor([initial[i] for i in idx]), features.float(), 2)
+    torch.testing.assert_close(refit, base, atol=5e-3, rtol=0)
+    assert base[:, 0].max(1).values.min() < 0.99  # not a degenerate one-hot probe
+
+
+@pytest.mark.xfail(strict=True, reason="loop._base_features returns the fp32 features when it computes them but "
+                                       "the stored fp16 ones when it reads them back, so a run resumed between "
+                                       "storing base_features and base_probs (or the cold-start queries) differs")
+def test_linear_probe_refit_from_stored_features_is_exact(tmp_path, toy_data):
+    config = fast_config(toy_data, rounds=0, strategy="star", strategy_options={"base": "linear_probe"})
+    state, builder = create_run(config, tmp_path / "run", tiny_factory)
+    loop = ActiveLearningLoop(state, tiny_factory, builder)
+    loop._initial_queries()
+    state.add_labels([(i, state.gold_label(i)) for i in state.queries(0)], 0, "initial")
+    built = loop._fresh(0)
+    base = loop._base_probs(built)  # computes and stores base_features, then base_probs
+    with state.transaction() as db:  # a run killed after storing base_features, before storing base_probs
+        db.execute("DELETE FROM signals WHERE name = 'base_probs'")
+    again = ActiveLearningLoop(state, tiny_factory, builder)._base_probs(built)
+    state.close()
+    torch.testing.assert_close(again, base, atol=1e-6, rtol=0)
+
+
+# -- the run lock ------------------------------------------------------------------------------------------------
+def test_run_lock(tmp_path, toy_data):
+    state, _ = create_run(fast_config(toy_data), tmp_path / "run", tiny_factory)
+    state.close()
+    holder = RunLock(tmp_path / "run").acquire()
+    try:
+        assert (tmp_path / "run" / ".lock").read_text() == str(os.getpid())
+        # flock is per open file description: a second lock on a new descriptor conflicts, in this process too.
+        with pytest.raises(RunInUseError, match=f"run in use by pid {os.getpid()}"):
+            RunLock(tmp_path / "run").acquire()
+        with pytest.raises(RunInUseError, match=f"run in use by pid {os.getpid()}"):
+            resume(tmp_path / "run", tiny_factory)
+        with pytest.raises(RunInUseError):
+            with RunLock(tmp_path / "run"):
+                pass
+    finally:
+        holder.release()
+    with RunLock(tmp_path / "run") as again:
+        assert again._fd is not None
+    # Released on an exception inside the block.
+    with pytest.raises(KeyError):
+        with RunLock(tmp_path / "run"):
+            raise KeyError("x")
+    RunLock(tmp_path / "run").acquire().release()
+
+
+# -- a missing checkpoint ----------------------------------------------------------------------------------------
+def test_missing_checkpoint_is_retrained(tmp_path, toy_data):
+    run_dir = tmp_path / "run"
+    assert run_active_learning(fast_config(toy_data, rounds=2, adapter=TOP_BLOCK), run_dir, tiny_factory) == "done"
+    saved = tmp_path / "saved-001"
+    shutil.copytree(run_dir / "rounds" / "001", saved)
+    original = load_file(saved / "loracle_adapter.safetensors")
+    shutil.rmtree(run_dir / "rounds" / "001")
+    state = opened(run_dir)
+    rounds_before = state.rounds()
+    loop = ActiveLearningLoop(state, tiny_factory)
+    built = loop._load_round(1)
+    assert (run_dir / "rounds" / "001" / "loracle_adapter.safetensors").exists()
+    retrained = load_file(run_dir / "rounds" / "001" / "loracle_adapter.safetensors")
+    assert retrained.keys() == original.keys() and any("lora_B" in k for k in original)
+    for key in original:
+        torch.testing.assert_close(retrained[key], original[key], atol=1e-6, rtol=0, msg=key)
+    assert any(original[k].abs().max() > 0 for k in original if "lora_B" in k)  # really trained
+    assert state.rounds() == rounds_before  # retraining records nothing
+    # The returned model is that checkpoint.
+    again = loop.builder.load(run_dir / "rounds" / "001")
+    state.close()
+    assert again.model is built.model
+    assert not list((run_dir / "rounds").glob(".tmp-*"))
+
+
+# -- chunked, resumable scoring ----------------------------------------------------------------------------------
+def test_chunked_scoring_resumes_at_next_chunk(tmp_path, toy_data, monkeypatch):
+    config = fast_config(toy_data, rounds=1, strategy="entropy", score_chunk=5)
+    assert run_active_learning(config, tmp_path / "ref", tiny_factory) == "done"
+
+    def fault(point, round_index):
+        if (point, round_index) == ("score_chunk", 0):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_module, "_fault", fault)
+    with pytest.raises(KeyboardInterrupt):
+        run_active_learning(config, tmp_path / "run", tiny_factory)
+    state = opened(tmp_path / "run")
+    assert state.get_signal("round0/chunk0/probs") is not None and state.get_signal("round0/chunk1/probs") is None
+    assert not state.queries(1)
+    state.close()
+    monkeypatch.undo()
+    monkeypatch.setattr("loracle.active.report.write_report", lambda state: None)
+    seeds = []
+    real_measure = Scorer.measure
+
+    def counting(self, requires, model, task, examples, seed):
+        seeds.append(seed)
+        return real_measure(self, requires, model, task, examples, seed)
+
+    monkeypatch.setattr(Scorer, "measure", counting)
+    assert resume(tmp_path / "run", tiny_factory) == "done"
+    chunks = -(-(POOL - 6) // 5)  # 54 unlabelled items in round 0: 11 chunks of 5
+    first = derived_seed(0, 0, "mc")
+    assert sorted(s - first for s in seeds if first <= s < first + chunks) == list(range(1, chunks))
+    ref, run = opened(tmp_path / "ref"), opened(tmp_path / "run")
+    assert run.label_rows() == ref.label_rows()
+    assert run.get_signal("round0/chunk0/probs") is None  # chunk signals are dropped once the queries commit
+    ref.close()
+    run.close()
+
+
+# -- the prefix cache in a run -----------------------------------------------------------------------------------
+def no_dropout_factory(name, task_kind, num_labels):
+    """tiny_factory without the base model's own dropout. With dropout, a cached run differs from an uncached one
+    by design (the cached lower blocks run without it during training, and the RNG stream shifts), so only a
+    dropout-free model makes the two runs comparable number for number."""
+    model, tokenizer = tiny_factory(name, task_kind, num_labels)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model, tokenizer
+
+
+def test_prefix_cache_in_a_run(tmp_path, toy_data):
+    results = {}
+    for cached in (True, False):
+        config = fast_config(toy_data, adapter=TOP_BLOCK, prefix_cache=cached)
+        state, builder = create_run(config, tmp_path / str(cached), no_dropout_factory)
+        loop = ActiveLearningLoop(state, no_dropout_factory, builder)
+        assert loop.run() == "done"
+        results[cached] = (state.label_rows(), [r["metrics"] for r in state.rounds()], loop.cache)
+        state.close()
+    files = list((tmp_path / "True" / "cache").glob("prefix-*.safetensors"))
+    assert len(files) == 1 and not (tmp_path / "False" / "cache").exists()
+    cache = results[True][2]
+    assert cache.first_block == 1 and len(cache) > 0 and cache.hits_ > 0  # later rounds replay stored items
+    assert len(load_file(files[0])) == len(cache)
+    assert results[False][2] is None
+    # Random queries do not depend on the model, so both runs label the same items; the models then differ only
+    # by the fp16 rounding of the cached states (~1e-3 relative; measured: NLL within 1e-6, adapter weights within
+    # 2e-3 relative). Accuracy on 20 items is equal (no test item lies within that of the decision boundary); a
+    # cache that served wrong states would train other adapters (relative differences of order 1).
+    assert results[True][0] == results[False][0]
+    for on, off in zip(results[True][1], results[False][1]):
+        assert on["accuracy"] == off["accuracy"]
+        assert on["nll"] == pytest.approx(off["nll"], abs=1e-4)
+    for t in range(3):
+        a, b = (load_file(tmp_path / str(c) / "rounds" / f"{t:03d}" / "loracle_adapter.safetensors")
+                for c in (True, False))
+        for key in b:
+            if "lora_B" in key or "classifier" in key:
+                assert float((a[key] - b[key]).norm() / b[key].norm()) < 1e-2, (t, key)

@@ -1,26 +1,27 @@
-"""Benchmark active-learning strategies: MiniLM + LoRA on rotten_tomatoes, accuracy and ECE per label budget.
+"""Query strategies against random sampling, paired by seed, on a balanced and an imbalanced task.
 
-    python benchmarks/bench_active_learning.py --data ../shared/data/rotten_tomatoes --time-limit 2100
+    python benchmarks/bench_active_learning.py --seeds 0,1,2 --time-limit 3600
 
-Setting (the issue's): 100 initial labels, +100 per round, 8 rounds (up to 900 labels), strategies
+Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on query/value of the top two blocks,
+the cross-round prefix cache, bf16 where the CPU has it, at least 3 epochs and 100 steps per round, lr 1e-3),
+100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
+rounds. Two datasets:
 
-- ``random``;
-- ``entropy``: predictive entropy of MC-dropout predictions;
-- ``bald_dropout``: BALD with MC dropout through the adapters;
-- ``bald_monteclora``: BALD with MonteCLoRA adapters, posterior sampled at inference (no dropout sampling);
-- ``star``: STAR = dynamic uncertainty (entropy, λ_t = min(1, 0.1 (t+1))) + weight decay 0.5 on ``lora_B`` only +
-  MC dropout;
-- ``kcenter``: k-center greedy on the [CLS] features (diversity baseline).
+- ``rotten_tomatoes``: a seeded ``--pool-size`` subset of the training split as the pool, ``--test-size`` test items;
+- ``rotten_tomatoes_imbalanced``: built deterministically from it: every ``fresh`` item and as many ``rotten``
+  items as make 10% of the pool (and of the test set), chosen with a fixed seed.
 
-Only STAR trains with the B-only weight decay; the others are plain LoRA (weight decay 0). Everything else is
-shared: LoRA r=8, alpha 16, dropout 0.1, a fresh adapter and head each round, 3 epochs, batch 16, lr 3e-3,
-max_length 64, S=8 MC samples in the adapters of the last 2 blocks, a 2,000-item pool (seeded subset of train),
-500 test items, and each round a seeded random subset of ``--score-subset`` unlabelled items is scored.
+Strategies: ``random``; ``entropy`` and ``bald`` (MC dropout, S=8); ``badge`` (gradient embeddings, k-means++);
+``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
+adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
+terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
+same constraint). The default strategy (``badge``) and ``random`` also fit a temperature by 2-fold cross-fitting
+each round, so their ECE is reported before and after temperature scaling.
 
-The box is a shared 2-core machine, so the runs advance round-robin (every strategy finishes round t before any
-starts round t+1) in two worker processes with one torch thread each, and stop at ``--time-limit``: all strategies
-then have curves of equal length. Runs are resumable: running the script again with the same ``--runs`` continues
-them. Writes ``benchmarks/results/active_learning.json`` and ``active_learning.png``.
+Runs advance round-robin (every run finishes round t before any starts round t+1) in two worker processes with one
+torch thread each, stop at ``--time-limit``, and resume when the script runs again. Writes
+``benchmarks/results/active_learning.json`` (summary, per-strategy curves, paired bootstrap intervals) and
+``active_learning.png``.
 """
 
 from __future__ import annotations
@@ -35,36 +36,56 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+DEFAULT = "badge"
 
 STRATEGIES: dict[str, dict] = {
-    "random": {"strategy": "random"},
+    "random": {"strategy": "random", "calibrate": True},
+    "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
-    "bald_dropout": {"strategy": "bald"},
-    "bald_monteclora": {"strategy": "bald", "mc_dropout": False, "mc_posterior": True,
-                        "adapter": {"method": "monteclora", "rank": 8, "alpha": 16.0, "dropout": 0.1}},
-    "star": {"strategy": "star", "train": {"b_weight_decay": 0.5}},
-    "kcenter": {"strategy": "kcenter"},
+    "power_entropy": {"strategy": "power_entropy"},
+    "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},
+    "star_published": {"strategy": "star_published"},
+    "bald": {"strategy": "bald"},
 }
-# Two workers, balanced by expected cost (scoring, embeddings, MonteCLoRA sampling).
-WORKERS = (["random", "entropy", "star"], ["kcenter", "bald_dropout", "bald_monteclora"])
+DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
 
 
-def config_for(name: str, seed: int, args: argparse.Namespace):
+def build_imbalanced(source: Path, target: Path, minority: str = "rotten", share: float = 0.10) -> Path:
+    """Every item of the majority class and ``share`` of the split from ``minority`` (fixed seed per split)."""
+    import numpy as np
+
+    target.mkdir(parents=True, exist_ok=True)
+    for i, split in enumerate(("train", "test")):
+        out = target / f"{split}.jsonl"
+        if out.exists():
+            continue
+        rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        major = [r for r in rows if r["label"] != minority]
+        minor = [r for r in rows if r["label"] == minority]
+        keep = int(round(len(major) * share / (1 - share)))
+        chosen = sorted(np.random.default_rng(20 + i).choice(len(minor), keep, replace=False).tolist())
+        kept = major + [minor[j] for j in chosen]
+        order = np.random.default_rng(30 + i).permutation(len(kept))
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(kept[j]) + "\n" for j in order))
+        tmp.replace(out)
+    return target
+
+
+def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     from loracle.active import ALConfig
 
     spec = STRATEGIES[name]
-    adapter = spec.get("adapter", {"method": "lora", "rank": 8, "alpha": 16.0, "dropout": 0.1})
-    train = {"epochs": args.epochs, "batch_size": 16, "lr": 3e-3, "weight_decay": 0.0, "b_weight_decay": 0.0,
-             **spec.get("train", {})}
+    data = args.data if dataset == "rotten_tomatoes" else str(Path(args.runs) / "data" / dataset)
     return ALConfig(
-        model=args.model, data=args.data, strategy=spec["strategy"], initial_size=100, query_size=100,
-        rounds=args.rounds, pool_size=args.pool_size, test_size=args.test_size, score_subset=args.score_subset,
-        mc_samples=8, stochastic_layers=2, mc_dropout=spec.get("mc_dropout", True),
-        mc_posterior=spec.get("mc_posterior", False), adapter=adapter, train=train, max_length=64,
-        eval_batch_size=64, seed=seed, progress=False)
+        model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
+        initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size, test_size=args.test_size,
+        calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=2,
+        stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
+        cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False)
 
 
-def worker(names: list[str], seeds: list[int], args: argparse.Namespace, deadline: float) -> None:
+def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespace, deadline: float) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -72,74 +93,110 @@ def worker(names: list[str], seeds: list[int], args: argparse.Namespace, deadlin
 
     runs = Path(args.runs)
     last_cost: dict[str, float] = {}
-    for t in range(args.rounds + 1):
-        for seed in seeds:
-            for name in names:
-                run_dir = runs / f"{name}-seed{seed}"
-                # Round t trains on 100 (t+1) labels: extrapolate the last round's cost.
-                estimate = last_cost.get(name, 0.0) * (t + 1) / max(t, 1)
+    for seed in seeds:
+        for t in range(args.rounds + 1):
+            for dataset, name in jobs:
+                run_dir = runs / dataset / f"{name}-seed{seed}"
+                key = f"{dataset}/{name}"
+                estimate = last_cost.get(key, 0.0) * (t + 1) / max(t, 1)
                 if time.time() + estimate > deadline:
-                    print(f"[worker] time limit: stop before {name} seed {seed} round {t}", flush=True)
+                    print(f"[worker] time limit: stop before {key} seed {seed} round {t}", flush=True)
                     return
                 start = time.time()
                 if (run_dir / "state.sqlite").exists():
                     status = resume(run_dir, stop_after_round=t)
                 else:
-                    status = run_active_learning(config_for(name, seed, args), run_dir, stop_after_round=t)
-                last_cost[name] = time.time() - start
-                print(f"[worker] {name} seed {seed} round {t}: {status} in {last_cost[name]:.0f}s", flush=True)
+                    status = run_active_learning(config_for(name, dataset, seed, args), run_dir, stop_after_round=t)
+                last_cost[key] = time.time() - start
+                print(f"[worker] {key} seed {seed} round {t}: {status} in {last_cost[key]:.0f}s", flush=True)
+
+
+def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
+    from loracle.active.state import RunState
+
+    out: dict[str, dict[int, list[dict]]] = {}
+    for name in STRATEGIES:
+        for seed in seeds:
+            run_dir = Path(args.runs) / dataset / f"{name}-seed{seed}"
+            if (run_dir / "state.sqlite").exists():
+                state = RunState.open(run_dir)
+                rounds = state.rounds()
+                state.close()
+                if rounds:
+                    out.setdefault(name, {})[seed] = rounds
+    return out
 
 
 def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
+    import numpy as np
+
     from loracle.active.report import area_under_curve, learning_curve
-    from loracle.active.state import RunState
+    from loracle.evaluation.bootstrap import paired_bootstrap_ci
 
-    per_run: dict[str, dict[int, list[dict]]] = {}
-    for name in STRATEGIES:
-        for seed in seeds:
-            run_dir = Path(args.runs) / f"{name}-seed{seed}"
-            if not (run_dir / "state.sqlite").exists():
+    result: dict = {"setting": {"model": args.model, "rounds": args.rounds, "pool_size": args.pool_size,
+                                "test_size": args.test_size, "initial_labels": 100, "query_size": 100,
+                                "default_strategy": DEFAULT, "strategies": STRATEGIES},
+                    "wall_seconds_this_session": round(wall, 1), "datasets": {}}
+    summary: dict = {"default_strategy": DEFAULT, "seeds": {}, "datasets": {}}
+    for dataset in DATASETS:
+        per_run = _curves(args, dataset, seeds)
+        if "random" not in per_run:
+            continue
+        # Compare on the rounds and seeds every strategy completed.
+        common_seeds = sorted(set.intersection(*[set(r) for r in per_run.values()]))
+        rounds = min(len(per_run[n][s]) for n in per_run for s in common_seeds) if common_seeds else 0
+        entry: dict = {"seeds_compared": common_seeds, "rounds_compared": rounds, "strategies": {}}
+        curves = {}
+        aulc: dict[str, dict[str, list[float]]] = {}
+        for name, runs in per_run.items():
+            seeds_done = [s for s in common_seeds]
+            if not seeds_done or rounds == 0:
                 continue
-            state = RunState.open(run_dir)
-            per_run.setdefault(name, {})[seed] = state.rounds()
-            state.close()
-    # Compare on the rounds every strategy completed for every seed it ran.
-    common = min((len(r) for runs in per_run.values() for r in runs.values()), default=0)
-    result: dict = {"setting": {k: getattr(args, k) for k in ("model", "data", "rounds", "pool_size", "test_size",
-                                                                  "score_subset", "epochs")},
-                    "initial_labels": 100, "query_size": 100, "seeds": seeds, "rounds_compared": common,
-                    "wall_seconds": round(wall, 1), "strategies": {}}
-    curves = {}
-    for name, runs in per_run.items():
-        import numpy as np
+            n_labels = [r["n_labels"] for r in runs[seeds_done[0]][:rounds]]
 
-        acc = np.array([[r["metrics"]["accuracy"] for r in rounds[:common]] for rounds in runs.values()])
-        ece = np.array([[r["metrics"]["ece"] for r in rounds[:common]] for rounds in runs.values()])
-        n_labels = [r["n_labels"] for r in next(iter(runs.values()))[:common]]
-        aulc = [area_under_curve(n_labels, a.tolist()) for a in acc]
-        entry = {"seeds": sorted(runs), "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
-                 "accuracy_std": acc.std(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
-                 "ece_std": ece.std(0).round(4).tolist(), "aulc_accuracy_mean": round(float(np.mean(aulc)), 4),
-                 "aulc_accuracy_per_seed": [round(a, 4) for a in aulc],
-                 "aulc_ece_mean": round(float(np.mean([area_under_curve(n_labels, e.tolist()) for e in ece])), 4),
-                 "per_seed": {str(s): [{k: r[k] for k in ("n_labels", "train_seconds", "score_seconds")}
-                                       | {"accuracy": r["metrics"]["accuracy"], "ece": r["metrics"]["ece"]}
-                                       for r in rounds] for s, rounds in runs.items()}}
-        result["strategies"][name] = entry
-        label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
-        curves[label] = {"n_labels": n_labels, "accuracy": entry["accuracy_mean"], "ece": entry["ece_mean"]}
-        if len(runs) > 1:
-            curves[label].update(accuracy_std=entry["accuracy_std"], ece_std=entry["ece_std"])
-    result["notes"] = (f"seeds per strategy vary (see each entry's 'seeds'; compare means only between strategies "
-                       f"with the same seeds); {common} of {args.rounds + 1} rounds compared (time limit "
-                       f"{args.time_limit:.0f} s); {args.score_subset} scored candidates per round; test set "
-                       f"{args.test_size} items")
-    ranking = sorted(result["strategies"], key=lambda n: -result["strategies"][n]["aulc_accuracy_mean"])
-    result["ranking_by_aulc_accuracy"] = ranking
+            def series(key: str, default: float | None = None):
+                return np.array([[r["metrics"].get(key, default) for r in runs[s][:rounds]] for s in seeds_done],
+                                dtype=float)
+
+            acc, f1, ece = series("accuracy"), series("macro_f1"), series("ece")
+            ece_cal = series("ece_calibrated", np.nan)
+            aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
+                          "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
+            e = {"n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
+                 "macro_f1_mean": f1.mean(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
+                 "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
+                 "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
+                 "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
+                 "aulc_accuracy_per_seed": aulc[name]["accuracy"],
+                 "seconds_per_round": float(np.mean([(r["train_seconds"] or 0) + (r["score_seconds"] or 0)
+                                                     + r["metrics"].get("evaluate_seconds", 0)
+                                                     + r["metrics"].get("calibrate_seconds", 0)
+                                                     for s in seeds_done for r in runs[s][:rounds]]))}
+            random_final = float(np.mean([per_run["random"][s][rounds - 1]["metrics"]["accuracy"]
+                                          for s in seeds_done]))
+            reached = [n for n, a in zip(n_labels, acc.mean(0)) if a >= random_final]
+            e["labels_to_reach_random_final_accuracy"] = reached[0] if reached else None
+            entry["strategies"][name] = e
+            curves[name] = {"n_labels": n_labels, "accuracy": e["accuracy_mean"], "macro_f1": e["macro_f1_mean"],
+                            "ece": e["ece_mean"]}
+        for name in aulc:
+            for metric in ("accuracy", "macro_f1"):
+                diff, low, high = paired_bootstrap_ci(aulc[name][metric], aulc["random"][metric], seed=0)
+                entry["strategies"][name][f"gain_{metric}"] = diff
+                entry["strategies"][name][f"gain_{metric}_ci95"] = [low, high]
+        result["datasets"][dataset] = entry
+        if curves:
+            learning_curve(curves, RESULTS / f"active_learning_{dataset}.png")
+        d = entry["strategies"].get(DEFAULT)
+        if d:
+            cal = [v for n, v in zip(d["n_labels"], d["ece_calibrated_mean"] or []) if n >= 200 and v is not None]
+            summary["datasets"][dataset] = {
+                "gain_accuracy": d["gain_accuracy"], "gain_accuracy_ci95": d["gain_accuracy_ci95"],
+                "gain_macro_f1": d["gain_macro_f1"], "gain_macro_f1_ci95": d["gain_macro_f1_ci95"],
+                "max_ece_calibrated_from_200": max(cal) if cal else None}
+        summary["seeds"] = {name: common_seeds for name in entry["strategies"]}
+    result = {"summary": summary, **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if curves:
-        learning_curve(curves, RESULTS / "active_learning.png",
-                       title="rotten_tomatoes, MiniLM + LoRA (mean ± std over seeds)")
     (RESULTS / "active_learning.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -149,40 +206,38 @@ def main() -> None:
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "rotten_tomatoes"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--runs", default=str(HERE.parent / "runs" / "bench_active_learning"))
-    parser.add_argument("--seeds", default="0", help="comma-separated")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--pool-size", type=int, default=2000)
-    parser.add_argument("--test-size", type=int, default=500)
-    parser.add_argument("--score-subset", type=int, default=500)
-    parser.add_argument("--time-limit", type=float, default=2100.0, help="seconds for all workers")
+    parser.add_argument("--test-size", type=int, default=1000)
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds for all workers")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--aggregate-only", action="store_true")
-    parser.add_argument("--strategies", default=None,
-                        help="comma-separated subset to run (e.g. random,star for extra seeds); default all")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    chosen = set(args.strategies.split(",")) if args.strategies else set(STRATEGIES)
-    unknown = chosen - set(STRATEGIES)
+    names = [n for n in args.strategies.split(",") if n]
+    unknown = sorted(set(names) - set(STRATEGIES))
     if unknown:
-        parser.error(f"unknown strategies {sorted(unknown)}; valid: {sorted(STRATEGIES)}")
-    # Keep two workers busy: split the chosen strategies between them in the balanced order of WORKERS.
-    ordered = [n for group in WORKERS for n in group if n in chosen]
-    workers = (ordered[0::2], ordered[1::2]) if args.strategies else WORKERS
+        parser.error(f"unknown strategies {unknown}; valid: {sorted(STRATEGIES)}")
+    build_imbalanced(Path(args.data), Path(args.runs) / "data" / "rotten_tomatoes_imbalanced")
+    jobs = [(d, n) for d in DATASETS for n in names]
+    # Two workers, each with half of the (dataset, strategy) runs, interleaved so costs balance.
+    groups = (jobs[0::2], jobs[1::2])
     if args.worker is not None:
-        worker(list(workers[args.worker]), seeds, args, args.deadline)
+        worker(groups[args.worker], seeds, args, args.deadline)
         return
     start = time.time()
     if not args.aggregate_only:
         deadline = start + args.time_limit
-        argv = [a for a in sys.argv[1:]]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        procs = [subprocess.Popen([sys.executable, __file__, *argv, "--worker", str(i), "--deadline", str(deadline)],
-                                  env=env) for i in range(len(workers)) if workers[i]]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+               "TRANSFORMERS_OFFLINE": "1"}
+        procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", str(i), "--deadline",
+                                   str(deadline)], env=env) for i in range(2) if groups[i]]
         for proc in procs:
             proc.wait()
-    print(json.dumps(aggregate(args, seeds, time.time() - start), indent=2)[:4000])
+    print(json.dumps(aggregate(args, seeds, time.time() - start)["summary"], indent=2))
 
 
 if __name__ == "__main__":

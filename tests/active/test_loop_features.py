@@ -174,9 +174,6 @@ def test_stop_early_ends_the_run(stopped_run):
     assert decision.stop and decision.values["stabilizing_predictions"]["kappa"] == [1.0, 1.0, 1.0]
 
 
-@pytest.mark.xfail(strict=True, reason="loop.run queries round t+1 (scores the pool, records queries) before the "
-                                       "stop check of round t, so an early-stopped run ends with pending queries "
-                                       "that are never labelled or trained on")
 def test_stop_early_leaves_no_pending_queries(stopped_run):
     state = opened(stopped_run)
     try:
@@ -231,9 +228,6 @@ def test_star_linear_probe_base_probs(tmp_path, toy_data):
     assert base[:, 0].max(1).values.min() < 0.99  # not a degenerate one-hot probe
 
 
-@pytest.mark.xfail(strict=True, reason="loop._base_features returns the fp32 features when it computes them but "
-                                       "the stored fp16 ones when it reads them back, so a run resumed between "
-                                       "storing base_features and base_probs (or the cold-start queries) differs")
 def test_linear_probe_refit_from_stored_features_is_exact(tmp_path, toy_data):
     config = fast_config(toy_data, rounds=0, strategy="star", strategy_options={"base": "linear_probe"})
     state, builder = create_run(config, tmp_path / "run", tiny_factory)

@@ -246,6 +246,13 @@ class ActiveLearningLoop:
             if t not in state.completed_rounds():
                 built = self._train_round(t)
                 worked = True
+            decision = self._stop_decision(t)
+            if decision is not None and decision.stop and c.stop_early and t < c.n_rounds \
+                    and not state.queries(t + 1):
+                if worked:
+                    self._log_round(t)
+                log(f"stopping early after round {t}: {decision.reason}")
+                break
             if t < c.n_rounds and not state.queries(t + 1):
                 if built is None:
                     built = self._load_round(t)
@@ -253,10 +260,6 @@ class ActiveLearningLoop:
                 worked = True
             if worked:
                 self._log_round(t)
-            decision = self._stop_decision(t)
-            if decision is not None and decision.stop and c.stop_early and t < c.n_rounds:
-                log(f"stopping early after round {t}: {decision.reason}")
-                break
             if stop_after_round is not None and t >= stop_after_round and t < c.n_rounds:
                 return "paused"
         from loracle.active.report import write_report
@@ -461,7 +464,8 @@ class ActiveLearningLoop:
                 features = base_features(built.model, built.task, self.state.pool_examples(),
                                          self.config.eval_batch_size, self.precision)
             self._save_cache()
-            self.state.put_signal("base_features", features.half())
+            features = features.half()  # what is stored is what every later read returns
+            self.state.put_signal("base_features", features)
         return features.float()
 
     def _base_probs(self, built: Built) -> torch.Tensor:

@@ -158,10 +158,12 @@ class PrefixCache:
             rows = _row_keys(ids, mask, types)
             if rows is None:  # a mask that is not one run of ones: compute normally
                 return None
-            missing = [i for i, (key, _, _) in enumerate(rows) if key not in self.entries_]
+            seen: set[str] = set()  # a batch repeated for MC samples holds each item S times: fill it once
+            missing = [i for i, (key, _, _) in enumerate(rows)
+                       if key not in self.entries_ and not (key in seen or seen.add(key))]
             if missing:
                 self._fill(model, backbone, parent, attribute, full, accepted, ids, mask, types, rows, missing)
-            self.hits_ += len(rows) - len(missing)
+            self.hits_ += sum(1 for key, _, _ in rows if key in self.entries_) - len(missing)
             self._pending = self._assemble(rows, ids.shape[1], ids.device)
             setattr(parent, attribute, upper)
             return None

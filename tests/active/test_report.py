@@ -104,9 +104,10 @@ def test_summary_status_and_report(tmp_path, capsys):
     lines = out.splitlines()
     assert "strategy star, done, rounds 3/3, labels 8 (4 initial, 4 simulated)" in lines[0]
     assert "majority-class baseline: accuracy 0.600, macro-F1 0.375" in lines[1]
-    assert lines[2].split() == ["round", "labels", "accuracy", "macro-F1", "ECE", "train", "s", "score", "s"]
-    assert lines[3].split() == ["0", "4", "0.600", "0.550", "0.100", "1.5", "0.2"]
-    assert lines[5].split() == ["2", "8", "0.900", "0.850", "0.033", "1.5", "n/a"]  # nothing scored after the last
+    assert lines[2].split() == ["round", "labels", "accuracy", "macro-F1", "ECE", "ECE", "cal.", "train", "s",
+                                "score", "s"]
+    assert lines[3].split() == ["0", "4", "0.600", "0.550", "0.100", "n/a", "1.5", "0.2"]  # no calibration: n/a
+    assert lines[5].split() == ["2", "8", "0.900", "0.850", "0.033", "n/a", "1.5", "n/a"]  # nothing scored after
     assert lines[6] == (f"area under the curve: accuracy {summary['aulc_accuracy']:.3f}, "
                         f"macro-F1 {summary['aulc_macro_f1']:.3f}, ECE {summary['aulc_ece']:.3f}")
 

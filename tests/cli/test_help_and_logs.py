@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 #: what a terminal bar writes and a log must not hold: carriage returns and ANSI escape sequences
 BAR_CODES = re.compile(r"\r|\x1b\[")
 ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
-                        r"ECE (\d\.\d{3}|n/a); train .+, evaluate .+, score .+$")
+                        r"ECE (\d\.\d{3}|n/a)( \(\d\.\d{3} after temperature scaling\))?; "
+                        r"train .+, evaluate .+, score .+$")
 HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")
 
 
@@ -134,8 +135,9 @@ def test_al_run_defaults_are_alconfig_defaults(monkeypatch):
     for flag, field in (("--epochs", "train.epochs"), ("--lr", "train.lr"), ("--batch-size", "train.batch_size"),
                         ("--rank", "adapter.rank"), ("--alpha", "adapter.alpha"), ("--seed", "seed"),
                         ("--oracle", "oracle"), ("--task-kind", "task_kind"), ("--strategy", "strategy"),
-                        ("--adapter", "adapter.method"), ("--mc-samples", "mc_samples")):
+                        ("--adapter", "adapter.method")):
         assert f"(default: {_default(field)}" in blocks[flag], blocks[flag]
+    assert _default("mc_samples") is None and "(default: the strategy's choice" in blocks["--mc-samples"]
     assert blocks["--no-progress"].endswith("(default: off)")
     assert blocks["--score-subset"].endswith(
         f"(default: {_default('score_subset') or 'all of the unlabelled pool'})")

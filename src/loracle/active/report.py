@@ -53,6 +53,8 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         The line, without a newline.
     """
     shown = ", ".join(f"{label} {format_value(metrics.get(key))}" for key, label in METRICS)
+    if metrics.get("ece_calibrated") is not None:
+        shown += f" ({format_value(metrics.get('ece_calibrated'))} after temperature scaling)"
     times = ", ".join(f"{phase} {_seconds(phase_seconds.get(phase))}" for phase in PHASES)
     return f"round {round_index} ({n_labels} labels): {shown}; {times}"
 
@@ -113,9 +115,18 @@ def run_summary(state: RunState) -> dict[str, Any]:
         sources[source] = sources.get(source, 0) + 1
     curve = {
         "n_labels": [r["n_labels"] for r in rounds],
-        **{key: [r["metrics"].get(key) for r in rounds] for key in ("accuracy", "macro_f1", "ece", "nll", "brier")
+        **{key: [r["metrics"].get(key) for r in rounds]
+           for key in ("accuracy", "macro_f1", "ece", "nll", "brier", "ece_calibrated", "nll_calibrated",
+                       "brier_calibrated", "temperature")
            if any(key in r["metrics"] for r in rounds)},
     }
+    stopping = None
+    if config.stopping and rounds:
+        from loracle.active.loop import stop_decision
+
+        decision = stop_decision(state, config.stopping)
+        if decision is not None:
+            stopping = {"stop": bool(decision.stop), "reason": decision.reason, "values": decision.values}
     done = len(rounds) == config.n_rounds + 1
     waiting = config.oracle == "human" and state.pending_queries()
     status = "done" if done else ("waiting_for_labels" if waiting else "in_progress")
@@ -134,12 +145,28 @@ def run_summary(state: RunState) -> dict[str, Any]:
         "pool_size": state.pool_size(),
         "test_size": len(test_labels),
         "majority_baseline": majority_baseline(test_labels),
+        "stopping": stopping,
+        "training_recipe": _recipe(state, config),
         "curve": curve,
         **{f"aulc_{key}": area_under_curve(curve["n_labels"], curve[key]) if rounds and key in curve else None
            for key in ("accuracy", "macro_f1", "ece")},
         "rounds": rounds,
         "config": config.to_dict(),
     }
+
+
+def _recipe(state: RunState, config: Any) -> dict[str, Any]:
+    """The adapter and training recipe the run used (the strategy's overrides included)."""
+    from loracle.active.strategies import build_strategy
+
+    try:
+        overrides = dict(getattr(build_strategy(config.strategy, **config.strategy_options), "train_overrides", {}))
+    except (ValueError, TypeError):
+        overrides = {}
+    train = config.train.to_dict()
+    train.update({k: v for k, v in overrides.items() if train.get(k) is None})
+    return {"adapter": config.adapter.to_dict(), "train": train, "calibration": config.calibration,
+            "precision": config.precision}
 
 
 def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float | None]]], path: str | Path,

@@ -162,6 +162,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="seeds the pool subset, initial set, adapters, training, MC passes and selection")
     g = run.add_argument_group("uncertainty")
     _option(g, "--mc-samples", field="mc_samples", type=int, metavar="N",
+            none="the strategy's choice: 8 for entropy, bald, power and star strategies, 0 for badge, kcenter, random",
             help="stochastic passes per scored item; 0 = one deterministic pass")
     _option(g, "--no-mc-dropout", dest="mc_dropout", action="store_false", field="mc_dropout", sets=False,
             help="score without MC dropout through the adapters' dropout")
@@ -293,16 +294,20 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{f' ({sources})' if sources else ''}, pending queries {summary['pending_queries']}")
     print(f"data {summary['dataset']} (pool {summary['pool_size']}, test {summary['test_size']}), "
           f"model {summary['model']}; {_baseline_text(summary['majority_baseline'])}")
-    header = ["round", "labels", *(label for _, label in METRICS), "train s", "score s"]
+    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
+                 format_value(r["metrics"].get("ece_calibrated")),
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     if summary["rounds"]:
         print("area under the curve: " + ", ".join(f"{label} {format_value(summary[f'aulc_{key}'])}"
                                                    for key, label in METRICS))
+    stopping = summary.get("stopping")
+    if stopping:
+        print(f"stopping: {stopping['reason']}")
     return 0
 
 

@@ -9,7 +9,8 @@ Variants, each run in its own subprocess (so its peak RSS is its own):
   query/key/value/attention-output in every block, the head trained in full, a plain PyTorch loop (AdamW,
   linear warm-up/decay, padding to the longest item of each batch, fp32), evaluation in eval mode, and MC dropout
   as in baal: every dropout module switched on and S full forward passes over the pool.
-- ``loracle``: ``loracle al run``'s default round: LoRA r=8 on query/value of the top 2 blocks, the
+- ``loracle``: ``loracle al run``'s default round: LoRA r=8 on every linear layer of the top 2 blocks (the head
+  and BERT's pooler trained in full), the
   cross-round prefix cache (the 4 frozen blocks below are computed once per run), bf16 autocast where the CPU has
   AMX / AVX512-BF16, length-sorted batches and the S samples batched together.
 - ``loracle_all_blocks``: loracle's training with adapters in every block (q/k/v/attention-output, as the
@@ -205,8 +206,10 @@ def run_loracle(seed: int, all_blocks: bool, score: bool) -> dict:
             # The one-off per-run work: the frozen prefix of every pool, labelled and test item.
             start = time.perf_counter()
             scorer_once = Scorer(samples=0, batch_size=64, precision=precision)
-            scorer_once.probs(model, task, labelled + pool + test, seed=0)
-            out["per_run_seconds"] = time.perf_counter() - start
+            # Without scoring, only the labelled and test items are needed (accuracy-only seeds).
+            scorer_once.probs(model, task, labelled + (pool if score else []) + test, seed=0)
+            if score:
+                out["per_run_seconds"] = time.perf_counter() - start
             out["cache_fill_seconds"] = cache.fill_seconds_
             out["cache_mib"] = cache.nbytes / 2**20
             out["cache_items"] = len(cache)

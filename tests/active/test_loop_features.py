@@ -361,8 +361,9 @@ def test_prefix_cache_in_a_run(tmp_path, toy_data):
     assert results[False][2] is None
     # Random queries do not depend on the model, so both runs label the same items; the models then differ only
     # by the fp16 rounding of the cached states (~1e-3 relative; measured: NLL within 1e-6, adapter weights within
-    # 2e-3 relative). Accuracy on 20 items is equal (no test item lies within that of the decision boundary); a
-    # cache that served wrong states would train other adapters (relative differences of order 1).
+    # 2e-2 relative: Adam's early steps are about lr * sign(grad), so a gradient near 0 can flip one entry's step).
+    # Accuracy on 20 items is equal (no test item lies within that of the decision boundary); a cache that served
+    # wrong states would train other adapters (relative differences of order 1).
     assert results[True][0] == results[False][0]
     for on, off in zip(results[True][1], results[False][1]):
         assert on["accuracy"] == off["accuracy"]
@@ -372,4 +373,4 @@ def test_prefix_cache_in_a_run(tmp_path, toy_data):
                 for c in (True, False))
         for key in b:
             if "lora_B" in key or "classifier" in key:
-                assert float((a[key] - b[key]).norm() / b[key].norm()) < 1e-2, (t, key)
+                assert float((a[key] - b[key]).norm() / b[key].norm()) < 5e-2, (t, key)

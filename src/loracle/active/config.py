@@ -4,7 +4,7 @@
 so every field (a typo inside ``train:`` in a YAML file included) is validated before a run folder is written.
 
 Defaults: the whole training split is the pool and the whole unlabelled pool is scored every round; the adapter
-(LoRA r=8 on query/value of the top two transformer blocks, dropout 0.1) leaves the blocks below frozen, so
+(LoRA r=8 on every linear layer of the top two transformer blocks, dropout 0.1) leaves the blocks below frozen, so
 the states entering the first adapted block are computed once per run (:class:`loracle.modeling.PrefixCache`) and
 each round trains, evaluates and scores only the top blocks. docs/ARCHITECTURE.md and the README's benchmark
 tables give the measured cost of this placement against adapters in every block.
@@ -33,15 +33,17 @@ QUERY_VALUE = r".*\.(query|value|q_proj|v_proj|q_lin|v_lin|c_attn)"
 
 
 def default_adapter() -> AdapterConfig:
-    """LoRA r=8, alpha 16, dropout 0.1 on the attention query and value projections of the top two blocks.
+    """LoRA r=8, alpha 16, dropout 0.1 on every linear layer of the top two blocks (the head, and a BERT
+    pooler, are trained in full by the model builder).
 
-    Query/value is the LoRA paper's choice; the top two blocks leave the rest frozen, so the prefix below is
-    computed once per run. MC dropout draws one Bernoulli per adapter input element and sample, which on a CPU
-    costs more than the adapters' products: fewer adapted inputs keep a whole-pool scoring pass affordable.
+    The top two blocks leave the rest frozen, so the prefix below is computed once per run. Measured on
+    rotten_tomatoes with 300 labels (2 seeds, 1,000 test items): query/value only reached 0.682/0.641 accuracy,
+    with the pooler trained 0.707/0.706, every linear layer of the top two blocks plus the pooler 0.720/0.727,
+    query/value of the top three blocks plus the pooler 0.694/0.719 (README, "Adapter placement").
     """
     from loracle.adapters import LoRAConfig
 
-    return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=QUERY_VALUE, layers=[-2, -1])
+    return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
 
 
 def default_train() -> TrainConfig:

@@ -34,10 +34,19 @@ def _load(name: str, task_kind: str, num_labels: int | None) -> tuple[nn.Module,
 
 
 def head_modules(model: nn.Module, task_kind: str) -> list[str]:
-    """The modules trained in full by default: a classification head (``classifier``/``score``); none for LMs."""
+    """The modules trained in full by default: a classification head (``classifier``/``score``) and, for
+    BERT-style encoders, the pooler that feeds it (a dense layer on ``[CLS]`` that a sentence-embedding checkpoint
+    never trained for classification); none for language models.
+
+    The first name is the freshly initialised head; the others start from their pretrained weights every round.
+    """
     if task_kind != "classification":
         return []
-    return [h for h in TRAINED_HEADS if isinstance(getattr(model, h, None), nn.Module)][:1]
+    names = [h for h in TRAINED_HEADS if isinstance(getattr(model, h, None), nn.Module)][:1]
+    backbone = getattr(model, "base_model", None)
+    if names and backbone is not model and isinstance(getattr(backbone, "pooler", None), nn.Module):
+        names.append("pooler")
+    return names
 
 
 def task_options(task_kind: str, *, label_names: Sequence[str] | None, max_length: int,
@@ -104,6 +113,9 @@ class ModelBuilder:
             num_labels = len(self.label_names) if self.task_kind == "classification" and self.label_names else None
             model, tokenizer = self.model_factory(self.model_name, self.task_kind, num_labels)
             model.loracle_model_name = self.model_name  # what save_adapter records as the base model
+            # Pretrained weights of the modules trained in full, restored before every fresh build.
+            self._pristine = {name: {k: v.detach().clone() for k, v in model.get_submodule(name).state_dict().items()}
+                              for name in self._full_names(model)}
             self._model = model
             self._task = build_task(self.task_kind, tokenizer, **self.options)
         return self._model, self._task
@@ -140,7 +152,17 @@ class ModelBuilder:
         model.eval()
         return Built(model, task, ModelLayout.discover(model))
 
+    def _full_names(self, model: nn.Module) -> list[str]:
+        """Dotted names of the modules trained in full (the adapter's ``modules_to_save``, or the default heads)."""
+        wanted = (self.adapter.modules_to_save if self.adapter is not None and self.adapter.modules_to_save
+                  else head_modules(model, self.task_kind))
+        names = [n for n, _ in model.named_modules() if n]
+        return [n for n in names if any(n == w or n.endswith("." + w) for w in wanted)]
+
     def _reset_head(self, model: nn.Module, seed: int) -> None:
+        with torch.no_grad():
+            for name, state in self._pristine.items():
+                model.get_submodule(name).load_state_dict(state)
         names = head_modules(model, self.task_kind)
         if not names:
             return

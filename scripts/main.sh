@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the main job: STAR active learning (dynamic uncertainty + L2 on B + MC dropout)
-# with the MiniLM encoder (from PyPI) on rotten_tomatoes. Writes runs/main/: state.sqlite (resumable with
+# Set up (scripts/setup.sh) and run the main job: active learning with `loracle al run`'s defaults (BADGE queries,
+# LoRA on the top two blocks of the MiniLM encoder from PyPI, the whole rotten_tomatoes pool scored every round,
+# cross-fitted temperature scaling, stopping criteria). Writes runs/main/: state.sqlite (resumable with
 # `loracle al resume runs/main`), one adapter per round, report.json and learning_curve.png.
 # Usage: bash scripts/main.sh [DATA_DIR] [extra `loracle al run` flags]
 set -euo pipefail
@@ -14,4 +15,4 @@ if [ -f "$OUT/state.sqlite" ]; then
     echo "resuming the run in $OUT (delete the folder for a fresh run)"
     exec .venv/bin/loracle al resume "$OUT"
 fi
-exec .venv/bin/loracle al run --model minilm --data "$DATA" --strategy star --output "$OUT" "$@"
+exec .venv/bin/loracle al run --model minilm --data "$DATA" --output "$OUT" "$@"

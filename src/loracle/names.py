@@ -25,6 +25,8 @@ SCHEDULER_NAMES: tuple[str, ...] = ("linear", "cosine", "constant", "constant_wi
 #: ``loracle.active.config.ORACLES`` and ``INITIAL_MODES``
 ORACLE_NAMES: tuple[str, ...] = ("simulated", "human")
 INITIAL_MODES: tuple[str, ...] = ("random", "stratified")
+#: ``loracle.active.strategies.cold_start_strategies()`` other than random: cold starts for the initial set
+COLD_START_NAMES: tuple[str, ...] = ("kmeans", "typiclust")
 
 #: ``loracle.models.TASK_KINDS``; active learning takes the first two (generation has no class distribution)
 TASK_KINDS: tuple[str, ...] = ("classification", "multiple_choice", "generation")

@@ -186,6 +186,7 @@ def test_a_typo_fails_at_parse_time_listing_the_valid_names(argv, valid, capsys)
 
 def test_names_match_the_registries():
     from loracle.active.config import INITIAL_MODES, ORACLES
+    from loracle.active.strategies import cold_start_strategies
     from loracle.active.strategies import STRATEGIES
     from loracle.adapters import ADAPTERS
     from loracle.models import TASK_KINDS
@@ -198,6 +199,8 @@ def test_names_match_the_registries():
                                     (names.SCHEDULER_NAMES, SCHEDULERS, "loracle.training.config.SCHEDULERS"),
                                     (names.ORACLE_NAMES, ORACLES, "loracle.active.config.ORACLES"),
                                     (names.INITIAL_MODES, INITIAL_MODES, "loracle.active.config.INITIAL_MODES"),
+                                    (names.COLD_START_NAMES, [n for n in cold_start_strategies() if n != "random"],
+                                     "loracle.active.strategies.cold_start_strategies()"),
                                     (names.TASK_KINDS, TASK_KINDS, "loracle.models.TASK_KINDS")):
         assert sorted(listed) == sorted(registry), f"src/loracle/names.py must list the names of {where}"
 

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from loracle.cli.formatting import HelpFormatter, show_default
-from loracle.names import ADAPTER_NAMES, AL_TASK_KINDS, INITIAL_MODES, ORACLE_NAMES, SCORE_NAMES, STRATEGY_NAMES
+from loracle.names import (
+    ADAPTER_NAMES,
+    AL_TASK_KINDS,
+    COLD_START_NAMES,
+    INITIAL_MODES,
+    ORACLE_NAMES,
+    SCORE_NAMES,
+    STRATEGY_NAMES,
+)
 
 DESCRIPTION = """\
 Pool-based active learning with adapters: train on the labelled set, score the
@@ -35,7 +43,8 @@ loracle.active.ALConfig) from a YAML file; command-line flags override it.
 #: ``al run`` flags that are copied as they are into the ALConfig field of the same name
 _PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
                  "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
-                 "mc_posterior", "progress", "label_field")
+                 "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibrate_scores",
+                 "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir")
 #: ``al run`` flags where 0 means None ("all")
 _ZERO_IS_ALL = ("pool_size", "test_size", "score_subset", "stochastic_layers")
 
@@ -146,8 +155,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  lambda: _strategy_default("schedule"))
     _option(g, "--initial-size", field="initial_size", type=int, metavar="N",
             help="labels before the first query (round 0 trains on them)")
-    _option(g, "--initial-mode", field="initial_mode", choices=INITIAL_MODES, metavar="MODE",
-            help=f"how the initial set is drawn: {', '.join(INITIAL_MODES)} (by class)")
+    _option(g, "--initial-mode", field="initial_mode", choices=INITIAL_MODES + COLD_START_NAMES, metavar="MODE",
+            help="how the initial set is drawn: random, stratified (by class), or a cold start on the base model's "
+            f"features ({', '.join(COLD_START_NAMES)})")
     _option(g, "--query-size", field="query_size", type=int, metavar="N", help="labels asked for per round")
     _option(g, "--rounds", field="rounds", type=int, metavar="N", none="as many as --budget allows",
             help="query rounds after round 0")
@@ -186,6 +196,24 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _option(g, "--b-weight-decay", field="train.b_weight_decay", type=float, metavar="WD",
             none="the weight decay of the other parameters",
             help="weight decay on lora_B only (STAR's constraint)")
+    g = run.add_argument_group("calibration, stopping and speed")
+    _option(g, "--calibration", field="calibration", choices=("temperature", "none"), metavar="NAME",
+            help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
+            "NLL and Brier before and after it; none: no calibration")
+    _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",
+            help="cross-fitting folds (K extra trainings per round)")
+    _option(g, "--calibrate-scores", action="store_true", field="calibrate_scores",
+            help="strategies see temperature-scaled probabilities")
+    _option(g, "--stop-set-size", field="stop_set_size", type=int, metavar="N",
+            help="items of the fixed unlabelled stop set the stopping criteria watch")
+    _option(g, "--stop-early", action="store_true", field="stop_early",
+            help="end the run at the first round where a stopping criterion says labelling more is unlikely to help")
+    _option(g, "--precision", field="precision", choices=("auto", "fp32", "bf16"), metavar="NAME",
+            help="auto: bf16 autocast where the hardware runs it fast (AMX / AVX512-BF16 CPUs, bf16 GPUs)")
+    _option(g, "--no-prefix-cache", dest="prefix_cache", action="store_false", field="prefix_cache", sets=False,
+            help="recompute the frozen blocks below the adapter in every round instead of caching them once")
+    _option(g, "--cache-dir", field="cache_dir", metavar="DIR", none="cache/ inside the run folder",
+            help="where the prefix cache is kept (runs on the same model may share one)")
     _option(run, "--no-progress", dest="progress", action="store_false", field="progress", sets=False,
             help="no progress bars even on a terminal (a log gets one line per phase and per round either way)")
     run.set_defaults(func=cmd_run)

@@ -213,6 +213,7 @@ class AdapterLayer(nn.Module):
         self.merged = False
         self.stochastic_dropout = False
         self.sample_posterior = False
+        self.disabled = False  # set by uncertainty.sampling.adapters_disabled: forward runs the base layer only
 
     # -- what a variant provides -------------------------------------------------------------------------------
     def lora_A(self) -> torch.Tensor:
@@ -258,6 +259,8 @@ class AdapterLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            return result
         if self.merged:
             if self.stochastic_dropout or self.sample_posterior:
                 raise RuntimeError(

@@ -23,7 +23,6 @@ the different padding. With a fixed ``seed`` results are reproducible.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +30,12 @@ import torch
 from torch import nn
 
 from loracle.adapters.inject import adapter_layers
+from loracle.modeling.layout import ModelLayout
 
 if TYPE_CHECKING:
     from loracle.data.examples import Example
     from loracle.tasks.base import Task
 
-# Names of the ModuleList that holds a model's transformer blocks (BERT ``encoder.layer``, Llama ``model.layers``,
-# GPT-2 ``transformer.h``, T5/others ``block``).
-_BLOCK_LIST_NAMES = ("layer", "layers", "h", "block", "blocks")
 
 
 @contextlib.contextmanager
@@ -92,15 +89,15 @@ def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
     """
     layers = [layer for _, layer in adapter_layers(model)]
     merged = [layer.merged for layer in layers]
+    disabled = [layer.disabled for layer in layers]
     try:
         for layer in layers:
             layer.unmerge()
-            layer.forward = layer.base_layer.forward  # instance attribute shadows the class forward
+            layer.disabled = True  # AdapterLayer.forward reads it: base layer only
         yield model
     finally:
-        for layer, was_merged in zip(layers, merged):
-            if "forward" in layer.__dict__:
-                del layer.forward
+        for layer, was_merged, was_disabled in zip(layers, merged, disabled):
+            layer.disabled = was_disabled
             if was_merged:
                 layer.merge()
 
@@ -110,66 +107,32 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The ``(name, ModuleList)`` of the model's transformer blocks (the longest list named like one), or None."""
-    best: tuple[str, nn.ModuleList] | None = None
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and name.rsplit(".", 1)[-1] in _BLOCK_LIST_NAMES and len(module):
-            if best is None or len(module) > len(best[1]):
-                best = (name, module)
-    return best
+    """The ``(name, ModuleList)`` of the model's transformer blocks (see :class:`~loracle.modeling.ModelLayout`)."""
+    layout = ModelLayout.discover(model)
+    return (layout.blocks_name, layout.blocks) if layout.blocks_name else None
 
 
-def _block_index(name: str, blocks_name: str) -> int | None:
-    prefix = blocks_name + "." if blocks_name else ""
-    if not name.startswith(prefix):
-        return None
-    match = re.match(r"(\d+)(?:\.|$)", name[len(prefix):])
-    return int(match.group(1)) if match else None
-
-
-def _restrict_stochastic(model: nn.Module, stochastic_layers: int | None) -> None:
+def _restrict_stochastic(layout: ModelLayout, stochastic_layers: int | None) -> None:
     """Inside :func:`stochastic`, keep only the adapters of the last ``stochastic_layers`` blocks random."""
     if stochastic_layers is None:
         return
-    found = find_blocks(model)
-    if found is None:
+    if not layout.blocks_name:
         raise ValueError("stochastic_layers needs a model with a list of transformer blocks; none was found")
-    blocks_name, blocks = found
-    first = len(blocks) - stochastic_layers
-    for name, layer in adapter_layers(model):
-        index = _block_index(name, blocks_name)
+    first = layout.num_blocks - stochastic_layers
+    for _, layer, index in layout.adapters:
         if index is None or index < first:
             layer.stochastic_dropout = False
             layer.sample_posterior = False
 
 
-def _first_stochastic_block(model: nn.Module, base_dropout: bool) -> tuple[nn.ModuleList, int] | None:
+def _first_stochastic_block(layout: ModelLayout, base_dropout: bool) -> tuple[nn.ModuleList, int] | None:
     """``(blocks, f)`` where blocks ``[0, f)`` are deterministic during sampling, or None when nothing can be cached.
 
     Adapters outside the block list count as stochastic before every block if they come earlier in module order
     (e.g. on embeddings: no caching) and are harmless if later (e.g. BERT's pooler).
     """
-    if base_dropout:
-        return None  # the model's own dropout (embeddings included) is random everywhere
-    found = find_blocks(model)
-    if found is None:
-        return None
-    blocks_name, blocks = found
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    first = len(blocks)
-    for name, layer in adapter_layers(model):
-        random = (layer.stochastic_dropout and layer.config.dropout > 0) or (
-            layer.sample_posterior and layer.has_posterior
-        )
-        if not random:
-            continue
-        index = _block_index(name, blocks_name)
-        if index is None:
-            if order[name] < order[blocks_name]:
-                return None
-            continue
-        first = min(first, index)
-    return (blocks, first) if first > 0 else None
+    first = layout.first_random_block(base_dropout)
+    return (layout.blocks, first) if first else None
 
 
 class _StopForward(Exception):
@@ -267,13 +230,14 @@ def mc_probs(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), ctx, \
                 autocast(precision, device):
             torch.manual_seed(seed)
+            layout = ModelLayout.discover(model)  # the model's structure, walked once per call
             if samples > 0:
-                _restrict_stochastic(model, stochastic_layers)
+                _restrict_stochastic(layout, stochastic_layers)
                 if stochastic_layers is not None and not base_dropout and not any(
                     layer.stochastic_dropout or layer.sample_posterior for _, layer in adapter_layers(model)
                 ):
                     raise ValueError(f"stochastic_layers={stochastic_layers} leaves no stochastic adapter")
-            cut = _first_stochastic_block(model, base_dropout) if (fast and samples > 0) else None
+            cut = _first_stochastic_block(layout, base_dropout) if (fast and samples > 0) else None
             if cut is not None and cut[1] <= getattr(model, "loracle_prefix_block", 0):
                 cut = None  # a cross-round prefix cache already serves every deterministic block
             for start in starts:

@@ -175,7 +175,7 @@ def run_reference(seed: int, score: bool) -> dict:
 
 
 # -- loracle -----------------------------------------------------------------------------------------------------
-def run_loracle(seed: int, all_blocks: bool, score: bool) -> dict:
+def run_loracle(seed: int, all_blocks: bool, score: bool, mode: str = "mc") -> dict:
     import torch
 
     from loracle.active.config import default_adapter, default_train
@@ -194,13 +194,18 @@ def run_loracle(seed: int, all_blocks: bool, score: bool) -> dict:
     builder = ModelBuilder("minilm", "classification", label_names=label_names, max_length=256, adapter=adapter)
     built = builder.fresh(head_seed=seed, adapter_seed=seed)
     model, task, layout = built.model, built.task, built.layout
-    out: dict = {"variant": "loracle_all_blocks" if all_blocks else "loracle", "seed": seed,
+    names = {"mc": "loracle", "mc1": "loracle_mc1", "badge": "loracle_badge"}
+    out: dict = {"variant": "loracle_all_blocks" if all_blocks else names[mode], "seed": seed,
                  "precision": precision, "first_adapted_block": layout.first_trainable_block}
     import contextlib
 
     cache = PrefixCache(layout.first_trainable_block) if layout.first_trainable_block >= 1 else None
     context = cache.attached(model, layout) if cache is not None else contextlib.nullcontext()
-    scorer = Scorer(samples=SAMPLES, batch_size=64, precision=precision)
+    # mc: S samples through every adapter; mc1: S samples through the top block's adapters only (the block below
+    # computed once per batch); badge: the default strategy's signals (one deterministic pass and the head's input).
+    scorer = Scorer(samples=0 if mode == "badge" else SAMPLES, batch_size=64, precision=precision,
+                    stochastic_layers=1 if mode == "mc1" else None)
+    requires = frozenset({"probs", "embeddings"}) if mode == "badge" else frozenset({"probs"})
     with context:
         if cache is not None:
             # The one-off per-run work: the frozen prefix of every pool, labelled and test item.
@@ -228,7 +233,7 @@ def run_loracle(seed: int, all_blocks: bool, score: bool) -> dict:
             done = 0
             for chunk_start in range(0, len(pool), 1000):
                 chunk = pool[chunk_start:chunk_start + 1000]
-                scorer.probs(model, task, chunk, seed=seed * 100 + chunk_start)
+                scorer.measure(requires, model, task, chunk, seed=seed * 100 + chunk_start)
                 done += len(chunk)
                 for mark in CHECKPOINTS:
                     if done >= mark and str(mark) not in marks:
@@ -243,9 +248,11 @@ def run_loracle(seed: int, all_blocks: bool, score: bool) -> dict:
             cfg = model.config
             lora = sum(layer.rank * (layer.in_features + layer.out_features) for _, layer, _ in layout.adapters)
             lora_per_block = lora / max(1, len({b for _, _, b in layout.adapters}))
-            flops = sum(len(ids) * _flops_per_token(cfg.hidden_size, cfg.intermediate_size, blocks, len(ids),
-                                                    lora_per_block * blocks / max(blocks, 1))
-                        for ids in lengths) * SAMPLES
+            # Block passes per item: S through every computed block (mc), the blocks below the top one once and
+            # S through the top one (mc1), or two deterministic passes (badge: predictions, then features).
+            passes = {"mc": SAMPLES * blocks, "mc1": blocks - 1 + SAMPLES, "badge": 2 * blocks}[mode]
+            flops = sum(len(ids) * _flops_per_token(cfg.hidden_size, cfg.intermediate_size, 1, len(ids),
+                                                    lora_per_block) for ids in lengths) * passes
             out["scoring_gflop"] = flops / 1e9
             out["scoring_gflops"] = flops / 1e9 / out["score_seconds"]
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -278,7 +285,8 @@ def _child(variant: str, seed: int, score: bool, threads: int) -> dict:
     torch.set_num_threads(threads)
     if variant == "reference":
         return run_reference(seed, score)
-    return run_loracle(seed, variant == "loracle_all_blocks", score)
+    mode = {"loracle_mc1": "mc1", "loracle_badge": "badge"}.get(variant, "mc")
+    return run_loracle(seed, variant == "loracle_all_blocks", score, mode)
 
 
 def summarise(results: dict) -> dict:
@@ -297,7 +305,7 @@ def summarise(results: dict) -> dict:
         return fixed + sum(j["score_seconds"] for j in scored) / len(scored) + once / ROUNDS_PER_RUN
 
     table = {}
-    for variant in ("reference", "loracle", "loracle_all_blocks"):
+    for variant in ("reference", "loracle", "loracle_mc1", "loracle_badge", "loracle_all_blocks"):
         seconds = round_seconds(variant)
         table[variant] = {
             "seeds": sorted(j["seed"] for j in jobs.values() if j["variant"] == variant),

@@ -16,8 +16,8 @@ from typing import Any
 from loracle.cli.formatting import HelpFormatter, show_default
 from loracle.errors import LoracleError
 from loracle.names import ADAPTER_NAMES, SCHEDULER_NAMES, TASK_KINDS
+
 TASK_FILE = "loracle_task.json"
-HEAD_NAMES = ("classifier", "score")
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  "every linear layer except the output head")
     show_default(train.add_argument("--modules-to-save", nargs="*", default=None,
                                     help="modules trained in full beside the adapter"),
-                 "the classification head (classifier/score) for --task classification, none otherwise")
+                 "the classification head (classifier/score) and a BERT pooler for --task classification, "
+                 "none otherwise")
     train.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
                        help="extra adapter config field (JSON value), e.g. mask_mode='\"row\"' or num_samples=4; "
                        "repeatable (default: none)")
@@ -170,18 +171,12 @@ def _target_modules(values: list[str] | None) -> list[str] | str | None:
     return values
 
 
-def _head_modules(model: Any) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    return [h for h in HEAD_NAMES if h in names][:1]
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Handler of ``loracle train``."""
-    from loracle.adapters import ADAPTERS, apply_adapter, save_adapter, trainable_parameters
+    from loracle.adapters import ADAPTERS, save_adapter, trainable_parameters
     from loracle.data import load_examples
     from loracle.evaluation import evaluate, reliability_diagram
-    from loracle.models import load_model
-    from loracle.tasks import build_task
+    from loracle.modeling.build import ModelBuilder
     from loracle.training import TrainConfig, train
 
     methods = sorted(ADAPTERS) + ["full"]
@@ -216,20 +211,18 @@ def run_train(args: argparse.Namespace) -> int:
         test_set = test_set.sample(args.max_test, seed=args.seed)
 
     label_names = train_set.label_names
-    model, tokenizer = load_model(args.model, args.task, num_labels=len(label_names) if label_names else None,
-                                  label_names=label_names)
-    task_options: dict[str, Any] = {"max_length": args.max_length}
-    if args.task == "classification":
-        task_options["label_names"] = label_names
-    elif args.task == "multiple_choice":
-        # one width for every batch, so per-batch predictions stack into one [N, C] array
-        task_options["num_choices"] = max(len(e.choices) for e in train_set)
-    task = build_task(args.task, tokenizer, **task_options)
+    # The one builder of model + task + adapter (+ the head and a BERT pooler trained in full by default).
+    adapter = None
     if adapter_config is not None:
-        modules_to_save = args.modules_to_save
-        if modules_to_save is None:
-            modules_to_save = _head_modules(model) if args.task == "classification" else []
-        apply_adapter(model, adapter_config.replace(modules_to_save=modules_to_save))
+        adapter = adapter_config.replace(modules_to_save=args.modules_to_save or [])
+    builder = ModelBuilder(args.model, args.task, label_names=label_names,
+                           examples=list(train_set) + (list(test_set) if test_set is not None else []),
+                           max_length=args.max_length, adapter=adapter)
+    if adapter is None:
+        model, task = builder.base()  # full fine-tuning: every weight trains
+    else:
+        built = builder.fresh(head_seed=args.seed, adapter_seed=adapter.seed)
+        model, task = built.model, built.task
     output.mkdir(parents=True, exist_ok=True)
     config = config.replace(log_path=output / "train_log.jsonl")
     if config.log_path.exists():
@@ -242,7 +235,7 @@ def run_train(args: argparse.Namespace) -> int:
              "adapter": args.adapter, "train_config": config.to_dict()}
     if args.adapter == "full":
         model.save_pretrained(output / "model")
-        tokenizer.save_pretrained(output / "model")
+        task.tokenizer.save_pretrained(output / "model")
         extra["model"] = str((output / "model").resolve())
     else:
         save_adapter(model, output, extra=extra)

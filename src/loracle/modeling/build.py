@@ -113,6 +113,9 @@ class ModelBuilder:
             num_labels = len(self.label_names) if self.task_kind == "classification" and self.label_names else None
             model, tokenizer = self.model_factory(self.model_name, self.task_kind, num_labels)
             model.loracle_model_name = self.model_name  # what save_adapter records as the base model
+            if self.task_kind == "classification" and self.label_names:
+                model.config.id2label = dict(enumerate(self.label_names))
+                model.config.label2id = {name: i for i, name in enumerate(self.label_names)}
             # Pretrained weights of the modules trained in full, restored before every fresh build.
             self._pristine = {name: {k: v.detach().clone() for k, v in model.get_submodule(name).state_dict().items()}
                               for name in self._full_names(model)}

@@ -46,7 +46,7 @@ def test_train_then_evaluate_classification(tmp_path: Path, sentiment: Path, cap
     assert metrics["test"]["n"] == 8 and 0 <= metrics["test"]["ece"] <= 1
     adapter = json.loads((out / "loracle_adapter.json").read_text())
     assert adapter["extra"]["label_names"] == ["fresh", "rotten"]
-    assert adapter["config"]["modules_to_save"] == ["classifier", "pooler"]
+    assert adapter["config"]["modules_to_save"] == ["classifier"]
     assert adapter["extra"]["train_config"]["b_weight_decay"] == 0.5
     capsys.readouterr()
     assert main(["evaluate", "--adapter-dir", str(out), "--data", str(sentiment), "--no-progress",

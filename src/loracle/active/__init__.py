@@ -1,9 +1,13 @@
 """Pool-based active learning with adapters (STAR): strategies, resumable SQLite state, oracles, the loop."""
 
 from loracle.active.config import ALConfig
+from loracle.active.lock import RunInUseError, RunLock
+from loracle.active.oracle import parse_label
+from loracle.active.state import RunState
 from loracle.active.strategies import STRATEGIES, Signals, Strategy, build_strategy
 
-__all__ = ["ALConfig", "STRATEGIES", "Signals", "Strategy", "build_strategy", "run_active_learning", "resume"]
+__all__ = ["ALConfig", "STRATEGIES", "Signals", "Strategy", "build_strategy", "run_active_learning", "resume",
+           "RunState", "RunLock", "RunInUseError", "parse_label"]
 
 
 def __getattr__(name: str):

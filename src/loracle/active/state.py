@@ -209,6 +209,28 @@ class RunState:
         except sqlite3.IntegrityError as err:
             raise ValueError(f"label for an already-labelled pool item ({err})") from err
 
+    def last_label(self, round_index: int) -> tuple[int, int, str] | None:
+        """``(pool index, label, source)`` of the label recorded last for round ``round_index``, or None."""
+        return self.db.execute("SELECT idx, label, source FROM labels WHERE round = ? ORDER BY created DESC "
+                               "LIMIT 1", (round_index,)).fetchone()
+
+    def remove_label(self, idx: int) -> int:
+        """Delete the label of pool item ``idx`` (an undo), in one transaction; returns the removed label.
+
+        Raises:
+            ValueError: if the item has no label, or its round is trained already (a trained round's labels are
+                final: the checkpoint and metrics were made from them).
+        """
+        with self.transaction() as db:
+            row = db.execute("SELECT label, round FROM labels WHERE idx = ?", (int(idx),)).fetchone()
+            if row is None:
+                raise ValueError(f"pool item {idx} has no label to remove")
+            if db.execute("SELECT 1 FROM rounds WHERE round = ?", (row[1],)).fetchone():
+                raise ValueError(f"pool item {idx} was labelled for round {row[1]}, which is trained already; "
+                                 "the labels of a trained round are final")
+            db.execute("DELETE FROM labels WHERE idx = ?", (int(idx),))
+        return row[0]
+
     # -- queries -----------------------------------------------------------------------------------------------
     def add_queries(self, round_index: int, indices: Sequence[int], scores: Sequence[float | None] | None,
                     db: sqlite3.Connection | None = None) -> None:
@@ -218,6 +240,10 @@ class RunState:
             "INSERT INTO queries VALUES (?, ?, ?, ?, ?)",
             [(round_index, r, int(i), None if s is None else float(s), now)
              for r, (i, s) in enumerate(zip(indices, scores))])
+
+    def query_scores(self, round_index: int) -> dict[int, float | None]:
+        """``{pool index: the score that made it a query}`` of one round (None where the strategy gave none)."""
+        return dict(self.db.execute("SELECT idx, score FROM queries WHERE round = ?", (round_index,)).fetchall())
 
     def queries(self, round_index: int) -> list[int]:
         rows = self.db.execute("SELECT idx FROM queries WHERE round = ? ORDER BY rank", (round_index,)).fetchall()

@@ -45,8 +45,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  "every linear layer except the output head")
     show_default(train.add_argument("--modules-to-save", nargs="*", default=None,
                                     help="modules trained in full beside the adapter"),
-                 "the classification head (classifier/score) and a BERT pooler for --task classification, "
-                 "none otherwise")
+                 "the classification head (classifier/score) for --task classification, none otherwise")
     train.add_argument("--adapter-option", action="append", default=[], metavar="KEY=VALUE",
                        help="extra adapter config field (JSON value), e.g. mask_mode='\"row\"' or num_samples=4; "
                        "repeatable (default: none)")

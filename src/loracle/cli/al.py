@@ -34,6 +34,7 @@ examples:
   loracle al status runs/star
   loracle al resume runs/star    # after a crash or a kill, or after labelling
   loracle al label runs/star     # answer pending queries (or --export/--import)
+  loracle al serve runs/star     # ... or in the browser, at http://127.0.0.1:8000/
   loracle al compare runs/star runs/random --output runs/compare
 
 `loracle al run --config run.yaml` reads the run's settings (the fields of
@@ -114,7 +115,7 @@ def _epochs_default() -> str:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``al`` and its sub-subcommands run/status/resume/label/compare."""
-    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, compare",
+    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, serve, compare",
                                description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = al.add_subparsers(dest="al_command", metavar="ACTION")
     al.set_defaults(func=lambda args: (al.print_help(), 2)[1])
@@ -236,7 +237,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     both = label.add_mutually_exclusive_group()
     both.add_argument("--export", metavar="CSV", help="write pending queries to CSV (fill in the label column)")
     both.add_argument("--import", dest="import_csv", metavar="CSV", help="read a labelled CSV back")
+    from loracle.serve.cli import add_label_studio_flags, add_serve_parser  # light: argparse only
+
+    add_label_studio_flags(both, label)
     label.set_defaults(func=cmd_label)
+    add_serve_parser(sub)
 
     compare = sub.add_parser("compare", help="one learning curve and JSON over several runs",
                              formatter_class=HelpFormatter)
@@ -349,6 +354,10 @@ def _baseline_text(baseline: dict[str, float] | None) -> str:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
+    if args.export_label_studio or args.import_label_studio:
+        from loracle.serve.cli import cmd_label_studio
+
+        return cmd_label_studio(args)
     from loracle.active.oracle import export_queries, import_labels, label_interactive
     from loracle.active.state import RunState
 

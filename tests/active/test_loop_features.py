@@ -374,3 +374,20 @@ def test_prefix_cache_in_a_run(tmp_path, toy_data):
         for key in b:
             if "lora_B" in key or "classifier" in key:
                 assert float((a[key] - b[key]).norm() / b[key].norm()) < 5e-2, (t, key)
+
+
+def test_star_linear_probe_after_round_zero_keeps_the_round_model(tmp_path, toy_data):
+    """U_base from a linear probe is computed during the first query: it must use the round's model with its
+    adapters off, not rebuild the model under the query (a nested cache context crashed, and the rebuilt model
+    would have scored the pool with a fresh adapter)."""
+    from loracle.active.loop import run_active_learning
+
+    config = small_config(toy_data, strategy="star", strategy_options={"base": "linear_probe"}, rounds=2,
+                          adapter={"method": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.2, "layers": [-1]},
+                          stopping=[], calibration="none")
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = RunState.open(tmp_path / "run")
+    try:
+        assert state.get_signal("base_features") is not None and len(state.queries(2)) == config.query_size
+    finally:
+        state.close()

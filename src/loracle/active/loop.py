@@ -453,14 +453,23 @@ class ActiveLearningLoop:
         with state.transaction() as db:
             state.add_queries(0, initial, None, db)
 
-    def _base_features(self) -> torch.Tensor:
-        """``[N, D]`` base-model features of the whole pool, computed once per run and stored."""
+    def _base_features(self, built: Built | None = None) -> torch.Tensor:
+        """``[N, D]`` base-model features of the whole pool, computed once per run and stored.
+
+        Args:
+            built: the round's model, inside its prefix-cache context (its adapters are switched off for this);
+                None before any round (cold start): a fresh model is built for it.
+        """
         from loracle.active.pool import base_features
 
         features = self.state.get_signal("base_features")
         if features is None:
-            built = self._fresh(0)
-            with self._cached(built):
+            if built is None:
+                built = self._fresh(0)
+                with self._cached(built):
+                    features = base_features(built.model, built.task, self.state.pool_examples(),
+                                             self.config.eval_batch_size, self.precision)
+            else:
                 features = base_features(built.model, built.task, self.state.pool_examples(),
                                          self.config.eval_batch_size, self.precision)
             self._save_cache()
@@ -477,7 +486,7 @@ class ActiveLearningLoop:
         base = self.state.get_signal("base_probs")
         if base is None:
             if getattr(self.strategy, "base", "adapter_off") == "linear_probe":
-                features = self._base_features()
+                features = self._base_features(built)
                 initial = self.state.labels(max_round=0)
                 idx = sorted(initial)
                 labels = torch.tensor([initial[i] for i in idx])

@@ -165,7 +165,8 @@ def base_features(model: nn.Module, task: "Task", examples: Sequence[Example], b
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 captured.clear()
                 task.class_logits(model, batch)
-                hidden = captured[0].float()  # (rows, T, D)
+                # The last backbone call is the batch's own (a prefix-cache fill may call the backbone first).
+                hidden = captured[-1].float()  # (rows, T, D)
                 mask = batch.get("attention_mask")
                 mask = (torch.ones(hidden.shape[:2], device=hidden.device) if mask is None
                         or mask.shape != hidden.shape[:2] else mask.float())[..., None]

@@ -128,6 +128,9 @@ class PrefixCache:
             ValueError: if the model has no block list, fewer than ``first_block + 1`` blocks, or something
                 trainable (an adapter, a trained module) below ``first_block``.
         """
+        if getattr(model, "loracle_prefix_block", None) is not None:
+            yield self  # already attached (a nested phase of the same round): the outer context serves it
+            return
         layout = layout or ModelLayout.discover(model)
         f = self.first_block
         if not layout.blocks_name or layout.num_blocks <= f:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh) and run the main job: active learning with `loracle al run`'s defaults (BADGE queries,
 # LoRA on the top two blocks of the MiniLM encoder from PyPI, the whole rotten_tomatoes pool scored every round,
-# cross-fitted temperature scaling, stopping criteria). Writes runs/main/: state.sqlite (resumable with
+# stopping criteria). Writes runs/main/: state.sqlite (resumable with
 # `loracle al resume runs/main`), one adapter per round, report.json and learning_curve.png.
 # Usage: bash scripts/main.sh [DATA_DIR] [extra `loracle al run` flags]
 set -euo pipefail

@@ -43,6 +43,7 @@ STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random", "calibrate": True},
     "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
+    "bald": {"strategy": "bald"},
     "power_entropy": {"strategy": "power_entropy"},
     "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},
     "star_published": {"strategy": "star_published"},
@@ -137,7 +138,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
     result: dict = {"setting": {"model": args.model, "rounds": args.rounds, "pool_size": args.pool_size,
                                 "test_size": args.test_size, "initial_labels": 100, "query_size": 100,
                                 "default_strategy": DEFAULT, "strategies": STRATEGIES},
-                    "wall_seconds_this_session": round(wall, 1), "datasets": {}}
+                    "wall_seconds": round(wall, 1), "datasets": {}}
     summary: dict = {"default_strategy": DEFAULT, "seeds": {}, "datasets": {}}
     for dataset in DATASETS:
         per_run = _curves(args, dataset, seeds)
@@ -208,7 +209,7 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--runs", default=str(HERE.parent / "runs" / "bench_active_learning"))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=6, help="rounds including round 0 (100, 200, ... labels)")
     parser.add_argument("--pool-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
@@ -238,7 +239,12 @@ def main() -> None:
                                    str(deadline)], env=env) for i in range(2) if groups[i]]
         for proc in procs:
             proc.wait()
-    print(json.dumps(aggregate(args, seeds, time.time() - start)["summary"], indent=2))
+    wall_file = Path(args.runs) / "wall_seconds.json"  # summed over every invocation, so a resumed run states it
+    wall = json.loads(wall_file.read_text())["seconds"] if wall_file.exists() else 0.0
+    wall += time.time() - start
+    wall_file.parent.mkdir(parents=True, exist_ok=True)
+    wall_file.write_text(json.dumps({"seconds": wall}))
+    print(json.dumps(aggregate(args, seeds, wall)["summary"], indent=2))
 
 
 if __name__ == "__main__":

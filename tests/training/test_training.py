@@ -191,3 +191,42 @@ def test_causal_lm_tasks_train(kind, tokenizer) -> None:
     result = train(model, task, data, TrainConfig(epochs=8, batch_size=4, lr=3e-2, scheduler="constant",
                                                   warmup_ratio=0.0, **QUIET))
     assert result.history[-1]["train_loss"] < 0.6 * result.history[0]["train_loss"]
+
+
+def test_balanced_class_weights_and_validation() -> None:
+    options = TrainConfig(class_weight="balanced").loss_options([0, 0, 0, 1], num_classes=3)
+    # n / (C_present * n_c): 4 / (2 * 3) and 4 / (2 * 1); the absent class keeps weight 1
+    assert torch.allclose(options["class_weights"], torch.tensor([2 / 3, 2.0, 1.0]))
+    assert TrainConfig().loss_options([0, 1], num_classes=2) == {}
+    assert TrainConfig(label_smoothing=0.1).loss_options([], None) == {"label_smoothing": 0.1}
+    with pytest.raises(ValueError, match="class_weight='balanced' needs a classification task"):
+        TrainConfig(class_weight="balanced").loss_options([], None)
+    with pytest.raises(ValueError) as err:
+        TrainConfig(class_weight="inverse", label_smoothing=1.0)
+    assert "class_weight must be one of" in str(err.value) and "label_smoothing must be in [0, 1)" in str(err.value)
+
+
+def test_classification_loss_weights_and_smoothing_match_torch(task) -> None:
+    model = adapted_bert()
+    batch = task.collate(EXAMPLES[:6])
+    logits = task.class_logits(model, batch).float()
+    weights = torch.tensor([0.25, 4.0])
+    expected = torch.nn.functional.cross_entropy(logits, batch["labels"], weight=weights, label_smoothing=0.2)
+    assert torch.allclose(task.loss(model, batch, class_weights=weights, label_smoothing=0.2), expected)
+    plain = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    assert torch.allclose(task.loss(model, batch), plain)
+    assert not torch.allclose(expected, plain)
+
+
+def test_balanced_weights_raise_minority_recall(task) -> None:
+    # 14 of one class, 2 of the other, with a text feature that separates them: the weighted loss
+    # must push the minority's training probability higher than the unweighted loss does.
+    skewed = EXAMPLES[:2] + [e for e in EXAMPLES if e.label == 0] * 2
+    minority = [e for e in skewed if e.label == 1]
+    probs = {}
+    for weight in (None, "balanced"):
+        model = adapted_bert(seed=1)
+        train(model, task, skewed, TrainConfig(epochs=3, lr=5e-3, batch_size=8, class_weight=weight, **QUIET))
+        with torch.no_grad():
+            probs[weight] = task.class_logits(model, task.collate(minority)).softmax(-1)[:, 1].mean().item()
+    assert probs["balanced"] > probs[None] + 0.02

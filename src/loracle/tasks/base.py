@@ -48,8 +48,12 @@ class Task(ABC):
         """Tokenise a list of examples into a batch: tensors, plus ``"labels"`` when every example has one."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """The scalar training loss (mean over the batch)."""
+    def loss(self, model: nn.Module, batch: Batch, **options: Any) -> torch.Tensor:
+        """The scalar training loss (mean over the batch).
+
+        ``options`` come from :meth:`loracle.training.TrainConfig.loss_options`: ``label_smoothing`` (every task)
+        and ``class_weights`` (a ``[C]`` tensor; classification only).
+        """
 
     @abstractmethod
     def class_logits(self, model: nn.Module, batch: Batch) -> torch.Tensor:

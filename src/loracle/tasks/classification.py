@@ -63,6 +63,10 @@ class ClassificationTask(Task):
         """The head's logits ``[B, C]``."""
         return model(**model_inputs(model, batch, _INPUT_NAMES)).logits
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy of :meth:`class_logits` against ``batch["labels"]``."""
-        return F.cross_entropy(self.class_logits(model, batch).float(), batch["labels"])
+    def loss(self, model: nn.Module, batch: Batch, class_weights: torch.Tensor | None = None,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy of :meth:`class_logits` against ``batch["labels"]``: the batch mean, or with
+        ``class_weights`` the weighted mean (``torch.nn.functional.cross_entropy``'s ``weight``)."""
+        logits = self.class_logits(model, batch).float()
+        weight = None if class_weights is None else class_weights.to(logits.device)
+        return F.cross_entropy(logits, batch["labels"], weight=weight, label_smoothing=label_smoothing)

@@ -173,12 +173,12 @@ class GenerationTask(Task):
         batch.update(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         return batch
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens of the batch."""
+    def loss(self, model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens of the batch (optionally label-smoothed over the vocabulary)."""
         logits = model(**model_inputs(model, batch, ("input_ids", "attention_mask"))).logits  # (B, T, V)
         labels = batch["labels"][:, 1:]
         mask = labels != -100
-        return F.cross_entropy(logits[:, :-1][mask].float(), labels[mask])
+        return F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], label_smoothing=label_smoothing)
 
     @torch.no_grad()
     def generate(self, model: nn.Module, batch: Batch, max_new_tokens: int | None = None) -> GenerationOutput:

@@ -160,6 +160,14 @@ class MultipleChoiceTask(Task):
         scores = scores.view(valid.shape)  # (B, C)
         return scores.masked_fill(~valid.to(scores.device), float("-inf"))
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        """Mean cross-entropy of the softmax over choice scores against the correct choice."""
-        return F.cross_entropy(self.class_logits(model, batch), batch["labels"])
+    def loss(self, model: nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy of the softmax over choice scores against the correct choice (padded choices,
+        scored ``-inf``, get no smoothing mass)."""
+        scores = self.class_logits(model, batch).float()
+        if not label_smoothing:
+            return F.cross_entropy(scores, batch["labels"])
+        valid = torch.isfinite(scores)
+        log_probs = torch.log_softmax(scores, dim=-1).masked_fill(~valid, 0.0)
+        nll = -log_probs.gather(1, batch["labels"][:, None]).squeeze(1)
+        uniform = -(log_probs.sum(-1) / valid.sum(-1))
+        return ((1 - label_smoothing) * nll + label_smoothing * uniform).mean()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+CLASS_WEIGHTS = (None, "balanced")
 
 
 @dataclass
@@ -40,6 +44,12 @@ class TrainConfig:
             (``None``: exactly ``epochs``). Sizes training by the labelled set: 100 labels at batch 16 are 7
             steps an epoch, too few to fit a head and an adapter in 3 epochs.
         eval_batch_size: batch size of the per-epoch evaluation on ``eval_examples``.
+        class_weight: ``None`` (plain cross-entropy) or ``"balanced"``: each class's loss weighted by
+            ``n / (C * n_c)`` over the training examples, so a rare class counts as much as a common one
+            (classification only). Trades accuracy under the training prior for minority-class recall.
+        label_smoothing: cross-entropy against targets mixed with the uniform distribution by this much
+            (``torch.nn.functional.cross_entropy``'s option; 0: none). Curbs the overconfidence a model gets
+            from memorising a few hundred labels.
 
     Raises:
         ValueError: listing every invalid field.
@@ -63,6 +73,8 @@ class TrainConfig:
     max_steps: int | None = None
     min_steps: int | None = None
     eval_batch_size: int = 32
+    class_weight: str | None = None
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self.validate()
@@ -103,6 +115,11 @@ class TrainConfig:
             problems.append(f"max_grad_norm must be >= 0 or None, got {self.max_grad_norm!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {list(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            problems.append(f"class_weight must be one of {list(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
+                or not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         return problems
@@ -111,6 +128,28 @@ class TrainConfig:
     def effective_b_weight_decay(self) -> float:
         """The weight decay ``lora_B*`` parameters get."""
         return self.weight_decay if self.b_weight_decay is None else self.b_weight_decay
+
+    def loss_options(self, labels: "Sequence[int]", num_classes: int | None) -> dict[str, Any]:
+        """Keyword arguments for ``Task.loss`` under this config, given the training labels (empty: defaults).
+
+        Raises:
+            ValueError: ``class_weight`` set for a task without classes (``num_classes`` None).
+        """
+        import torch
+
+        options: dict[str, Any] = {}
+        if self.label_smoothing:
+            options["label_smoothing"] = float(self.label_smoothing)
+        if self.class_weight == "balanced":
+            if num_classes is None:
+                raise ValueError("class_weight='balanced' needs a classification task (class labels); "
+                                 "use class_weight=None for this task")
+            counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_classes).double()
+            present = counts > 0
+            weights = torch.ones(num_classes, dtype=torch.float64)
+            weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+            options["class_weights"] = weights.float()
+        return options
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""

@@ -117,7 +117,7 @@ def train(
     :func:`loracle.apply_adapter`, or everything for full fine-tuning. AdamW with the groups of
     :func:`loracle.training.optim.param_groups` (STAR's ``b_weight_decay`` on ``lora_B*``), linear warm-up then
     ``config.scheduler``, gradient accumulation, clipping and mixed precision through ``accelerate``. The loss of a
-    step is ``task.loss(model, batch) + loracle.adapters.aux_loss(model)`` (MonteCLoRA's KL terms; nothing for
+    step is ``task.loss(model, batch, **config.loss_options(...)) + loracle.adapters.aux_loss(model)`` (MonteCLoRA's KL terms; nothing for
     LoRA). Under ``accelerate launch`` with ``P`` processes each process takes ``batch_size / P`` of every batch
     and gradients are averaged, so the result matches one process up to floating-point reordering.
 
@@ -158,6 +158,8 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
 
     inner = model
     result = TrainResult(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    loss_options = config.loss_options([e.label for e in examples] if config.class_weight else (),
+                                       getattr(task, "num_labels", None) if task.kind == "classification" else None)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.b_weight_decay, config.head_lr)
     sampler = EpochSampler(len(examples), config.seed)
     loader = DataLoader(examples, batch_size=config.batch_size, sampler=sampler, collate_fn=task.collate)
@@ -188,7 +190,7 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
             sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # task loss, aux loss, batches
             for batch in loader:
                 with accelerator.accumulate(model):
-                    loss = task.loss(model, batch)
+                    loss = task.loss(model, batch, **loss_options)
                     extra = aux_loss(inner)
                     total = loss if extra is None else loss + extra
                     accelerator.backward(total)

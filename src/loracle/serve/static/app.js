@@ -167,4 +167,5 @@
 
   if (body.dataset.job === "running") pollRound();
   if (body.dataset.prediction === "computing") pollPrediction();
+  body.dataset.ready = "1";  // the keys work from here on (browser tests wait for it)
 })();

@@ -139,8 +139,7 @@ def test_a_round_by_keyboard_alone_with_skip_undo_and_the_next_round(human_run, 
         showing(page, q1[0])
         assert page.inner_text("#progress-text") == f"0 / {len(q1)} answered"
         assert "Round 0 finished" in page.inner_text("#job")
-        page.wait_for_function(
-            "document.getElementById('prediction').textContent.includes('% confident')", timeout=90_000)
+        page.wait_for_selector("#prediction:has-text('% confident')", timeout=90_000)  # polled by the page
         assert page.locator("svg.chart polyline").count() == 2  # accuracy and macro-F1 after round 0
         shots(page, "round-1-with-prediction")
         answer_by_key(page, gold(page.inner_text("#item-text")), q1[1])

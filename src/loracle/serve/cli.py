@@ -136,8 +136,8 @@ def cmd_handoff(args: argparse.Namespace) -> int:
               f"{f' ({with_suggestions} with suggestions)' if with_suggestions else ''}; create a dataset with "
               f"{settings_hint(session.label_names, multiple_choice)}, log the records "
               f"(dataset.records.log([rg.Record.from_dict(r) for r in json.load(open({str(path)!r}))])), annotate, "
-              f"export them with dataset.records.to_json(\"EXPORT.json\"), then `loracle al label {args.run_dir} --import-argilla "
-              "EXPORT.json`")
+              "export them with dataset.records.to_json(\"EXPORT.json\"), then "
+              f"`loracle al label {args.run_dir} --import-argilla EXPORT.json`")
         return 0
     if args.import_label_studio:
         from loracle.serve.label_studio import import_tasks

@@ -1,24 +1,12 @@
-"""Fixtures of the labelling-app tests: a model-free human-oracle run and its app."""
+"""Fixtures of the labelling-app tests: a model-free human-oracle run and its app, and a tiny real run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from serve_helpers import client, make_run
-
-from loracle.serve.predictions import Prediction
-
-
-def fake_predictions(run_dir: Path, round_index: int) -> dict[int, Prediction]:
-    """Every query of round 1 predicted 'rotten' with 80 %% confidence (no model)."""
-    from loracle.active import RunState
-
-    state = RunState(run_dir)
-    try:
-        return {i: Prediction(1, 0.8) for i in state.queries(round_index)}
-    finally:
-        state.close()
+from active.al_helpers import small_config, tiny_factory, write_toy_data
+from serve_helpers import client, fake_predictions, make_run
 
 
 @pytest.fixture
@@ -36,3 +24,15 @@ def app(run_dir: Path):
 @pytest.fixture
 def web(app):
     return client(app)
+
+
+@pytest.fixture
+def human_run(tmp_path: Path) -> Path:
+    """A tiny real run (tiny BERT, toy reviews) with a human oracle, waiting for round 0's 6 labels."""
+    from loracle.active import run_active_learning
+
+    data = write_toy_data(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    assert run_active_learning(small_config(data, oracle="human"), run_dir, model_factory=tiny_factory) \
+        == "waiting_for_labels"
+    return run_dir

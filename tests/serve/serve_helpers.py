@@ -7,8 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from active.al_helpers import POS
+
 from loracle.active import RunState
 from loracle.data import Example
+from loracle.serve.predictions import Prediction
 
 NAMES = ["fresh", "rotten"]
 SCRIPT = "<script>alert('owned')</script> & a <b>bold</b> claim"
@@ -43,6 +46,20 @@ def train_round(run_dir: Path, round_index: int, next_queries: list[int] | None 
         with state.transaction() as db:
             state.add_queries(round_index + 1, next_queries, [0.9 - 0.1 * k for k in range(len(next_queries))], db)
     state.close()
+
+
+def gold(text: str) -> str:
+    """The right answer for a review of ``active.al_helpers.write_toy_data`` (its sentiment word)."""
+    return "fresh" if any(word in text.split() for word in POS) else "rotten"
+
+
+def fake_predictions(run_dir: Path, round_index: int) -> dict[int, Prediction]:
+    """Every query of round 1 predicted 'rotten' with 80 %% confidence (no model)."""
+    state = RunState(run_dir)
+    try:
+        return {i: Prediction(1, 0.8) for i in state.queries(round_index)}
+    finally:
+        state.close()
 
 
 def labels_of(run_dir: Path) -> dict[int, int]:

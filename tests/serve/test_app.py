@@ -72,6 +72,14 @@ def test_answer_by_index_or_name(web, run_dir):
     assert state["progress"]["answered"] == 3
 
 
+def test_after_a_skip_the_next_answer_moves_on_and_the_skipped_item_comes_last(web, run_dir):
+    # item 0 skipped (the page went to ?item=1): answering 1, 2, 3 moves forward, then wraps to 0
+    nexts = [web.post("/api/answer", json={"idx": i, "label": "fresh"}).json()["next"] for i in (1, 2, 3)]
+    assert nexts == [2, 3, 0]
+    assert web.post("/api/answer", json={"idx": 0, "label": "rotten"}).json()["next"] is None
+    assert labels_of(run_dir) == {0: 1, 1: 0, 2: 0, 3: 0}
+
+
 @pytest.mark.parametrize("label", ["maybe", "2", "-1", ""])
 def test_unknown_label_is_refused_with_the_valid_ones(web, run_dir, label):
     reply = web.post("/api/answer", json={"idx": 0, "label": label})

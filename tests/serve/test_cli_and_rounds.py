@@ -8,13 +8,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from active.al_helpers import POS, small_config, tiny_factory, write_toy_data
-from serve_helpers import client, labels_of, make_run
+from active.al_helpers import tiny_factory
+from serve_helpers import client, gold, labels_of, make_run
 
-from loracle.active import resume, run_active_learning
+from loracle.active import resume
 from loracle.cli import main
 from loracle.serve import create_app
 
@@ -83,20 +82,7 @@ def test_label_studio_flags(tmp_path, capsys):
     assert "not allowed with argument --export" in capsys.readouterr().err
 
 
-# -- a tiny real run -------------------------------------------------------------------------------------------
-def gold(text: str) -> str:
-    return "fresh" if any(word in text.split() for word in POS) else "rotten"
-
-
-@pytest.fixture
-def human_run(tmp_path: Path) -> Path:
-    data = write_toy_data(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    assert run_active_learning(small_config(data, oracle="human"), run_dir, model_factory=tiny_factory) \
-        == "waiting_for_labels"
-    return run_dir
-
-
+# -- a tiny real run (the human_run fixture) ---------------------------------------------------------------
 def answer_all(web) -> int:
     """Answer every pending query of the round through the API, with the toy data's rule; returns how many."""
     n = 0

@@ -101,7 +101,7 @@ def test_round_trip_with_every_kind_of_bad_task(tmp_path: Path):
              annotated(tasks[3], "rotten")]
     report = import_tasks(session, fixed)
     assert (report.recorded, report.already_recorded) == (2, 1)
-    assert report.problems == ["tasks[2]: item 'r2' already has the label 'fresh', the task says 'rotten'; a "
+    assert report.problems == ["tasks[2]: item 'r2' already has the label 'fresh', the export says 'rotten'; a "
                                "recorded label is not changed"]
     assert labels_of(run_dir) == {0: 1, 1: 0, 2: 0, 3: 1}
 

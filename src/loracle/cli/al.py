@@ -231,15 +231,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                         help="no progress bars even on a terminal")
     resume.set_defaults(func=cmd_resume)
 
-    label = sub.add_parser("label", help="answer pending queries (terminal), or export/import them as CSV",
+    label = sub.add_parser("label", help="answer pending queries (terminal), or export/import them (CSV, Label "
+                           "Studio, Argilla)",
                            formatter_class=HelpFormatter)
     label.add_argument("run_dir", help="the run folder")
     both = label.add_mutually_exclusive_group()
     both.add_argument("--export", metavar="CSV", help="write pending queries to CSV (fill in the label column)")
     both.add_argument("--import", dest="import_csv", metavar="CSV", help="read a labelled CSV back")
-    from loracle.serve.cli import add_label_studio_flags, add_serve_parser  # light: argparse only
+    from loracle.serve.cli import add_handoff_flags, add_serve_parser  # light: argparse only
 
-    add_label_studio_flags(both, label)
+    add_handoff_flags(both, label)
     label.set_defaults(func=cmd_label)
     add_serve_parser(sub)
 
@@ -354,10 +355,10 @@ def _baseline_text(baseline: dict[str, float] | None) -> str:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    if args.export_label_studio or args.import_label_studio:
-        from loracle.serve.cli import cmd_label_studio
+    from loracle.serve.cli import cmd_handoff, wants_handoff
 
-        return cmd_label_studio(args)
+    if wants_handoff(args):
+        return cmd_handoff(args)
     from loracle.active.oracle import export_queries, import_labels, label_interactive
     from loracle.active.state import RunState
 

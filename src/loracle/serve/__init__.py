@@ -1,4 +1,4 @@
-"""Labelling in the browser (``loracle al serve``) and the hand-off to Label Studio.
+"""Labelling in the browser (``loracle al serve``) and the hand-off to Label Studio and Argilla.
 
 A room of its own above :mod:`loracle.active`, which it uses only through what that package exports (the run's
 state, label parsing, the run lock and ``resume``); nothing in ``active/`` imports it. The web framework
@@ -10,9 +10,10 @@ package, or building the command line, stays light.
 - ``jobs.py``: the next round in a background thread, with a status to poll.
 - ``security.py``: loopback by default, a token otherwise, same-origin JSON writes, security headers.
 - ``app.py``: the Starlette app, with ``templates/`` and ``static/``.
+- ``handoff.py``: an annotation tool's answers back into the run (the one validation path of every import).
 - ``label_studio.py``: pending queries to Label Studio tasks and a Label Studio export back to labels.
-- ``cli.py``: ``loracle al serve`` and the ``--export-label-studio``/``--import-label-studio`` flags of
-  ``loracle al label``.
+- ``argilla.py``: pending queries to Argilla records and exported records back to labels.
+- ``cli.py``: ``loracle al serve`` and the Label Studio and Argilla flags of ``loracle al label``.
 """
 
 from __future__ import annotations

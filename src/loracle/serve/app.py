@@ -268,13 +268,15 @@ def create_app(run_dir: str | Path, *, host: str = "127.0.0.1", token: str | Non
                 return _error(str(err), 404)
             except AlreadyAnswered as err:
                 progress = session.progress(state)
-                return _error(str(err), 409, next=next_pending(progress.pending, idx))
+                order = state.queries(state.query_round_of(idx))
+                return _error(str(err), 409, next=next_pending(progress.pending, idx, order))
             except LoracleError as err:  # an unknown label: the message lists the valid ones
                 return _error(str(err), 400)
             item = session.item(state, idx)
             progress = session.progress(state)
+            order = state.queries(item.round)
         return _json({"recorded": {"idx": idx, "label": label, "label_name": session.label_text(item, label)},
-                      "next": next_pending(progress.pending, idx), "progress": progress.to_dict()})
+                      "next": next_pending(progress.pending, idx, order), "progress": progress.to_dict()})
 
     async def api_answer(request: Request) -> Response:
         try:

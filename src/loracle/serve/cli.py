@@ -1,7 +1,7 @@
-"""Command line of the browser labelling and the Label Studio hand-off.
+"""Command line of the browser labelling and the hand-off to Label Studio and Argilla.
 
-``loracle al serve RUN_DIR`` (:func:`add_serve_parser`, :func:`cmd_serve`) and the ``--export-label-studio`` /
-``--import-label-studio`` flags of ``loracle al label`` (:func:`add_label_studio_flags`, :func:`cmd_label_studio`).
+``loracle al serve RUN_DIR`` (:func:`add_serve_parser`, :func:`cmd_serve`) and the Label Studio and Argilla flags
+of ``loracle al label`` (:func:`add_handoff_flags`, :func:`cmd_handoff`).
 Building the parsers imports nothing heavy; the handlers import the web framework and torch when they run.
 """
 
@@ -77,31 +77,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- `al label --export-label-studio / --import-label-studio` -------------------------------------------------------
-def add_label_studio_flags(group: argparse._ActionsContainer, parser: argparse.ArgumentParser) -> None:
-    """Add the Label Studio flags to ``al label`` (``group``: its mutually exclusive group)."""
+# -- `al label --export/--import-label-studio`, `--export/--import-argilla` -----------------------------------------
+HANDOFF_FLAGS = ("export_label_studio", "import_label_studio", "export_argilla", "import_argilla")
+
+
+def add_handoff_flags(group: argparse._ActionsContainer, parser: argparse.ArgumentParser) -> None:
+    """Add the Label Studio and Argilla flags to ``al label`` (``group``: its mutually exclusive group)."""
     group.add_argument("--export-label-studio", metavar="JSON",
                        help="write pending queries as Label Studio tasks (and the labelling interface beside it, "
                        "as .label_config.xml)")
     group.add_argument("--import-label-studio", metavar="JSON",
                        help="read a Label Studio JSON export back; tasks with unknown items or labels, or "
                        "repeated items, are reported and skipped")
+    group.add_argument("--export-argilla", metavar="JSON",
+                       help="write pending queries as Argilla records (uncertainty in the metadata)")
+    group.add_argument("--import-argilla", metavar="JSON",
+                       help="read exported Argilla records back (dataset.records.to_json); records with unknown "
+                       "items or labels, or repeated items, are reported and skipped")
     parser.add_argument("--with-predictions", action="store_true",
-                        help="--export-label-studio: load the model that chose the queries and add its "
-                        "predictions (pre-annotations)")
+                        help="--export-label-studio/--export-argilla: load the model that chose the queries and add "
+                        "its predictions (pre-annotations, suggestions)")
 
 
-def cmd_label_studio(args: argparse.Namespace) -> int:
-    """``al label --export-label-studio FILE`` or ``--import-label-studio FILE``."""
-    from loracle.serve.label_studio import export_tasks, import_tasks, label_config
+def wants_handoff(args: argparse.Namespace) -> bool:
+    """Whether ``al label`` was given one of the hand-off flags."""
+    return any(getattr(args, name, None) for name in HANDOFF_FLAGS)
+
+
+def cmd_handoff(args: argparse.Namespace) -> int:
+    """``al label`` with ``--export-label-studio``, ``--import-label-studio``, ``--export-argilla`` or
+    ``--import-argilla``."""
     from loracle.serve.session import LabelSession
 
     session = LabelSession(args.run_dir)
+    multiple_choice = session.config.get("task_kind") == "multiple_choice"
     if args.export_label_studio:
+        from loracle.serve.label_studio import export_tasks, label_config
+
         path = Path(args.export_label_studio)
         predictions = _predictions(session) if args.with_predictions else None
         tasks = export_tasks(session, path, predictions)
-        multiple_choice = session.config.get("task_kind") == "multiple_choice"
         xml = path.with_suffix(".label_config.xml")
         xml.write_text(label_config(session.label_names, multiple_choice), encoding="utf-8")
         with_predictions = sum("predictions" in t for t in tasks)
@@ -110,7 +125,28 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
               f"to {xml}; import the tasks into a Label Studio project with that interface, annotate, export the "
               f"project as JSON, then `loracle al label {args.run_dir} --import-label-studio EXPORT.json`")
         return 0
-    report = import_tasks(session, args.import_label_studio)
+    if args.export_argilla:
+        from loracle.serve.argilla import export_records, settings_hint
+
+        path = Path(args.export_argilla)
+        predictions = _predictions(session) if args.with_predictions else None
+        records = export_records(session, path, predictions)
+        with_suggestions = sum(bool(r["suggestions"]) for r in records)
+        print(f"wrote {len(records)} pending queries as Argilla records to {path}"
+              f"{f' ({with_suggestions} with suggestions)' if with_suggestions else ''}; create a dataset with "
+              f"{settings_hint(session.label_names, multiple_choice)}, log the records "
+              f"(dataset.records.log([rg.Record.from_dict(r) for r in json.load(open({str(path)!r}))])), annotate, "
+              "export them with dataset.records.to_json(\"EXPORT.json\"), then "
+              f"`loracle al label {args.run_dir} --import-argilla EXPORT.json`")
+        return 0
+    if args.import_label_studio:
+        from loracle.serve.label_studio import import_tasks
+
+        report, tool, kind = import_tasks(session, args.import_label_studio), "Label Studio", "task"
+    else:
+        from loracle.serve.argilla import import_records
+
+        report, tool, kind = import_records(session, args.import_argilla), "Argilla", "record"
     with session.state() as state:
         pending = len(state.pending_queries())
     parts = [f"{report.already_recorded} already recorded"] if report.already_recorded else []
@@ -121,7 +157,7 @@ def cmd_label_studio(args: argparse.Namespace) -> int:
     for problem in report.problems:
         print(f"skipped {problem}", file=sys.stderr)
     if report.problems:
-        print(f"{len(report.problems)} task(s) skipped; fix them in Label Studio and import the export again (tasks "
+        print(f"{len(report.problems)} {kind}(s) skipped; fix them in {tool} and import the export again ({kind}s "
               "recorded already are recognised and skipped)", file=sys.stderr)
     if not pending:
         print(f"all queries labelled: continue with `loracle al resume {args.run_dir}`")

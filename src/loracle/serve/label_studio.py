@@ -6,10 +6,8 @@ a ``predictions`` entry Label Studio shows as a pre-annotation. :func:`label_con
 that reads them (a ``Choices`` control named ``label`` on a ``Text`` named ``text``).
 
 Reading back takes the first annotation that was not cancelled, and in it the first result with choices:
-``annotations[0].result[0].value.choices[0]``. Items are matched by ``loracle_id`` (``loracle_idx``, when also
-given, must agree, and so must the text), so tasks may come back in any order. A task that names an unknown item,
-gives an unknown label, repeats an item or contradicts a recorded label is reported by its position in the file
-and skipped; the others are recorded one by one, each its own transaction.
+``annotations[0].result[0].value.choices[0]``; :func:`loracle.serve.handoff.record_answers` checks and records them
+(unknown items, unknown labels, repeated items: reported by position and skipped).
 
 :func:`tasks_from_items` and :func:`read_answers` are pure (lists and dicts in, lists and dicts out); the two
 functions that touch a run, :func:`export_tasks` and :func:`import_tasks`, are thin wrappers around them.
@@ -19,12 +17,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from xml.sax.saxutils import quoteattr
 
 from loracle.errors import LoracleError
+from loracle.serve.handoff import ImportReport, TaskAnswer, load_export, record_answers
 
 if TYPE_CHECKING:
     from loracle.serve.predictions import Prediction
@@ -85,27 +83,6 @@ def tasks_from_items(items: Sequence[Item], label_names: Sequence[str] | None,
     return tasks
 
 
-@dataclass(frozen=True)
-class TaskAnswer:
-    """What one task of a Label Studio export says.
-
-    Args:
-        position: the task's index in the exported list.
-        where: how messages name the task (``tasks[3] (Label Studio id 17)``).
-        loracle_id, loracle_idx, text: how the task names its item (None where absent).
-        choice: the annotated choice, None when the task has no (uncancelled) annotation.
-        problem: why the task cannot be read, else None.
-    """
-
-    position: int
-    where: str
-    loracle_id: str | None = None
-    loracle_idx: int | None = None
-    text: str | None = None
-    choice: str | None = None
-    problem: str | None = None
-
-
 def _first_choice(task: Mapping[str, Any]) -> str | None:
     for annotation in task.get("annotations") or []:
         if not isinstance(annotation, Mapping) or annotation.get("was_cancelled"):
@@ -161,41 +138,6 @@ def export_tasks(session: LabelSession, path: str | Path | None = None,
     return tasks
 
 
-@dataclass
-class ImportReport:
-    """What :func:`import_tasks` did.
-
-    Args:
-        recorded: labels written.
-        already_recorded: tasks whose item already had the same label (a re-import).
-        unannotated: tasks without an (uncancelled) annotation, left pending.
-        problems: ``where: what`` for each task skipped.
-    """
-
-    recorded: int = 0
-    already_recorded: int = 0
-    unannotated: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
-def _same_text(a: str, b: str) -> bool:
-    return " ".join(a.split()) == " ".join(b.split())
-
-
-def _label_of(choice: str, item: Item, label_names: Sequence[str] | None) -> int:
-    """The label index of an annotated choice: a class name (or index), or the text of a multiple-choice option."""
-    from loracle.active import parse_label
-
-    if item.choices:
-        if choice in item.choices:  # the text first: a choice may itself be a number ("4")
-            return item.choices.index(choice)
-        lowered = [c.lower() for c in item.choices]
-        if choice.lower() in lowered:
-            return lowered.index(choice.lower())
-        return parse_label(choice, None, len(item.choices))
-    return parse_label(choice, list(label_names) if label_names else None)
-
-
 def import_tasks(session: LabelSession, tasks: Any) -> ImportReport:
     """Record the answers of a Label Studio JSON export (parsed JSON, or a path to it).
 
@@ -203,73 +145,6 @@ def import_tasks(session: LabelSession, tasks: Any) -> ImportReport:
         LoracleError: if the file cannot be read as JSON, or is not a list of tasks. Problems of single tasks do not
             raise: they are in the report, and the task is skipped.
     """
-    from loracle.serve.session import AlreadyAnswered, NotAQuery
-
     if isinstance(tasks, (str, Path)):
-        path = Path(tasks)
-        try:
-            tasks = json.loads(path.read_text(encoding="utf-8-sig"))
-        except json.JSONDecodeError as err:
-            raise LoracleError(f"{path}: not JSON ({err}); give the file of Label Studio's 'JSON' export") from None
-        except UnicodeDecodeError:
-            raise LoracleError(f"{path}: not UTF-8 text; give the file of Label Studio's 'JSON' export") from None
-    report = ImportReport()
-    seen: dict[int, str] = {}
-    with session.state() as state:
-        pool = session.pool(state)
-        index_of = {e.id: i for i, e in enumerate(pool)}
-        for answer in read_answers(tasks):
-            def skip(problem: str, answer: TaskAnswer = answer) -> None:
-                report.problems.append(f"{answer.where}: {problem}")
-
-            if answer.problem is not None:
-                skip(answer.problem)
-                continue
-            if answer.choice is None:
-                report.unannotated += 1
-                continue
-            if answer.loracle_id is not None:
-                idx = index_of.get(answer.loracle_id)
-                if idx is None:
-                    skip(f"unknown item: loracle_id {answer.loracle_id!r} is not in this run's pool")
-                    continue
-                if answer.loracle_idx is not None and answer.loracle_idx != idx:
-                    skip(f"loracle_idx {answer.loracle_idx} and loracle_id {answer.loracle_id!r} disagree (the id "
-                         f"is item {idx}); was the task edited?")
-                    continue
-            elif answer.loracle_idx is not None and 0 <= answer.loracle_idx < len(pool):
-                idx = answer.loracle_idx
-            else:
-                skip("unknown item: the task has no loracle_id and no loracle_idx of this run's pool "
-                     "(tasks must come from --export-label-studio)")
-                continue
-            if answer.text is not None and not _same_text(answer.text, pool[idx].text):
-                skip(f"the text does not match item {pool[idx].id!r}; the task may belong to another run")
-                continue
-            if idx in seen:
-                skip(f"duplicate: item {pool[idx].id!r} was answered already by {seen[idx]}; skipped")
-                continue
-            seen[idx] = answer.where
-            try:
-                item = session.item(state, idx)
-                label = _label_of(answer.choice, item, session.label_names)
-            except NotAQuery:
-                skip(f"item {pool[idx].id!r} is not a query of this run")
-                continue
-            except LoracleError as err:
-                skip(str(err))
-                continue
-            if item.label is not None:
-                if item.label == label:
-                    report.already_recorded += 1
-                else:
-                    skip(f"item {item.id!r} already has the label {session.label_text(item, item.label)!r}, the "
-                         f"task says {answer.choice!r}; a recorded label is not changed")
-                continue
-            try:
-                session.record(state, idx, str(label))
-            except AlreadyAnswered as err:
-                skip(str(err))
-                continue
-            report.recorded += 1
-    return report
+        tasks = load_export(tasks, "Label Studio's 'JSON' export")
+    return record_answers(session, read_answers(tasks), "label-studio")

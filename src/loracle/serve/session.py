@@ -95,16 +95,24 @@ class Progress:
                 "trained": self.trained, "finished": self.finished, "ready_to_train": self.ready_to_train}
 
 
-def next_pending(pending: Sequence[int], after: int | None) -> int | None:
-    """The pending item that follows ``after`` in query order, wrapping around; the first when ``after`` is not
-    pending (or None); None when nothing is pending or ``after`` is the only pending item."""
+def next_pending(pending: Sequence[int], after: int | None, order: Sequence[int] | None = None) -> int | None:
+    """The pending item that follows ``after``, wrapping around; None when nothing else is pending.
+
+    Args:
+        pending: the pending pool indices, in query order.
+        after: the item just shown (answered, skipped, or None).
+        order: every query of the round, in query order; with it an item just answered (no longer pending) is
+            followed by the next pending one after it, so a skipped item comes back only once the others are done.
+            Without it, or when ``after`` is in neither list, the first pending item.
+    """
     if not pending:
         return None
-    if after not in pending:
+    sequence = list(order) if order is not None and after in order else list(pending)
+    if after not in sequence:
         return pending[0]
-    position = list(pending).index(after)
-    following = [*pending[position + 1:], *pending[:position]]
-    return following[0] if following else None
+    position = sequence.index(after)
+    waiting = set(pending)
+    return next((i for i in [*sequence[position + 1:], *sequence[:position]] if i in waiting), None)
 
 
 class LabelSession:

@@ -48,7 +48,7 @@
       if (status === 200) {
         go(data.next);
       } else if (status === 409) {
-        say(data.error + " Moving on…", true);
+        say(data.error + "; moving on to the next item…", true);
         setTimeout(function () { go(data.next); }, 1200);
       } else {
         say(data.error || ("error " + status), true);
@@ -167,4 +167,5 @@
 
   if (body.dataset.job === "running") pollRound();
   if (body.dataset.prediction === "computing") pollPrediction();
+  body.dataset.ready = "1";  // the keys work from here on (browser tests wait for it)
 })();

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 #: ``loracle.active.strategies.STRATEGIES``
 STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
-                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust")
+                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust",
+                                   "sequence_nll", "token_entropy", "nll_variance", "star_generation")
 
 #: ``loracle.adapters.ADAPTERS`` (``loracle train`` also accepts ``full``: every weight trained, no adapter)
 ADAPTER_NAMES: tuple[str, ...] = ("lora", "lora_sp", "monteclora")
@@ -28,6 +29,6 @@ INITIAL_MODES: tuple[str, ...] = ("random", "stratified")
 #: ``loracle.active.strategies.cold_start_strategies()`` other than random: cold starts for the initial set
 COLD_START_NAMES: tuple[str, ...] = ("kmeans", "typiclust")
 
-#: ``loracle.models.TASK_KINDS``; active learning takes the first two (generation has no class distribution)
+#: ``loracle.models.TASK_KINDS``; active learning takes all three (generation scores the model's own answer)
 TASK_KINDS: tuple[str, ...] = ("classification", "multiple_choice", "generation")
-AL_TASK_KINDS: tuple[str, ...] = TASK_KINDS[:2]
+AL_TASK_KINDS: tuple[str, ...] = TASK_KINDS

@@ -18,6 +18,8 @@ ADAPTER_NAMES: tuple[str, ...] = ("lora", "lora_sp", "monteclora")
 
 #: ``loracle.uncertainty.scores.SCORES``: the uncertainty measures a strategy can rank by
 SCORE_NAMES: tuple[str, ...] = ("entropy", "bald", "least_confidence", "margin")
+#: ``loracle.uncertainty.scores.ANSWER_SCORES``: the measures of a generated answer (generation strategies)
+ANSWER_SCORE_NAMES: tuple[str, ...] = ("sequence_nll", "token_entropy", "nll_variance")
 
 #: ``loracle.training.config.SCHEDULERS``
 SCHEDULER_NAMES: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial",

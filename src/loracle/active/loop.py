@@ -463,7 +463,9 @@ class ActiveLearningLoop:
         c, state = self.config, self.state
         rng = np.random.default_rng(derived_seed(c.seed, 0, "initial"))
         if c.initial_mode in ("random", "stratified"):
-            initial = _initial_indices(c, [state.gold_label(i) for i in range(state.pool_size())])
+            n = state.pool_size()  # only a stratified draw reads the hidden gold labels
+            initial = _initial_indices(c, [state.gold_label(i) for i in range(n)] if c.initial_mode == "stratified"
+                                       else [None] * n)
         else:
             features = self._base_features()
             strategy = build_strategy(c.initial_mode)

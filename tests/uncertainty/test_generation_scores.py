@@ -91,6 +91,14 @@ def test_greedy_scores_equal_teacher_forced_and_mc_spread():
     assert mc.shape == (4, 5, 2) and (sequence_nll_variance(mc) > 0).all()
     again = mc_answer_scores(model, task, examples, greedy.token_ids, samples=5, seed=3, batch_size=4)
     assert torch.equal(mc, again)  # same seed, same draws
+    # The short-circuited prefix (block 0 computed once, then replayed for the S copies) changes nothing: with it
+    # switched off (the attribute an attached PrefixCache sets), every block runs in the S-fold pass.
+    model.loracle_prefix_block = 99
+    try:
+        full = mc_answer_scores(model, task, examples, greedy.token_ids, samples=5, seed=3, batch_size=4)
+    finally:
+        del model.loracle_prefix_block
+    torch.testing.assert_close(full, mc, atol=1e-5, rtol=1e-5)
     texts_again = greedy_answers(model, task, examples, batch_size=1).texts
     assert texts_again == greedy.texts  # batching by length does not change a greedy answer
 

@@ -21,6 +21,7 @@ resumes at the next chunk. One process at a time drives a run folder (:class:`lo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -554,7 +555,8 @@ class ActiveLearningLoop:
             raise LoracleError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
         requires = self.strategy.requires
         start = time.perf_counter()
-        with self._cached(built):
+        # Generation scores new answers every round: caching their prefix states would only grow the cache.
+        with self._cached(built) if self.answers is None else contextlib.nullcontext():
             extra: dict[str, Any] = {}
             if "base_probs" in requires:
                 extra["base_probs"] = self._base_probs(built)[torch.as_tensor(unlabelled_idx, dtype=torch.long)]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loracle.data.examples import Example
-from loracle.tasks.base import Batch, Task, model_inputs
+from loracle.tasks.base import Batch, Task, _forward_parameters, model_inputs
 from loracle.tasks.tokens import split_continuations
 
 DEFAULT_PROMPT = "Question: {question}\nAnswer:"
@@ -306,8 +306,9 @@ class GenerationTask(Task):
 
     def answer_batch(self, examples: Sequence[Example], answers: Sequence[Sequence[int]]) -> Batch:
         """Teacher-forcing batch of each prompt followed by given answer token ids (the model's own greedy
-        answer, as generated: no re-tokenisation). Right-padded ``input_ids``/``attention_mask`` ``[B, T]`` and
-        ``answer_mask`` ``[B, T]`` (True at the positions of answer tokens); no gold answer is read.
+        answer, as generated: no re-tokenisation). Left-padded, so every answer ends at the last position:
+        ``input_ids``/``attention_mask``/``position_ids`` ``[B, T]`` and ``answer_mask`` ``[B, T]`` (True at the
+        answer tokens). No gold answer is read.
 
         Raises:
             ValueError: if the counts differ.
@@ -327,21 +328,32 @@ class GenerationTask(Task):
         answer_mask = torch.zeros(len(rows), length, dtype=torch.bool)
         for i, (prompt, answer) in enumerate(rows):
             n = len(prompt) + len(answer)
-            input_ids[i, :n] = torch.tensor(prompt + answer, dtype=torch.long)
-            attention_mask[i, :n] = 1
-            answer_mask[i, len(prompt):n] = True
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "answer_mask": answer_mask}
+            input_ids[i, length - n:] = torch.tensor(prompt + answer, dtype=torch.long)
+            attention_mask[i, length - n:] = 1
+            answer_mask[i, length - len(answer):] = True
+        position_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)  # real tokens count from 0, as unpadded
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                "answer_mask": answer_mask}
 
     def answer_token_stats(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Teacher-forced per-token log-probability and entropy of the answers in an :meth:`answer_batch`.
 
+        Only the last ``K`` positions reach the output head when the model takes ``logits_to_keep`` (the answers
+        are right-aligned), so the ``[B, T, V]`` logits of the prompts are never formed.
+
         Returns:
-            ``(logprobs [B, T-1], entropies [B, T-1], mask [B, T-1])``: position ``j`` scores token ``j + 1``;
-            ``mask`` is True on answer tokens. Float32.
+            ``(logprobs [B, K], entropies [B, K], mask [B, K])`` for the last ``K`` target tokens (``K`` the
+            longest answer); ``mask`` is True on answer tokens. Float32.
         """
-        logits = model(**model_inputs(model, batch, ("input_ids", "attention_mask"))).logits[:, :-1].float()
-        logp = logits.log_softmax(-1)  # (B, T-1, V)
-        target = batch["input_ids"][:, 1:]
-        chosen = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-        entropy = -(logp.exp() * logp).sum(-1)  # (B, T-1)
-        return chosen, entropy, batch["answer_mask"][:, 1:]
+        keep = int(batch["answer_mask"].sum(1).max().item()) + 1
+        inputs = model_inputs(model, batch, ("input_ids", "attention_mask", "position_ids"))
+        accepted = _forward_parameters(type(getattr(model, "module", model)).forward)
+        if accepted is None or "logits_to_keep" in accepted:
+            inputs["logits_to_keep"] = keep
+        logits = model(**inputs).logits[:, -keep:-1].float()  # (B, K-1, V): position j predicts token j + 1
+        logp = logits.log_softmax(-1)
+        target = batch["input_ids"][:, -keep + 1:] if keep > 1 else batch["input_ids"][:, :0]
+        chosen = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, K-1)
+        entropy = -(logp.exp() * logp).sum(-1)  # (B, K-1)
+        mask = batch["answer_mask"][:, -keep + 1:] if keep > 1 else batch["answer_mask"][:, :0]
+        return chosen, entropy, mask

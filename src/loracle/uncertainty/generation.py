@@ -185,7 +185,7 @@ def mc_answer_scores(model: nn.Module, task: "GenerationTask", examples: Sequenc
                 rows = order[start:start + batch_size]
                 batch = task.answer_batch([items[i] for i in rows], [answers[i].tolist() for i in rows])
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-                lp, ent, mask = _sample_answers(model, task, batch, len(rows), S, cut)  # (B, S, T) x2, (B, T)
+                lp, ent, mask = _sample_answers(model, task, batch, len(rows), S, cut)  # (B, S, K) x2, (B, K)
                 out[torch.as_tensor(rows, dtype=torch.long)] = answer_scores_from_tokens(lp, ent, mask).cpu()
                 bar.update(len(rows))
     finally:
@@ -223,14 +223,14 @@ def _sample_answers(model: nn.Module, task: "GenerationTask", batch: dict[str, A
         for block in blocks[:first]:
             block.forward = lambda *a, **k: cached  # short-circuit: the deterministic prefix is already computed
     try:
-        lp, ent, _ = task.answer_token_stats(model, repeated)  # (S·B, T)
+        lp, ent, mask = task.answer_token_stats(model, repeated)  # (S·B, K) each
     finally:
         for layer in posterior_layers:
             layer.posterior_draws = 1
         if cached is not None:
             for block in blocks[:first]:
                 del block.forward
-    T = lp.shape[-1]
-    lp = lp.view(S, rows, T).transpose(0, 1)  # (S·B, T) -> (B, S, T)
-    ent = ent.view(S, rows, T).transpose(0, 1)
-    return lp, ent, batch["answer_mask"][:, 1:]
+    K = lp.shape[-1]
+    lp = lp.view(S, rows, K).transpose(0, 1)  # (S·B, K) -> (B, S, K)
+    ent = ent.view(S, rows, K).transpose(0, 1)
+    return lp, ent, mask[:rows]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from al_helpers import GEN_TRAIN as N_TRAIN
+from al_helpers import write_sums
 from tiny_models import tiny_llama_lm, tiny_tokenizer
 
 import loracle.active.loop as loop_module
@@ -15,21 +16,6 @@ from loracle.active import ALConfig
 from loracle.active.loop import resume, run_active_learning
 from loracle.active.oracle import label_interactive
 from loracle.active.state import RunState
-
-N_TRAIN = 30
-
-
-def write_sums(folder: Path, poison: set[int] | None = None) -> Path:
-    """'what is a plus b' -> 'a+b'; the train answers at ``poison`` are replaced by a wrong number."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", N_TRAIN), ("test", 8)):
-        with open(folder / f"{split}.jsonl", "w") as handle:
-            for i in range(n):
-                a, b = int(rng.integers(0, 5)), int(rng.integers(0, 5))
-                answer = "99" if split == "train" and poison and i in poison else str(a + b)
-                handle.write(json.dumps({"question": f"what is {a} plus {b}", "answer": answer}) + "\n")
-    return folder
 
 
 def factory(name, task_kind, num_labels):

@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS / "generation_al.json"))
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--pool-size", type=int, default=200)
+    parser.add_argument("--pool-size", type=int, default=300)
     parser.add_argument("--test-size", type=int, default=100)
     parser.add_argument("--initial-size", type=int, default=16)
     parser.add_argument("--query-size", type=int, default=16)

@@ -26,7 +26,7 @@ def setup(tmp_path_factory):
 
 
 def test_generation_run_and_status(setup, tmp_path, capsys):
-    root, data, model_dir = setup
+    _, data, model_dir = setup
     out = tmp_path / "run"
     assert main(["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out), *FLAGS,
                  "--strategy", "star_generation", "--score", "nll_variance"]) == 0
@@ -39,7 +39,7 @@ def test_generation_run_and_status(setup, tmp_path, capsys):
 
 
 def test_generation_refuses_a_class_strategy(setup, tmp_path, capsys):
-    root, data, model_dir = setup
+    _, data, model_dir = setup
     assert main(["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "x"),
                  *FLAGS, "--strategy", "badge"]) == 2
     assert "strategy 'badge' does not apply to task_kind 'generation'" in capsys.readouterr().err
@@ -47,7 +47,7 @@ def test_generation_refuses_a_class_strategy(setup, tmp_path, capsys):
 
 
 def test_generation_human_csv_shows_model_answers(setup, tmp_path, capsys):
-    root, data, model_dir = setup
+    _, data, model_dir = setup
     out = tmp_path / "human"
     args = ["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out), *FLAGS,
             "--strategy", "sequence_nll", "--oracle", "human"]
@@ -84,7 +84,7 @@ def test_browser_app_refuses_a_generation_run(setup, tmp_path):
     from loracle.errors import LoracleError
     from loracle.serve.session import LabelSession
 
-    root, data, model_dir = setup
+    _, data, model_dir = setup
     out = tmp_path / "h"
     assert main(["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out), *FLAGS,
                  "--strategy", "random", "--oracle", "human"]) == 0

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-from loracle.evaluation.metrics import confidence_bins, confidence_calibration, expected_calibration_error, reliability_bins
+from loracle.evaluation.metrics import (
+    confidence_bins,
+    confidence_calibration,
+    expected_calibration_error,
+    reliability_bins,
+)
 
 
 def reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | Path, n_bins: int = 15,
@@ -69,7 +74,7 @@ def _draw_reliability(confidence: torch.Tensor, acc: torch.Tensor, count: torch.
     return save_figure(fig, path, dpi=100)
 
 
-def save_figure(fig: "object", path: str | Path, dpi: int = 100) -> Path:
+def save_figure(fig: object, path: str | Path, dpi: int = 100) -> Path:
     """Lay out, write (creating parent folders) and close a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt
 

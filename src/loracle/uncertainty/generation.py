@@ -61,20 +61,20 @@ class GreedyAnswers:
     scores: torch.Tensor
 
 
-def _order(task: "GenerationTask", examples: Sequence["Example"]) -> list[int]:
+def _order(task: GenerationTask, examples: Sequence[Example]) -> list[int]:
     lengths = [len(ids) for ids in task.tokenizer([task.prompt_template.format(question=e.text) for e in examples],
                                                   add_special_tokens=True)["input_ids"]]
     return sorted(range(len(examples)), key=lambda i: lengths[i])
 
 
-def _prompts_only(examples: Sequence["Example"]) -> list["Example"]:
+def _prompts_only(examples: Sequence[Example]) -> list[Example]:
     import dataclasses
 
     return [dataclasses.replace(e, label=None, answer=None) for e in examples]
 
 
 @torch.no_grad()
-def greedy_answers(model: nn.Module, task: "GenerationTask", examples: Sequence["Example"], batch_size: int = 16,
+def greedy_answers(model: nn.Module, task: GenerationTask, examples: Sequence[Example], batch_size: int = 16,
                    max_new_tokens: int | None = None, progress: bool = False, precision: str = "fp32",
                    desc: str = "generate") -> GreedyAnswers:
     """Greedy answers of ``model`` to the questions of ``examples`` (their ``answer`` is never read).
@@ -128,7 +128,7 @@ def greedy_answers(model: nn.Module, task: "GenerationTask", examples: Sequence[
 
 
 @torch.no_grad()
-def mc_answer_scores(model: nn.Module, task: "GenerationTask", examples: Sequence["Example"],
+def mc_answer_scores(model: nn.Module, task: GenerationTask, examples: Sequence[Example],
                      answers: Sequence[torch.Tensor], samples: int = 8, batch_size: int = 16, dropout: bool = True,
                      posterior: bool = False, seed: int = 0, *, stochastic_layers: int | None = None,
                      progress: bool = False, precision: str = "fp32") -> torch.Tensor:
@@ -194,7 +194,7 @@ def mc_answer_scores(model: nn.Module, task: "GenerationTask", examples: Sequenc
     return out
 
 
-def _sample_answers(model: nn.Module, task: "GenerationTask", batch: dict[str, Any], rows: int, S: int,
+def _sample_answers(model: nn.Module, task: GenerationTask, batch: dict[str, Any], rows: int, S: int,
                     cut: tuple[nn.ModuleList, int] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities and entropies ``[B, S, T]`` of one batch in one S-fold forward."""
     cached = None

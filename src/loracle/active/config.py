@@ -88,7 +88,8 @@ class ALConfig:
         score_subset: each round, score only a seeded random subset of this many unlabelled items (None: all).
             The top-k is taken within the subset (standard pool subsampling).
         mc_samples: stochastic passes for uncertainty (0: one deterministic pass; None: the strategy's own
-            choice, 8 for the uncertainty strategies and STAR, 0 for BADGE, k-center and random).
+            choice, 8 for the uncertainty strategies and STAR, 4 for the generation strategies, 0 for BADGE, k-center
+            and random).
         base_mc_samples: MC passes for STAR's ``U_base`` through the base model's own dropout (0: one
             deterministic pass over the pool, which keeps this once-per-run cost small).
         mc_dropout: MC dropout through the adapters' dropout.

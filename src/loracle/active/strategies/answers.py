@@ -59,6 +59,7 @@ class AnswerStarStrategy(StarStrategy):
 
     def __init__(self, score: str = "sequence_nll", schedule: float | str = 0.1, total_rounds: int | None = None,
                  slope: float = 0.1) -> None:
+        # The parent validates the schedule; its class-score lookup is replaced by the answer score below.
         super().__init__(score="entropy", schedule=schedule, total_rounds=total_rounds, slope=slope)
         self.score = score
         self.score_fn = get_answer_score(score)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 #: ``loracle.active.strategies.STRATEGIES``
 STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
-                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust")
+                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust",
+                                   "sequence_nll", "token_entropy", "nll_variance", "star_generation")
 
 #: ``loracle.adapters.ADAPTERS`` (``loracle train`` also accepts ``full``: every weight trained, no adapter)
 ADAPTER_NAMES: tuple[str, ...] = ("lora", "lora_sp", "monteclora")
 
 #: ``loracle.uncertainty.scores.SCORES``: the uncertainty measures a strategy can rank by
 SCORE_NAMES: tuple[str, ...] = ("entropy", "bald", "least_confidence", "margin")
+#: ``loracle.uncertainty.scores.ANSWER_SCORES``: the measures of a generated answer (generation strategies)
+ANSWER_SCORE_NAMES: tuple[str, ...] = ("sequence_nll", "token_entropy", "nll_variance")
 
 #: ``loracle.training.config.SCHEDULERS``
 SCHEDULER_NAMES: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial",
@@ -28,6 +31,6 @@ INITIAL_MODES: tuple[str, ...] = ("random", "stratified")
 #: ``loracle.active.strategies.cold_start_strategies()`` other than random: cold starts for the initial set
 COLD_START_NAMES: tuple[str, ...] = ("kmeans", "typiclust")
 
-#: ``loracle.models.TASK_KINDS``; active learning takes the first two (generation has no class distribution)
+#: ``loracle.models.TASK_KINDS``; active learning takes all three (generation scores the model's own answer)
 TASK_KINDS: tuple[str, ...] = ("classification", "multiple_choice", "generation")
-AL_TASK_KINDS: tuple[str, ...] = TASK_KINDS[:2]
+AL_TASK_KINDS: tuple[str, ...] = TASK_KINDS

@@ -48,3 +48,19 @@ def small_config(data: Path, **overrides):
     values.update(overrides)
     return ALConfig(**values)
 
+
+
+GEN_TRAIN = 30
+
+
+def write_sums(folder: Path, poison: set[int] | None = None) -> Path:
+    """'what is a plus b' -> 'a+b'; the train answers at ``poison`` are replaced by a wrong number."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", GEN_TRAIN), ("test", 8)):
+        with open(folder / f"{split}.jsonl", "w") as handle:
+            for i in range(n):
+                a, b = int(rng.integers(0, 5)), int(rng.integers(0, 5))
+                answer = "99" if split == "train" and poison and i in poison else str(a + b)
+                handle.write(json.dumps({"question": f"what is {a} plus {b}", "answer": answer}) + "\n")
+    return folder

@@ -91,7 +91,9 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
                    base_probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
                    embeddings=torch.randn(n, d, generator=g),
-                   labelled_embeddings=torch.randn(m, d, generator=g))
+                   labelled_embeddings=torch.randn(m, d, generator=g),
+                   answer_scores=torch.rand(n, s, 2, generator=g) * 3,
+                   base_answer_scores=torch.rand(n, 1, 2, generator=g) * 3)
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -273,3 +275,21 @@ def test_star_schedules_and_options():
         build_strategy("star", schedule="cosine")
     with pytest.raises(ValueError, match="valid: \\['adapter_off', 'linear_probe'\\]"):
         build_strategy("star", base="probe")
+
+
+# --- generation: the model's own answer -------------------------------------------------------------------------
+
+def test_answer_strategies_rank_by_their_score():
+    # Item 0: confident on average but the samples disagree; item 1: uniformly unsure; item 2: confident.
+    nll = torch.tensor([[0.1, 1.9], [1.5, 1.5], [0.2, 0.2]])
+    entropy = torch.tensor([[0.5, 0.5], [3.0, 3.0], [0.1, 0.1]])
+    answers = torch.stack([nll, entropy], dim=-1)  # (3, 2, 2)
+    signals = Signals(0, 3, answer_scores=answers, base_answer_scores=torch.stack([nll, entropy], -1)[:, :1])
+    assert build_strategy("sequence_nll").select(signals, 3, rng())[0].tolist() == [1, 0, 2]  # means 1.5, 1.0, 0.2
+    assert build_strategy("token_entropy").select(signals, 3, rng())[0].tolist() == [1, 0, 2]
+    top, score = build_strategy("nll_variance").select(signals, 1, rng())
+    assert top.tolist() == [0] and score[0] == pytest.approx(0.81)  # ((1.9 - 0.1) / 2)²
+    # STAR at round 0 with slope 1: λ = 1, the fine-tuned model's score alone; with slope 0.0001 ~ the base's
+    # (base NLL of the first sample: 0.1, 1.5, 0.2 -> item 1, then 2, then 0).
+    assert build_strategy("star_generation", schedule=1.0).select(signals, 3, rng())[0].tolist() == [1, 0, 2]
+    assert build_strategy("star_generation", schedule=1e-4).select(signals, 3, rng())[0].tolist() == [1, 2, 0]

@@ -171,7 +171,7 @@ TRAIN = ["train", "--data", "d", "--model", "m", "--task", "classification", "--
 @pytest.mark.parametrize("argv, valid", [
     (["al", "run", "-o", "x", "--strategy", "stra"], names.STRATEGY_NAMES),
     (["al", "run", "-o", "x", "--adapter", "lorra"], names.ADAPTER_NAMES),
-    (["al", "run", "-o", "x", "--score", "entropi"], names.SCORE_NAMES),
+    (["al", "run", "-o", "x", "--score", "entropi"], names.SCORE_NAMES + names.ANSWER_SCORE_NAMES),
     (["al", "run", "-o", "x", "--oracle", "humans"], names.ORACLE_NAMES),
     ([*TRAIN, "--adapter", "lorra"], (*names.ADAPTER_NAMES, "full")),
     ([*TRAIN, "--scheduler", "cosin"], names.SCHEDULER_NAMES),
@@ -191,11 +191,13 @@ def test_names_match_the_registries():
     from loracle.adapters import ADAPTERS
     from loracle.models import TASK_KINDS
     from loracle.training.config import SCHEDULERS
-    from loracle.uncertainty.scores import SCORES
+    from loracle.uncertainty.scores import ANSWER_SCORES, SCORES
 
     for listed, registry, where in ((names.STRATEGY_NAMES, STRATEGIES, "loracle.active.strategies.STRATEGIES"),
                                     (names.ADAPTER_NAMES, ADAPTERS, "loracle.adapters.ADAPTERS"),
                                     (names.SCORE_NAMES, SCORES, "loracle.uncertainty.scores.SCORES"),
+                                    (names.ANSWER_SCORE_NAMES, ANSWER_SCORES,
+                                     "loracle.uncertainty.scores.ANSWER_SCORES"),
                                     (names.SCHEDULER_NAMES, SCHEDULERS, "loracle.training.config.SCHEDULERS"),
                                     (names.ORACLE_NAMES, ORACLES, "loracle.active.config.ORACLES"),
                                     (names.INITIAL_MODES, INITIAL_MODES, "loracle.active.config.INITIAL_MODES"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loracle.active.strategies import STRATEGIES, cold_start_strategies
+from loracle.active.strategies import ANSWER_SIGNALS, STRATEGIES, cold_start_strategies, strategy_class
 from loracle.adapters.base import AdapterConfig, config_from_dict
 from loracle.modeling.precision import PRECISIONS
 from loracle.training.config import TrainConfig
@@ -59,10 +59,23 @@ class ALConfig:
     Args:
         model: built-in name (``minilm``, ``smollm2``), hub id or local folder for ``loracle.models.load_model``.
         data: dataset for ``loracle.data.load_examples`` (a folder with ``train.jsonl``/``test.jsonl``, a file...).
-        task_kind: ``classification`` or ``multiple_choice``.
+        task_kind: ``classification``, ``multiple_choice`` or ``generation`` (question → free-text answer with a
+            causal LM; the pool is the questions, the oracle gives the answer text, and the strategies rank the
+            uncertainty of the model's own greedy answer: ``random``, ``sequence_nll``, ``token_entropy``,
+            ``nll_variance``, ``star_generation``).
         test_data: evaluation set (default: ``data`` with ``split="test"``).
         text_field: the input's field (None: the loader's default for the task kind).
         label_field: the label's field (None: the loader's default, ``label``).
+        answer_field: generation: the reference answer's field (None: ``answer``).
+        max_new_tokens: generation: the longest answer generated (greedy, once per item and round).
+        stop_strings: generation: an answer ends at the first of these (besides EOS); the default ends it at the
+            end of its line.
+        answer_mode: generation: how exact match extracts the answer, ``number`` (the last number, as for
+            gsm_symbolic) or ``text`` (the first line, lower-cased).
+        answer_pattern: generation: a regular expression whose group 1 (or whole match) is the answer; overrides
+            ``answer_mode``.
+        prompt_template: generation: ``str.format`` template with ``{question}`` (None: ``"Question:
+            {question}\nAnswer:"``).
         strategy: a name in :data:`loracle.active.strategies.STRATEGIES`.
         strategy_options: keyword options of the strategy (``{"score": "bald"}``, ``{"schedule": 0.2}``...).
         initial_size: size of the initial labelled set.
@@ -75,7 +88,8 @@ class ALConfig:
         score_subset: each round, score only a seeded random subset of this many unlabelled items (None: all).
             The top-k is taken within the subset (standard pool subsampling).
         mc_samples: stochastic passes for uncertainty (0: one deterministic pass; None: the strategy's own
-            choice, 8 for the uncertainty strategies and STAR, 0 for BADGE, k-center and random).
+            choice, 8 for the uncertainty strategies and STAR, 4 for the generation strategies, 0 for BADGE, k-center
+            and random).
         base_mc_samples: MC passes for STAR's ``U_base`` through the base model's own dropout (0: one
             deterministic pass over the pool, which keeps this once-per-run cost small).
         mc_dropout: MC dropout through the adapters' dropout.
@@ -118,6 +132,12 @@ class ALConfig:
     test_data: str | None = None
     text_field: str | None = None
     label_field: str | None = None
+    answer_field: str | None = None
+    max_new_tokens: int = 32
+    stop_strings: list[str] = field(default_factory=lambda: ["\n"])
+    answer_mode: str = "number"
+    answer_pattern: str | None = None
+    prompt_template: str | None = None
     strategy: str = "badge"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     initial_size: int = 100
@@ -184,11 +204,12 @@ class ALConfig:
             p.append(f"train must be a TrainConfig or a dict of its fields, got {type(self.train).__name__}")
         if not self.data:
             p.append("data is required (a dataset folder or file, e.g. ../shared/data/rotten_tomatoes)")
-        if self.task_kind not in ("classification", "multiple_choice"):
-            p.append(f"task_kind must be 'classification' or 'multiple_choice', got {self.task_kind!r} "
-                     "(generation has no class distribution to score in the loop yet)")
+        if self.task_kind not in ("classification", "multiple_choice", "generation"):
+            p.append(f"task_kind must be 'classification', 'multiple_choice' or 'generation', got {self.task_kind!r}")
         if self.strategy not in STRATEGIES:
             p.append(f"unknown strategy {self.strategy!r}; valid strategies: {sorted(STRATEGIES)}")
+        else:
+            p.extend(self._generation_problems())
         cold = [n for n in cold_start_strategies() if n != "random"]
         if self.initial_mode not in INITIAL_MODES + tuple(cold):
             p.append(f"initial_mode must be one of {list(INITIAL_MODES) + cold}, got {self.initial_mode!r}")
@@ -234,6 +255,51 @@ class ALConfig:
         if not isinstance(self.max_length, int) or self.max_length < 2:
             p.append(f"max_length must be an integer >= 2, got {self.max_length!r}")
         return p
+
+    def _generation_problems(self) -> list[str]:
+        """Options that a generation run needs, or that only a generation run accepts."""
+        generation = self.task_kind == "generation"
+        fits = [n for n in sorted(STRATEGIES) if (strategy_class(n).requires <= ANSWER_SIGNALS) == generation
+                or not strategy_class(n).requires]
+        needs = strategy_class(self.strategy).requires
+        p = []
+        if needs and (needs <= ANSWER_SIGNALS) != generation:
+            p.append(f"strategy {self.strategy!r} does not apply to task_kind {self.task_kind!r} (it reads "
+                     f"{sorted(needs)}); valid strategies for it: {fits}")
+        if not generation:
+            return p
+        if self.initial_mode != "random":
+            p.append(f"initial_mode {self.initial_mode!r} needs class labels or features; generation takes "
+                     "initial_mode='random'")
+        if self.calibration != "none":
+            p.append("calibration='temperature' scales class probabilities; generation reports the calibration of "
+                     "answer confidence instead: use calibration='none'")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            p.append(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if self.answer_mode not in ("number", "text"):
+            p.append(f"answer_mode must be 'number' or 'text', got {self.answer_mode!r}")
+        if self.answer_pattern is not None:
+            import re
+
+            try:
+                re.compile(self.answer_pattern)
+            except re.error as err:
+                p.append(f"answer_pattern {self.answer_pattern!r} is not a regular expression ({err})")
+        if not isinstance(self.stop_strings, list) or any(not isinstance(x, str) or not x for x in self.stop_strings):
+            p.append(f"stop_strings must be a list of non-empty strings, got {self.stop_strings!r}")
+        if self.prompt_template is not None and "{question}" not in self.prompt_template:
+            p.append(f"prompt_template must contain '{{question}}', got {self.prompt_template!r}")
+        return p
+
+    def generation_options(self) -> dict[str, Any]:
+        """The :class:`~loracle.tasks.generation.GenerationTask` options of this run (empty for other kinds)."""
+        if self.task_kind != "generation":
+            return {}
+        options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "stop_strings": list(self.stop_strings),
+                                   "answer_mode": self.answer_mode, "answer_pattern": self.answer_pattern}
+        if self.prompt_template is not None:
+            options["prompt_template"] = self.prompt_template
+        return options
 
     @property
     def n_rounds(self) -> int:

@@ -21,6 +21,7 @@ resumes at the next chunk. One process at a time drives a run folder (:class:`lo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -49,8 +50,8 @@ from loracle.progress import log
 #: Test hook: ``LORACLE_AL_FAULT=<point>:<round>`` makes the process SIGKILL itself at that point
 #: (``train``: after the first optimiser step, mid-training; ``evaluate``: trained, before evaluation and checkpoint;
 #: ``checkpoint``: checkpoint renamed into place, row not committed; ``score``: pool scored, queries not committed;
-#: ``score_chunk``: the first scoring chunk persisted, the rest not yet; ``label``: queries committed, labels not
-#: yet).
+#: ``score_chunk``: the first scoring chunk persisted, the rest not yet; ``generate``: generation runs, the greedy
+#: answers of the first chunk persisted, their scores not yet; ``label``: queries committed, labels not yet).
 FAULT_ENV = "LORACLE_AL_FAULT"
 
 _PURPOSES = {"pool": 1, "test": 2, "initial": 3, "model": 4, "train": 5, "mc": 6, "select": 7, "subset": 8,
@@ -112,7 +113,8 @@ def _initial_indices(config: ALConfig, gold: list[int | None]) -> list[int]:
 def _builder(config: ALConfig, label_names: list[str] | None, pool: list[Example],
              model_factory: ModelFactory | None) -> ModelBuilder:
     return ModelBuilder(config.model, config.task_kind, label_names=label_names, examples=pool,
-                        max_length=config.max_length, adapter=config.adapter, model_factory=model_factory)
+                        max_length=config.max_length, adapter=config.adapter, model_factory=model_factory,
+                        task_extra=config.generation_options())
 
 
 def _truncation_note(builder: ModelBuilder, texts: list[str], max_length: int) -> str | None:
@@ -143,7 +145,8 @@ def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactor
     if (run_dir / "state.sqlite").exists():
         raise LoracleError(f"{run_dir} already holds a run; continue it with `loracle al resume {run_dir}` or "
                            "choose another --output")
-    opts = {k: v for k, v in (("text_field", config.text_field), ("label_field", config.label_field)) if v}
+    opts = {k: v for k, v in (("text_field", config.text_field), ("label_field", config.label_field),
+                              ("answer_field", config.answer_field)) if v}
     train_set = load_examples(config.data, config.task_kind, split="train", **opts)
     test_source = config.test_data or config.data
     test_set = load_examples(test_source, config.task_kind, split="test", label_names=train_set.label_names, **opts)
@@ -158,7 +161,8 @@ def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactor
             f"label budget exceeds the pool: {config.initial_size} initial + {config.n_rounds} rounds x "
             f"{config.query_size} = {config.total_labels} labels requested, but the pool has {len(pool)} items; "
             f"lower rounds/budget/query_size or raise pool_size")
-    if not test or any(e.label is None for e in test):
+    generation = config.task_kind == "generation"
+    if not test or any((e.answer if generation else e.label) is None for e in test):
         raise LoracleError(f"the test set ({test_source}, split 'test') must be non-empty and fully labelled")
     notes = []
     if len(pool) < len(train_set):
@@ -170,6 +174,8 @@ def create_run(config: ALConfig, run_dir: str | Path, model_factory: ModelFactor
     if config.score_subset is not None:
         notes.append(f"scoring: each round scores a seeded subset of at most {config.score_subset:,} unlabelled "
                      "items (--score-subset 0 to score them all)")
+    if generation and config.stopping:
+        notes.append("stopping criteria read class predictions; a generation run does not check them")
     builder = _builder(config, train_set.label_names, pool + test, model_factory)
     builder.fresh(head_seed=derived_seed(config.seed, 0, "model"),
                   adapter_seed=derived_seed(config.seed, 0, "adapter"))  # the adapter fits this model
@@ -215,6 +221,14 @@ class ActiveLearningLoop:
         self.builder = builder or _builder(c, self.label_names, state.pool_examples() + self.test, model_factory)
         self.cache: PrefixCache | None = None
         self.phase_seconds: dict[int, dict[str, float]] = {}
+        self.answers = None
+        if c.task_kind == "generation":
+            from loracle.active.generation import AnswerSignals
+
+            self.answers = AnswerSignals(state, samples=samples, dropout=c.mc_dropout, posterior=c.mc_posterior,
+                                         stochastic_layers=c.stochastic_layers, batch_size=c.eval_batch_size,
+                                         chunk=c.score_chunk, progress=c.progress, precision=self.precision,
+                                         fault=lambda point, t: _fault(point, t))
 
     # -- public ------------------------------------------------------------------------------------------------
     def run(self, stop_after_round: int | None = None) -> str:
@@ -343,6 +357,13 @@ class ActiveLearningLoop:
             stop_probs = self._stop_set_probs(t, built, temperature)
         self._save_cache()
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
+        if self.answers is not None:
+            from loracle.active.generation import round_metrics
+
+            metrics = round_metrics(result)
+            if record:  # for the answer-confidence reliability diagram of the report
+                state.put_signal(f"test_confidence/{t}", torch.stack([result["confidence"],
+                                                                      result["correct"].float()], dim=1))
         if temperature is not None:
             from loracle.evaluation.calibration import apply_temperature
             from loracle.evaluation.metrics import classification_metrics
@@ -422,7 +443,7 @@ class ActiveLearningLoop:
         from loracle.uncertainty.sampling import mc_probs
 
         c = self.config
-        if not c.stopping:
+        if not c.stopping or self.answers is not None:
             return None
         probs = mc_probs(built.model, built.task, self.state.pool_examples(self._stop_indices()), samples=0,
                          batch_size=c.eval_batch_size, precision=self.precision)[:, 0]
@@ -434,7 +455,7 @@ class ActiveLearningLoop:
 
     def _stop_decision(self, t: int) -> Any:
         """The stopping criteria replayed over the stored stop-set predictions of rounds ``0..t`` (None if off)."""
-        if not self.config.stopping:
+        if not self.config.stopping or self.answers is not None:
             return None
         return stop_decision(self.state, self.config.stopping, t)
 
@@ -443,7 +464,9 @@ class ActiveLearningLoop:
         c, state = self.config, self.state
         rng = np.random.default_rng(derived_seed(c.seed, 0, "initial"))
         if c.initial_mode in ("random", "stratified"):
-            initial = _initial_indices(c, [state.gold_label(i) for i in range(state.pool_size())])
+            n = state.pool_size()  # only a stratified draw reads the hidden gold labels
+            initial = _initial_indices(c, [state.gold_label(i) for i in range(n)] if c.initial_mode == "stratified"
+                                       else [None] * n)
         else:
             features = self._base_features()
             strategy = build_strategy(c.initial_mode)
@@ -532,11 +555,15 @@ class ActiveLearningLoop:
             raise LoracleError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
         requires = self.strategy.requires
         start = time.perf_counter()
-        with self._cached(built):
+        # Generation scores new answers every round: caching their prefix states would only grow the cache.
+        with self._cached(built) if self.answers is None else contextlib.nullcontext():
             extra: dict[str, Any] = {}
             if "base_probs" in requires:
                 extra["base_probs"] = self._base_probs(built)[torch.as_tensor(unlabelled_idx, dtype=torch.long)]
             extra.update(self._measure(t, built, unlabelled_idx, requires))
+            if self.answers is not None:  # generation: the model's own answers, scored (active/generation.py)
+                extra.update(self.answers.measure(t, built, unlabelled_idx, requires,
+                                                  derived_seed(c.seed, t, "mc")))
             if "embeddings" in requires:
                 extra["labelled_embeddings"] = self.scorer.measure(
                     frozenset({"embeddings"}), built.model, built.task, state.pool_examples(sorted(labels)),
@@ -553,8 +580,15 @@ class ActiveLearningLoop:
         score_seconds = time.perf_counter() - start
         _fault("score", t)
         chosen = [unlabelled_idx[int(p)] for p in positions]
+        shown = None
+        if self.answers is not None and self.oracle is None:  # a person corrects the model's answers
+            shown = self.answers.query_answers(chosen, positions, built)
         with state.transaction() as db:
             state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
+            if self.answers is not None:
+                state.set_meta(f"phase_seconds/{t}", self.answers.seconds_, db)
+                if shown is not None:
+                    state.set_meta(f"model_answers/{t + 1}", shown, db)
             db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
             db.execute("DELETE FROM signals WHERE name LIKE ?", (f"round{t}/chunk%",))
 

@@ -22,8 +22,8 @@ class SimulatedOracle:
 
     source = "simulated"
 
-    def answer(self, state: RunState, indices: Sequence[int]) -> list[tuple[int, int]]:
-        """``(pool index, label)`` for each index.
+    def answer(self, state: RunState, indices: Sequence[int]) -> list[tuple[int, int | str]]:
+        """``(pool index, label)`` for each index: a class index, or the reference answer text (generation).
 
         Raises:
             ValueError: if an item has no gold label (an unlabelled pool needs ``--oracle human``).
@@ -58,7 +58,19 @@ def parse_label(value: str, label_names: list[str] | None, n_classes: int | None
     raise LoracleError(f"unknown label {value!r}; give a class index in [0, {n_classes or '?'})")
 
 
-def _record(state: RunState, idx: int, label: int) -> None:
+def parse_answer(value: str) -> str:
+    """A free-text answer (generation) as given, stripped.
+
+    Raises:
+        LoracleError: for an empty answer.
+    """
+    text = value.strip()
+    if not text:
+        raise LoracleError("the answer is empty; type the right answer (or q to stop)")
+    return text
+
+
+def _record(state: RunState, idx: int, label: int | str) -> None:
     round_index = state.query_round_of(idx)
     with state.transaction() as db:
         state.add_labels([(idx, label)], round_index, "human", db)
@@ -78,6 +90,8 @@ def label_interactive(state: RunState, input_fn: Callable[[str], str] | None = N
     if not pending:
         print_fn("no pending queries")
         return 0
+    if state.is_generation():
+        return _answer_interactive(state, pending, input_fn, print_fn)
     hint = ", ".join(f"{i}={n}" for i, n in enumerate(names)) if names else "a class index"
     print_fn(f"{len(pending)} queries to label ({hint}; q to stop)")
     examples = state.pool_examples(pending)
@@ -105,11 +119,48 @@ def label_interactive(state: RunState, input_fn: Callable[[str], str] | None = N
     return done
 
 
+def _answer_interactive(state: RunState, pending: list[int], input_fn: Callable[[str], str],
+                        print_fn: Callable[[str], None]) -> int:
+    """Generation: show each question with the model's current answer and take the right answer as text
+    (``=`` accepts the model's answer as it is)."""
+    print_fn(f"{len(pending)} questions to answer (type the right answer; = keeps the model's answer; q to stop)")
+    done = 0
+    for number, (idx, example) in enumerate(zip(pending, state.pool_examples(pending)), 1):
+        model_answer = state.model_answers(state.query_round_of(idx) or 0).get(idx)
+        print_fn(f"\n[{number}/{len(pending)}] {example.text}")
+        if model_answer is not None:
+            print_fn(f"    model: {model_answer}")
+        while True:
+            try:
+                answer = input_fn("answer> ")
+            except EOFError:
+                return done
+            if answer.strip().lower() in ("q", "quit"):
+                return done
+            if answer.strip() == "=" and model_answer:
+                answer = model_answer
+            try:
+                text = parse_answer(answer)
+            except LoracleError as err:
+                print_fn(str(err))
+                continue
+            _record(state, idx, text)
+            done += 1
+            break
+    return done
+
+
 def export_queries(state: RunState, path: str | Path) -> int:
     """Write pending queries to CSV (``idx,id,text,choices,label`` with ``label`` empty). Returns the row count."""
     pending = state.pending_queries()
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
+        if state.is_generation():  # the label column takes the right answer; the model's is shown beside it
+            writer.writerow(["idx", "id", "text", "model_answer", "label"])
+            for idx, e in zip(pending, state.pool_examples(pending)):
+                model_answer = state.model_answers(state.query_round_of(idx) or 0).get(idx, "")
+                writer.writerow([idx, e.id, e.text, model_answer, ""])
+            return len(pending)
         writer.writerow(["idx", "id", "text", "choices", "label"])
         for idx, e in zip(pending, state.pool_examples(pending)):
             writer.writerow([idx, e.id, e.text, " | ".join(e.choices) if e.choices else "", ""])
@@ -158,6 +209,7 @@ def import_labels(state: RunState, path: str | Path) -> ImportResult:
             message names the file and the line and says how many labels were recorded before it.
     """
     names = state.label_names
+    generation = state.is_generation()
     pool = state.pool_examples()
     index_of = {e.id: i for i, e in enumerate(pool)}
     pending = set(state.pending_queries())
@@ -165,7 +217,9 @@ def import_labels(state: RunState, path: str | Path) -> ImportResult:
     done = already = blank = 0
     first_line: dict[int, int] = {}
 
-    def describe(label: int) -> str:
+    def describe(label: int | str) -> str:
+        if isinstance(label, str):
+            return repr(label)
         return repr(names[label]) if names and 0 <= label < len(names) else str(label)
 
     def item(row: dict[str, str | None], columns: set[str]) -> int:
@@ -220,7 +274,8 @@ def import_labels(state: RunState, path: str | Path) -> ImportResult:
                                            "item one row")
                     first_line[idx] = line
                     choices = pool[idx].choices
-                    label = parse_label(row["label"] or "", names, len(choices) if choices else None)
+                    label = (parse_answer(row["label"] or "") if generation
+                             else parse_label(row["label"] or "", names, len(choices) if choices else None))
                     if idx in recorded:
                         if recorded[idx] != label:
                             raise LoracleError(

@@ -20,6 +20,7 @@ from loracle.evaluation.plots import save_figure
 REPORT_FILE = "report.json"
 CURVE_FILE = "learning_curve.png"
 COMPARE_FILE = "compare.json"
+ANSWER_RELIABILITY_FILE = "answer_reliability.png"
 #: decimals of every metric shown to people (log lines, ``al status``, ``al compare``, plot legends)
 DECIMALS = 3
 #: the metrics of the per-round line, the status table and the plot panels: key, label
@@ -245,7 +246,20 @@ def write_report(state: RunState) -> dict[str, Any]:
                        title=_plot_title([summary], summary["strategy"]), baseline=summary["majority_baseline"],
                        subtitle=f"run {state.run_dir.name}: pool {summary['pool_size']}, test "
                        f"{summary['test_size']} items, seed {summary['config']['seed']}")
+    if summary["rounds"] and state.is_generation():
+        _answer_reliability(state, summary["rounds"][-1]["round"])
     return summary
+
+
+def _answer_reliability(state: RunState, round_index: int) -> None:
+    """Generation: the reliability diagram of the last round's answer confidence ``exp(-NLL)`` against exact
+    match on the test set (``answer_reliability.png``)."""
+    from loracle.evaluation.plots import answer_reliability_diagram
+
+    stored = state.get_signal(f"test_confidence/{round_index}")  # (N, 2): confidence, correct
+    if stored is not None and len(stored):
+        answer_reliability_diagram(stored[:, 0], stored[:, 1] > 0.5, state.run_dir / ANSWER_RELIABILITY_FILE,
+                                   title=f"round {round_index} answer confidence")
 
 
 def default_compare_dir(run_dirs: Sequence[str | Path]) -> Path:

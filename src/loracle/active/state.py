@@ -1,7 +1,7 @@
 """Persistent, resumable state of an active-learning run: one SQLite file, ``<run_dir>/state.sqlite``.
 
-What is stored: the run config, the pool (text only: the pool a strategy sees never carries labels), the simulated
-oracle's hidden gold labels (a separate table), the test set, every label with its round and source, every query,
+What is stored: the run config, the pool (text only: the pool a strategy sees never carries labels or answers), the
+simulated oracle's hidden gold labels and, for generation, gold answers (separate tables), the test set, every label with its round and source, every query,
 per-round metrics and the adapter checkpoint of each round, and named signals (e.g. the base model's predictions).
 
 Every step is one transaction (``with state.transaction():``), so a run killed at any moment (``kill -9``) leaves
@@ -45,7 +45,12 @@ CREATE TABLE IF NOT EXISTS rounds (
     round INTEGER PRIMARY KEY, n_labels INTEGER NOT NULL, metrics TEXT NOT NULL, checkpoint TEXT,
     train_seconds REAL, score_seconds REAL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS signals (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS gold_answers (idx INTEGER PRIMARY KEY REFERENCES pool(idx), answer TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS label_answers (idx INTEGER PRIMARY KEY REFERENCES labels(idx), answer TEXT NOT NULL);
 """
+
+#: The ``labels.label`` of a free-text answer (generation); the text is in ``label_answers``.
+TEXT_LABEL = -1
 
 
 def _example_row(e: Example) -> tuple[str, str, str | None, str | None]:
@@ -145,11 +150,14 @@ class RunState:
             self.set_meta("config", config, db)
             self.set_meta("label_names", label_names, db)
             self.set_meta("created", time.time(), db)
+            # A pool item's reference answer (generation) is gold: it never enters the pool table.
             db.executemany("INSERT INTO pool VALUES (?, ?, ?, ?, ?)",
-                           [(i, *_example_row(e)) for i, e in enumerate(pool)])
+                           [(i, *_example_row(e)[:3], None) for i, e in enumerate(pool)])
             if gold:
                 db.executemany("INSERT INTO gold VALUES (?, ?)",
                                [(i, e.label) for i, e in enumerate(pool) if e.label is not None])
+                db.executemany("INSERT INTO gold_answers VALUES (?, ?)",
+                               [(i, e.answer) for i, e in enumerate(pool) if e.answer is not None])
             db.executemany("INSERT INTO testset VALUES (?, ?, ?, ?, ?, ?)",
                            [(i, *_example_row(e), e.label) for i, e in enumerate(test)])
 
@@ -171,20 +179,26 @@ class RunState:
         examples = [_row_example(r) for r in rows]
         return examples if indices is None else [examples[i] for i in indices]
 
-    def gold_label(self, idx: int) -> int | None:
+    def gold_label(self, idx: int) -> int | str | None:
+        """The simulated oracle's answer for pool item ``idx``: a class index, a reference answer text
+        (generation), or None."""
         row = self.db.execute("SELECT label FROM gold WHERE idx = ?", (idx,)).fetchone()
+        if row is None:
+            row = self.db.execute("SELECT answer FROM gold_answers WHERE idx = ?", (idx,)).fetchone()
         return row[0] if row else None
 
     def test_examples(self) -> list[Example]:
         rows = self.db.execute("SELECT idx, id, text, choices, answer, label FROM testset ORDER BY idx").fetchall()
         return [_row_example(r, r[5]) for r in rows]
 
-    def labels(self, max_round: int | None = None) -> dict[int, int]:
-        """``{pool index: label}`` of every label (up to ``max_round`` inclusive)."""
-        sql, args = "SELECT idx, label FROM labels", ()
+    def labels(self, max_round: int | None = None) -> dict[int, int | str]:
+        """``{pool index: label}`` of every label (up to ``max_round`` inclusive): class indices, or answer
+        texts for generation."""
+        sql, args = ("SELECT l.idx, COALESCE(a.answer, l.label) FROM labels l "
+                     "LEFT JOIN label_answers a ON a.idx = l.idx"), ()
         if max_round is not None:
-            sql, args = sql + " WHERE round <= ?", (max_round,)
-        return dict(self.db.execute(sql + " ORDER BY idx", args).fetchall())
+            sql, args = sql + " WHERE l.round <= ?", (max_round,)
+        return dict(self.db.execute(sql + " ORDER BY l.idx", args).fetchall())
 
     def label_rows(self) -> list[tuple[int, int, int, str]]:
         """``(idx, label, round, source)`` of every label, by round then pool index."""
@@ -193,19 +207,24 @@ class RunState:
     def labelled_examples(self, max_round: int | None = None) -> list[Example]:
         labels = self.labels(max_round)
         examples = self.pool_examples(sorted(labels))
-        return [Example(e.id, e.text, labels[i], e.choices, e.answer) for i, e in zip(sorted(labels), examples)]
+        return [Example(e.id, e.text, None, e.choices, labels[i]) if isinstance(labels[i], str)
+                else Example(e.id, e.text, labels[i], e.choices, e.answer) for i, e in zip(sorted(labels), examples)]
 
-    def add_labels(self, items: Sequence[tuple[int, int]], round_index: int, source: str,
+    def add_labels(self, items: Sequence[tuple[int, int | str]], round_index: int, source: str,
                    db: sqlite3.Connection | None = None) -> None:
-        """Record labels ``(pool index, label)``; an index already labelled is an error (never a silent duplicate).
+        """Record labels ``(pool index, label)``, a label being a class index or an answer text (generation); an
+        index already labelled is an error (never a silent duplicate).
 
         Raises:
             ValueError: if an index is already labelled.
         """
         now = time.time()
         try:
-            (db or self.db).executemany("INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
-                                        [(int(i), int(y), round_index, source, now) for i, y in items])
+            (db or self.db).executemany(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                [(int(i), TEXT_LABEL if isinstance(y, str) else int(y), round_index, source, now) for i, y in items])
+            (db or self.db).executemany("INSERT INTO label_answers VALUES (?, ?)",
+                                        [(int(i), y) for i, y in items if isinstance(y, str)])
         except sqlite3.IntegrityError as err:
             raise ValueError(f"label for an already-labelled pool item ({err})") from err
 
@@ -214,7 +233,7 @@ class RunState:
         return self.db.execute("SELECT idx, label, source FROM labels WHERE round = ? ORDER BY created DESC "
                                "LIMIT 1", (round_index,)).fetchone()
 
-    def remove_label(self, idx: int) -> int:
+    def remove_label(self, idx: int) -> int | str:
         """Delete the label of pool item ``idx`` (an undo), in one transaction; returns the removed label.
 
         Raises:
@@ -228,8 +247,10 @@ class RunState:
             if db.execute("SELECT 1 FROM rounds WHERE round = ?", (row[1],)).fetchone():
                 raise ValueError(f"pool item {idx} was labelled for round {row[1]}, which is trained already; "
                                  "the labels of a trained round are final")
+            answer = db.execute("SELECT answer FROM label_answers WHERE idx = ?", (int(idx),)).fetchone()
+            db.execute("DELETE FROM label_answers WHERE idx = ?", (int(idx),))
             db.execute("DELETE FROM labels WHERE idx = ?", (int(idx),))
-        return row[0]
+        return answer[0] if answer else row[0]
 
     # -- queries -----------------------------------------------------------------------------------------------
     def add_queries(self, round_index: int, indices: Sequence[int], scores: Sequence[float | None] | None,
@@ -287,6 +308,25 @@ class RunState:
         torch.save(tensor.detach().cpu(), buffer)
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO signals VALUES (?, ?)", (name, buffer.getvalue()))
+
+    def is_generation(self) -> bool:
+        """Whether the run's labels are free-text answers (``task_kind == "generation"``)."""
+        return (self.config or {}).get("task_kind") == "generation"
+
+    def model_answers(self, round_index: int) -> dict[int, str]:
+        """``{pool index: the model's greedy answer}`` for the queries of ``round_index`` (generation runs; what
+        a person correcting the answer is shown)."""
+        return {int(k): v for k, v in (self.get_meta(f"model_answers/{round_index}") or {}).items()}
+
+    def put_signals(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Store several named tensors in one transaction (all or none survive a kill)."""
+        blobs = []
+        for name, tensor in tensors.items():
+            buffer = io.BytesIO()
+            torch.save(tensor.detach().cpu(), buffer)
+            blobs.append((name, buffer.getvalue()))
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO signals VALUES (?, ?)", blobs)
 
     def get_signal(self, name: str) -> torch.Tensor | None:
         row = self.db.execute("SELECT data FROM signals WHERE name = ?", (name,)).fetchone()

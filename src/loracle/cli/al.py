@@ -17,6 +17,7 @@ from loracle.cli.formatting import HelpFormatter, show_default
 from loracle.names import (
     ADAPTER_NAMES,
     AL_TASK_KINDS,
+    ANSWER_SCORE_NAMES,
     COLD_START_NAMES,
     INITIAL_MODES,
     ORACLE_NAMES,
@@ -45,7 +46,8 @@ loracle.active.ALConfig) from a YAML file; command-line flags override it.
 _PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
                  "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
                  "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibrate_scores",
-                 "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir")
+                 "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir", "answer_field",
+                 "max_new_tokens", "stop_strings", "answer_mode", "answer_pattern", "prompt_template")
 #: ``al run`` flags where 0 means None ("all")
 _ZERO_IS_ALL = ("pool_size", "test_size", "score_subset", "stochastic_layers")
 
@@ -144,11 +146,25 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="evaluate on a seeded random subset of N test items; 0 = all")
     _option(g, "--max-length", field="max_length", type=int, metavar="N",
             help="token limit; longer inputs are truncated")
+    g = run.add_argument_group("generation (--task-kind generation: the pool is questions, labels are answers)")
+    _option(g, "--answer-field", field="answer_field", metavar="FIELD", none="answer",
+            help="the field holding the reference answer (the simulated oracle's; never shown to strategies)")
+    _option(g, "--max-new-tokens", field="max_new_tokens", type=int, metavar="N",
+            help="longest generated answer (greedy, once per item and round)")
+    _option(g, "--stop-string", dest="stop_strings", field="stop_strings", action="append", metavar="TEXT",
+            help="an answer ends at this text (repeatable; besides EOS)")
+    _option(g, "--answer-mode", field="answer_mode", choices=("number", "text"), metavar="MODE",
+            help="exact match compares the last number (number) or the first line, lower-cased (text)")
+    _option(g, "--answer-pattern", field="answer_pattern", metavar="REGEX", none="none: --answer-mode",
+            help="regular expression whose group 1 (or whole match) is the answer for exact match")
+    _option(g, "--prompt-template", field="prompt_template", metavar="TEXT", none="'Question: {question}\\nAnswer:'",
+            help="prompt with {question}")
     g = run.add_argument_group("active learning")
     _option(g, "--strategy", field="strategy", choices=STRATEGY_NAMES, metavar="NAME",
             help=f"query strategy: {', '.join(STRATEGY_NAMES)}")
-    show_default(g.add_argument("--score", choices=SCORE_NAMES, metavar="NAME",
-                                help=f"star: the uncertainty measure ({', '.join(SCORE_NAMES)})"),
+    show_default(g.add_argument("--score", choices=SCORE_NAMES + ANSWER_SCORE_NAMES, metavar="NAME",
+                                help=f"star: the uncertainty measure ({', '.join(SCORE_NAMES)}); star_generation: "
+                                f"the measure of the model's answer ({', '.join(ANSWER_SCORE_NAMES)})"),
                  lambda: _strategy_default("score"))
     show_default(g.add_argument("--schedule-slope", type=float, metavar="SLOPE",
                                 help="star: the fine-tuned model's share of the uncertainty grows as "

@@ -5,17 +5,20 @@ from loracle.evaluation.metrics import (
     accuracy,
     brier_score,
     classification_metrics,
+    confidence_calibration,
     expected_calibration_error,
     macro_f1,
     negative_log_likelihood,
     reliability_bins,
 )
-from loracle.evaluation.plots import reliability_diagram
+from loracle.evaluation.plots import answer_reliability_diagram, reliability_diagram
 
 __all__ = [
     "accuracy",
+    "answer_reliability_diagram",
     "brier_score",
     "classification_metrics",
+    "confidence_calibration",
     "evaluate",
     "expected_calibration_error",
     "macro_f1",

@@ -49,7 +49,9 @@ def evaluate(
 
     Returns:
         ``{"accuracy", "macro_f1", "ece", "nll", "brier", "n", "samples"}`` for classification and multiple choice;
-        ``{"exact_match", "mean_nll", "mean_token_entropy", "n"}`` (and ``predictions``) for generation.
+        ``{"exact_match", "answer_ece", "answer_brier", "mean_confidence", "mean_nll", "mean_token_entropy", "n"}``
+        and ``predictions`` (texts) for generation, plus per item ``confidence`` (``exp(-NLL)`` of the greedy
+        answer) and ``correct`` with ``return_probs``.
 
     Raises:
         ValueError: no examples or unlabelled examples.
@@ -58,7 +60,7 @@ def evaluate(
     if not examples:
         raise ValueError("evaluate() got no examples")
     if task.kind == "generation":
-        return _evaluate_generation(model, task, examples, batch_size)
+        return _evaluate_generation(model, task, examples, batch_size, precision, return_probs)
     missing = [e.id for e in examples if e.label is None]
     if missing:
         raise ValueError(f"evaluate() needs labelled examples; {len(missing)} have no label (first: {missing[0]!r})")
@@ -74,24 +76,26 @@ def evaluate(
     return result
 
 
-@torch.no_grad()
-def _evaluate_generation(model: nn.Module, task: Any, examples: list["Example"], batch_size: int) -> dict[str, Any]:
-    from loracle.tasks.generation import exact_match
+def _evaluate_generation(model: nn.Module, task: Any, examples: list["Example"], batch_size: int,
+                         precision: str = "fp32", return_probs: bool = False) -> dict[str, Any]:
+    """Greedy answers, exact match of the extracted answer, and calibration of the answer's confidence
+    ``exp(-NLL)`` (length-normalised probability of the greedy answer) against correctness."""
+    from loracle.evaluation.metrics import confidence_calibration
+    from loracle.uncertainty.generation import greedy_answers
+    from loracle.uncertainty.scores import answer_confidence, mc_token_entropy
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    texts, nll, entropy = [], [], []
-    try:
-        for start in range(0, len(examples), batch_size):
-            batch = task.collate(examples[start:start + batch_size])
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            out = task.generate(model, batch)
-            texts.extend(out.texts)
-            nll.extend(-lp.mean().item() if lp.numel() else 0.0 for lp in out.token_logprobs)
-            entropy.extend(h.mean().item() if h.numel() else 0.0 for h in out.token_entropies)
-    finally:
-        model.train(was_training)
-    references = [e.answer or "" for e in examples]
-    return {"exact_match": exact_match(texts, references, task.answer_mode), "mean_nll": sum(nll) / len(nll),
-            "mean_token_entropy": sum(entropy) / len(entropy), "n": len(examples), "predictions": texts}
+    missing = [e.id for e in examples if e.answer is None]
+    if missing:
+        raise ValueError(f"evaluate() needs reference answers; {len(missing)} have none (first: {missing[0]!r})")
+    greedy = greedy_answers(model, task, examples, batch_size=batch_size, precision=precision, desc="evaluate")
+    correct = torch.tensor(task.correct(greedy.texts, [e.answer for e in examples]), dtype=torch.bool)
+    confidence = answer_confidence(greedy.scores)
+    calibration = confidence_calibration(confidence, correct)
+    result = {"exact_match": correct.double().mean().item(), "answer_ece": calibration["ece"],
+              "answer_brier": calibration["brier"], "mean_confidence": confidence.mean().item(),
+              "mean_nll": greedy.scores[:, 0, 0].mean().item(),
+              "mean_token_entropy": mc_token_entropy(greedy.scores).mean().item(), "n": len(examples),
+              "predictions": greedy.texts}
+    if return_probs:
+        result.update(confidence=confidence.float(), correct=correct)
+    return result

@@ -73,11 +73,29 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
     Returns:
         ``(confidence [n_bins], accuracy [n_bins], count [n_bins])``; empty bins have confidence and accuracy 0.
     """
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
     probs, labels = _check(probs, labels)
     confidence, predicted = probs.max(-1)
-    correct = (predicted == labels).double()
+    return confidence_bins(confidence, predicted == labels, n_bins)
+
+
+def confidence_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`reliability_bins` for given confidences ``[N]`` in ``[0, 1]`` and correctness ``[N]`` (bool or 0/1),
+    e.g. a generated answer's probability against exact match.
+
+    Raises:
+        ValueError: for ``n_bins < 1``, different lengths, no items or confidences outside ``[0, 1]``.
+    """
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    confidence = torch.as_tensor(confidence, dtype=torch.float64).reshape(-1)
+    correct = torch.as_tensor(correct).reshape(-1).double()
+    if confidence.shape != correct.shape or confidence.numel() == 0:
+        raise ValueError(f"confidence ({confidence.numel()}) and correct ({correct.numel()}) must be equally many "
+                         "(> 0)")
+    if confidence.min() < 0 or confidence.max() > 1:
+        raise ValueError(f"confidences must be in [0, 1], got range {confidence.min().item():.4g}.."
+                         f"{confidence.max().item():.4g}")
     index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
     count = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, torch.ones_like(confidence))
     conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, confidence)
@@ -90,6 +108,20 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     """``ECE = Σ_b (n_b / n) |acc_b − conf_b|`` over ``n_bins`` equal-width bins of the max probability."""
     confidence, acc, count = reliability_bins(probs, labels, n_bins)
     return ((count / count.sum()) * (acc - confidence).abs()).sum().item()
+
+
+def confidence_calibration(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
+    """Calibration of a confidence in being right (e.g. a generated answer's length-normalised probability
+    ``exp(-NLL)`` against exact match).
+
+    Returns:
+        ``{"ece": Σ_b (n_b / n) |acc_b − conf_b|, "brier": mean (conf − correct)²}``.
+    """
+    conf, acc, count = confidence_bins(confidence, correct, n_bins)
+    c = torch.as_tensor(confidence, dtype=torch.float64).reshape(-1)
+    y = torch.as_tensor(correct).reshape(-1).double()
+    return {"ece": ((count / count.sum()) * (acc - conf).abs()).sum().item(),
+            "brier": (c - y).pow(2).mean().item()}
 
 
 def negative_log_likelihood(probs: torch.Tensor, labels: torch.Tensor) -> float:

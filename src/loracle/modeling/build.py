@@ -86,16 +86,19 @@ class ModelBuilder:
         adapter: the adapter config (``modules_to_save`` empty means the default head); None for no adapter.
         model_factory: ``(name, task_kind, num_labels) -> (model, tokenizer)``; default
             :func:`loracle.models.load_model`.
+        task_extra: further task options (generation: ``max_new_tokens``, ``stop_strings``...).
     """
 
     def __init__(self, model_name: str, task_kind: str, *, label_names: Sequence[str] | None = None,
                  examples: Sequence["Example"] = (), max_length: int = 128,
-                 adapter: "AdapterConfig | None" = None, model_factory: ModelFactory | None = None) -> None:
+                 adapter: "AdapterConfig | None" = None, model_factory: ModelFactory | None = None,
+                 task_extra: dict[str, Any] | None = None) -> None:
         self.model_name = model_name
         self.task_kind = task_kind
         self.label_names = list(label_names) if label_names is not None else None
         self.adapter = adapter
         self.options = task_options(task_kind, label_names=label_names, max_length=max_length, examples=examples)
+        self.options.update(task_extra or {})
         self.model_factory = model_factory or _load
         self._model: nn.Module | None = None
         self._task: "Task | None" = None

@@ -16,6 +16,9 @@ How it works (``with cache.attached(model, layout):``):
   its ``hidden_states`` input for the cached states (pad positions are zeros; they are masked out of attention).
   An always-called forward hook restores the full block list, also when the forward raises.
 
+A call that carries a key/value cache (``past_key_values``: ``generate`` decoding token by token) is computed
+normally with every block, so generation works while a cache is attached.
+
 The embeddings are still computed (and discarded) in a cached call: they are a table look-up. During training the
 lower blocks are therefore run without the base model's own dropout; the upper blocks keep it.
 
@@ -156,6 +159,8 @@ class PrefixCache:
             ids = kwargs.get("input_ids", args[0] if args else None)
             if ids is None or kwargs.get("inputs_embeds") is not None:
                 return None
+            if kwargs.get("past_key_values") is not None:
+                return None  # incremental decoding (generate's key/value cache): computed normally, in full
             mask = kwargs.get("attention_mask")
             types = kwargs.get("token_type_ids")
             rows = _row_keys(ids, mask, types)

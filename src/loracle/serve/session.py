@@ -131,6 +131,10 @@ class LabelSession:
         self.run_dir = Path(run_dir)
         state = RunState.open(self.run_dir)  # checks the file once; later calls open plain connections
         try:
+            if state.is_generation():
+                raise LoracleError(f"{self.run_dir} is a generation run (free-text answers); the browser app labels "
+                                   f"classification and multiple-choice runs: use `loracle al label {self.run_dir}` "
+                                   "(or --export/--import CSV)")
             self.config: dict[str, Any] = state.config
             self.label_names: list[str] | None = state.label_names
             self.pool_size = state.pool_size()

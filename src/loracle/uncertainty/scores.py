@@ -137,6 +137,111 @@ def mean_token_entropy(token_entropies: Sequence[torch.Tensor] | torch.Tensor, m
     return (values * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+#: Channels of the ``answer_scores`` tensor ``[N, S, 2]`` (see :func:`answer_scores_from_tokens`).
+ANSWER_NLL, ANSWER_ENTROPY = 0, 1
+
+
+def _check_answer_scores(scores: torch.Tensor) -> torch.Tensor:
+    if scores.dim() != 3 or scores.shape[-1] != 2:
+        raise ValueError(f"answer scores must have shape [N items, S samples, 2] (length-normalised NLL, mean "
+                         f"token entropy), got {tuple(scores.shape)}")
+    return scores.double()
+
+
+def answer_scores_from_tokens(token_logprobs: torch.Tensor, token_entropies: torch.Tensor,
+                              mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample sequence scores of an answer from its per-token values.
+
+    Args:
+        token_logprobs: ``[N, S, T]`` log-probability of each answer token under each of ``S`` passes.
+        token_entropies: ``[N, S, T]`` next-token entropy at each answer token.
+        mask: ``[N, T]`` or ``[N, S, T]``, True on answer tokens.
+
+    Returns:
+        ``[N, S, 2]`` (float64): channel ``ANSWER_NLL`` the length-normalised NLL ``-(1/T) Σ_t log p(y_t)``,
+        channel ``ANSWER_ENTROPY`` the mean token entropy; an empty answer scores 0.
+    """
+    m = mask.bool()
+    if m.dim() == 2:
+        m = m[:, None, :].expand_as(token_logprobs)
+    m = m.double()
+    length = m.sum(-1).clamp_min(1)
+    nll = -(token_logprobs.double() * m).sum(-1) / length
+    ent = (token_entropies.double() * m).sum(-1) / length
+    return torch.stack([nll, ent], dim=-1)
+
+
+def mc_sequence_nll(scores: torch.Tensor) -> torch.Tensor:
+    """MC mean of the length-normalised NLL of the model's own answer, ``mean_s NLL_s``.
+
+    Args:
+        scores: ``[N, S, 2]`` answer scores.
+
+    Returns:
+        ``[N]`` (float64), in nats per token.
+    """
+    return _check_answer_scores(scores)[..., ANSWER_NLL].mean(1)
+
+
+def mc_token_entropy(scores: torch.Tensor) -> torch.Tensor:
+    """MC mean of the answer's mean token entropy.
+
+    Args:
+        scores: ``[N, S, 2]``.
+
+    Returns:
+        ``[N]`` (float64), in nats.
+    """
+    return _check_answer_scores(scores)[..., ANSWER_ENTROPY].mean(1)
+
+
+def sequence_nll_variance(scores: torch.Tensor) -> torch.Tensor:
+    """The generation analogue of BALD: the spread across stochastic passes of the answer's (length-normalised)
+    log-likelihood, ``Var_s[NLL_s]`` (population variance, 0 for one sample). Large when the adapter's posterior
+    samples (MC dropout, MonteCLoRA) disagree about the answer, i.e. epistemic uncertainty.
+
+    Args:
+        scores: ``[N, S, 2]``.
+
+    Returns:
+        ``[N]`` (float64), in nats².
+    """
+    nll = _check_answer_scores(scores)[..., ANSWER_NLL]
+    return nll.var(1, unbiased=False)
+
+
+def answer_confidence(scores: torch.Tensor) -> torch.Tensor:
+    """The answer's length-normalised probability ``exp(-mean_s NLL_s)`` in ``(0, 1]`` (its confidence).
+
+    Args:
+        scores: ``[N, S, 2]``.
+
+    Returns:
+        ``[N]`` (float64).
+    """
+    return torch.exp(-mc_sequence_nll(scores))
+
+
+#: Scores of the model's own generated answer by name (``answer_scores [N, S, 2] -> [N]``, larger = more
+#: uncertain).
+ANSWER_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sequence_nll": mc_sequence_nll,
+    "token_entropy": mc_token_entropy,
+    "nll_variance": sequence_nll_variance,
+}
+
+
+def get_answer_score(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Look a generation (answer) score up by name.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the valid ones).
+    """
+    if name not in ANSWER_SCORES:
+        raise ValueError(f"unknown answer score {name!r}; valid answer scores: {sorted(ANSWER_SCORES)}")
+    return ANSWER_SCORES[name]
+
+
 #: Classification scores by name (the names strategies and the CLI accept).
 SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "entropy": predictive_entropy,

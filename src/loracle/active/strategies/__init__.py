@@ -8,12 +8,15 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``;
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
-- :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set).
+- :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set);
+- :mod:`.answers`: ``sequence_nll``, ``token_entropy``, ``nll_variance``, ``star_generation`` (generation tasks).
 
 A new strategy is a class behind :class:`Strategy` plus one :func:`register_strategy` line in its family's module.
 """
 
+from loracle.active.strategies.answers import AnswerStarStrategy, AnswerUncertaintyStrategy
 from loracle.active.strategies.base import (
+    ANSWER_SIGNALS,
     STRATEGIES,
     Signals,
     Strategy,
@@ -32,7 +35,10 @@ from loracle.active.strategies.stochastic import PowerStrategy
 from loracle.active.strategies.uncertainty import UncertaintyStrategy
 
 __all__ = [
+    "ANSWER_SIGNALS",
     "STRATEGIES",
+    "AnswerStarStrategy",
+    "AnswerUncertaintyStrategy",
     "BadgeStrategy",
     "ClusterStrategy",
     "KCenterGreedy",

@@ -2,7 +2,8 @@
 
 A strategy is a pure function from pool signals to the indices to label next; it never sees the model. It declares
 which signals it ``requires`` (``"probs"``: MC predictions of the current model ``[N, S, C]``; ``"base_probs"``: the
-base model's predictions; ``"embeddings"``: ``[N, D]`` candidate and ``[M, D]`` labelled-set features). The loop
+base model's predictions; ``"embeddings"``: ``[N, D]`` candidate and ``[M, D]`` labelled-set features; for
+generation ``"answer_scores"`` / ``"base_answer_scores"``: scores of the model's own greedy answer). The loop
 computes what is required and calls :meth:`Strategy.select`; it never asks which strategy it holds.
 
 A strategy with ``cold_start = True`` can pick the initial set before any label exists and without a trained model:
@@ -25,7 +26,10 @@ import numpy as np
 import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
-SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings"})
+SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings", "answer_scores",
+                          "base_answer_scores"})
+#: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
+ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
 
 
 @dataclass
@@ -41,6 +45,11 @@ class Signals:
             probe on frozen features; see :class:`~loracle.active.strategies.star.StarStrategy`), or None.
         embeddings: ``[N, D]`` candidate features, or None.
         labelled_embeddings: ``[M, D]`` features of the labelled set, or None.
+        answer_scores: generation: ``[N, S, 2]`` scores of the current model's greedy answer under ``S``
+            stochastic passes (length-normalised NLL, mean token entropy; see
+            :mod:`loracle.uncertainty.generation`), or None.
+        base_answer_scores: generation: ``[N, 1, 2]`` the same for the base LM with adapters off (STAR's
+            ``U_base``), or None.
     """
 
     round_index: int
@@ -49,6 +58,8 @@ class Signals:
     base_probs: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     labelled_embeddings: torch.Tensor | None = None
+    answer_scores: torch.Tensor | None = None
+    base_answer_scores: torch.Tensor | None = None
 
 
 class Strategy(ABC):

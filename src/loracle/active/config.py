@@ -46,9 +46,20 @@ def default_adapter() -> AdapterConfig:
     return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
 
 
-def default_train() -> TrainConfig:
+def default_train(task_kind: str = "classification") -> TrainConfig:
     """AdamW at lr 1e-3, batch 16, at least 3 epochs and at least 100 optimiser steps (small labelled sets get
-    more epochs), weight decay 0.01 on matrices."""
+    more epochs), weight decay 0.01 on matrices.
+
+    Classification also gets label smoothing 0.1 and class-balanced loss weights. Measured on rotten_tomatoes with
+    MiniLM (random labelled sets, 4 seeds, 1,000 test items; the README's "Training recipe"): smoothing keeps
+    accuracy (0.740 at 300 labels either way) and lowers test ECE from 0.105 to 0.075 at 300 labels and from
+    0.257 to 0.233 at 100; on the 10%-minority set the unweighted loss predicts the majority class for every
+    item (macro-F1 0.473 at 100 and 300 labels), which balanced weights undo (see the README). Actively chosen
+    labelled sets are skewed towards whichever class the model finds hard, which balanced weights also correct.
+    """
+    if task_kind == "classification":
+        return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01,
+                           label_smoothing=0.1, class_weight="balanced")
     return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01)
 
 
@@ -98,7 +109,8 @@ class ALConfig:
         adapter: the adapter (:class:`~loracle.adapters.AdapterConfig`, or a dict with ``method``); an empty
             ``modules_to_save`` trains the model's classification head in full.
         fresh_adapter: a fresh adapter (and head) each round, as in STAR; False continues from the last round.
-        train: the training recipe (:class:`~loracle.training.TrainConfig`, or a dict of its fields).
+        train: the training recipe (:class:`~loracle.training.TrainConfig`, or a dict of the fields to change
+            from :func:`default_train` for this ``task_kind``; None: that default).
         max_length: token limit of the task (longer inputs are truncated; the run says how many were).
         eval_batch_size: batch size for evaluation and scoring.
         prefix_cache: compute the frozen blocks below the first adapted block once per run and reuse them in
@@ -155,7 +167,7 @@ class ALConfig:
     stochastic_layers: int | None = None
     adapter: AdapterConfig = field(default_factory=default_adapter)
     fresh_adapter: bool = True
-    train: TrainConfig = field(default_factory=default_train)
+    train: TrainConfig | dict | None = None
     max_length: int = 256
     eval_batch_size: int = 64
     prefix_cache: bool = True
@@ -180,6 +192,8 @@ class ALConfig:
                 self.adapter = config_from_dict({**default_adapter().to_dict(), **self.adapter})
             except (ValueError, TypeError, KeyError) as err:
                 problems.append(f"adapter: {err}")
+        if self.train is None:
+            self.train = default_train(self.task_kind)
         if isinstance(self.train, dict):
             names = {f.name for f in dataclasses.fields(TrainConfig)}
             unknown = sorted(set(self.train) - names)
@@ -187,7 +201,7 @@ class ALConfig:
                 problems.append(f"train: unknown fields {unknown}; valid fields: {sorted(names)}")
             else:
                 try:
-                    self.train = TrainConfig(**{**default_train().to_dict(), **self.train})
+                    self.train = TrainConfig(**{**default_train(self.task_kind).to_dict(), **self.train})
                 except (ValueError, TypeError) as err:
                     problems.append(f"train: {err}")
         if not problems:

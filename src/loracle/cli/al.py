@@ -53,12 +53,15 @@ _ZERO_IS_ALL = ("pool_size", "test_size", "score_subset", "stochastic_layers")
 
 
 def _default(name: str) -> Any:
-    """The ``ALConfig`` default of a field; a dotted name reads inside it (``train.epochs``, ``adapter.rank``)."""
-    from loracle.active.config import ALConfig
+    """The ``ALConfig`` default of a field; a dotted name reads inside it (``train.epochs``, ``adapter.rank``).
+    ``train.*`` reads the classification recipe (:func:`loracle.active.config.default_train`)."""
+    from loracle.active.config import ALConfig, default_train
 
     top, *rest = name.split(".")
     field = {f.name: f for f in dataclasses.fields(ALConfig)}[top]
     value = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if top == "train" and value is None:
+        value = default_train()
     for part in rest:
         value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
     return value
@@ -299,7 +302,8 @@ def config_from_args(args: argparse.Namespace):
     for section, flags in (("adapter", adapter), ("train", train)):
         given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
         if given or section in data:
-            data[section] = {**_as_dict(_default(section)), **_as_dict(data.get(section)), **given}
+            # ALConfig fills the rest from its defaults for the task kind
+            data[section] = {**_as_dict(data.get(section)), **given}
     return ALConfig.from_dict(data)
 
 

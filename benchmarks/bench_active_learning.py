@@ -2,7 +2,7 @@
 
     python benchmarks/bench_active_learning.py --seeds 0,1,2 --time-limit 3600
 
-Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on query/value of the top two blocks,
+Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on every linear layer of the top two blocks,
 the cross-round prefix cache, bf16 where the CPU has it, at least 3 epochs and 100 steps per round, lr 1e-3,
 label smoothing 0.1, class-balanced loss weights),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query

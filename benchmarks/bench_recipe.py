@@ -1,0 +1,138 @@
+"""Training recipes for small labelled sets: accuracy, macro-F1 and calibration of one round's model.
+
+    python benchmarks/bench_recipe.py --recipes base,base+ls0.1 --sizes 100,300 --seeds 0,1,2,3
+
+Trains the MiniLM encoder with ``loracle al run``'s adapter (LoRA r=8 on every linear layer of the top two blocks,
+the head trained in full, the prefix cache) on seeded random labelled sets of each size drawn from a seeded
+2,000-item pool of rotten_tomatoes' training split, and evaluates on a seeded 1,000-item test subset. Each recipe
+is the base recipe (AdamW lr 1e-3, batch 16, at least 3 epochs and 100 steps, weight decay 0.01, bf16 autocast)
+with changes joined by ``+``:
+
+- ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``lr<x>``: learning rate; ``hl<x>``: head
+  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``mc<S>``: evaluate with the mean of S
+  MC-dropout passes instead of one deterministic pass.
+
+``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
+(dataset, recipe, size, seed) is appended to ``benchmarks/results/recipe_rows.jsonl`` (finished rows are skipped, so
+the script resumes), and ``benchmarks/results/recipe.json`` holds the means per recipe and size. About 15-25 s per row
+on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ROWS = RESULTS / "recipe_rows.jsonl"
+
+
+def parse_recipe(name: str) -> tuple[dict, int]:
+    """TrainConfig fields and MC samples of a recipe name such as ``base+ls0.1+cwb``."""
+    fields = dict(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01, progress=False,
+                  mixed_precision="bf16")
+    samples = 0
+    for part in name.split("+"):
+        if part == "base":
+            continue
+        if part == "cwb":
+            fields["class_weight"] = "balanced"
+        elif part.startswith("ls"):
+            fields["label_smoothing"] = float(part[2:])
+        elif part.startswith("lr"):
+            fields["lr"] = float(part[2:])
+        elif part.startswith("hl"):
+            fields["head_lr"] = float(part[2:])
+        elif part.startswith("ms"):
+            fields["min_steps"] = int(part[2:]) or None
+        elif part.startswith("ep"):
+            fields["epochs"] = int(part[2:])
+        elif part.startswith("mc"):
+            samples = int(part[2:])
+        else:
+            raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
+    return fields, samples
+
+
+def summarise() -> dict:
+    groups: dict[tuple, list[dict]] = {}
+    for line in ROWS.read_text().splitlines():
+        row = json.loads(line)
+        groups.setdefault((row["dataset"], row["recipe"], row["n"]), []).append(row)
+    table = [{"dataset": d, "recipe": r, "n_labels": n, "seeds": sorted(x["seed"] for x in rows),
+              **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
+                 for m in ("accuracy", "macro_f1", "ece", "nll")}}
+             for (d, r, n), rows in sorted(groups.items())]
+    out = {"setting": {"model": "minilm", "pool_size": 2000, "test_size": 1000}, "results": table}
+    (RESULTS / "recipe.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "rotten_tomatoes"))
+    parser.add_argument("--imbalanced-data",
+                        default=str(HERE.parent / "runs" / "bench_active_learning" / "data" / "rotten_tomatoes_imbalanced"))
+    parser.add_argument("--dataset", choices=("balanced", "imbalanced"), default="balanced")
+    parser.add_argument("--recipes", default="base,base+ls0.1,base+cwb,base+ls0.1+cwb")
+    parser.add_argument("--sizes", default="100,300")
+    parser.add_argument("--seeds", default="0,1,2,3")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from loracle.active.config import default_adapter
+    from loracle.data.loaders import load_examples
+    from loracle.evaluation import evaluate
+    from loracle.modeling.build import ModelBuilder
+    from loracle.modeling.prefix_cache import PrefixCache
+    from loracle.training import TrainConfig, train
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if ROWS.exists():
+        done = {(r["dataset"], r["recipe"], r["n"], r["seed"]) for r in map(json.loads, ROWS.read_text().splitlines())}
+    source = args.data if args.dataset == "balanced" else args.imbalanced_data
+    pool = load_examples(Path(source) / "train.jsonl", "classification", text_field="text")
+    test = load_examples(Path(source) / "test.jsonl", "classification", text_field="text",
+                         label_names=pool.label_names)
+    names = pool.label_names
+    pool = [pool[i] for i in np.random.default_rng(0).choice(len(pool), 2000, replace=False)]
+    test = [test[i] for i in np.random.default_rng(1).choice(len(test), 1000, replace=False)]
+    builder = ModelBuilder("minilm", "classification", label_names=names, examples=pool, max_length=256,
+                           adapter=default_adapter())
+    cache = None
+    for recipe in args.recipes.split(","):
+        fields, samples = parse_recipe(recipe)
+        for n in (int(x) for x in args.sizes.split(",")):
+            for seed in (int(x) for x in args.seeds.split(",")):
+                if (args.dataset, recipe, n, seed) in done:
+                    continue
+                labelled = [pool[i] for i in np.random.default_rng(100 + seed).choice(len(pool), n, replace=False)]
+                built = builder.fresh(head_seed=seed, adapter_seed=seed)
+                if cache is None:
+                    cache = PrefixCache(built.layout.first_trainable_block)
+                start = time.perf_counter()
+                with cache.attached(built.model, built.layout):
+                    train(built.model, built.task, labelled, TrainConfig(**fields, seed=seed))
+                    built.model.eval()
+                    metrics = evaluate(built.model, built.task, test, samples=samples, batch_size=64,
+                                       precision="bf16")
+                row = {"dataset": args.dataset, "recipe": recipe, "n": n, "seed": seed,
+                       **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
+                       "seconds": round(time.perf_counter() - start, 1)}
+                print(row, flush=True)
+                with ROWS.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print(json.dumps(summarise()["results"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

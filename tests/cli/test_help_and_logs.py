@@ -298,3 +298,16 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
     for line, r in zip(rounds, report["rounds"]):
         assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
                                f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")
+
+
+def test_class_weight_and_label_smoothing_flags_reach_the_config():
+    from loracle.cli.al import config_from_args
+
+    parser = subparser("al", "run")
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--class-weight", "none",
+                              "--label-smoothing", "0.2"])
+    config = config_from_args(args)
+    assert config.train.class_weight is None and config.train.label_smoothing == 0.2
+    assert config.train.lr == 1e-3  # the rest of the recipe stays the default
+    defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
+    assert (defaults.train.class_weight, defaults.train.label_smoothing) == ("balanced", 0.1)

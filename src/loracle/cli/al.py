@@ -216,6 +216,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _option(g, "--b-weight-decay", field="train.b_weight_decay", type=float, metavar="WD",
             none="the weight decay of the other parameters",
             help="weight decay on lora_B only (STAR's constraint)")
+    _option(g, "--class-weight", field="train.class_weight", choices=("balanced", "none"), metavar="MODE",
+            help="balanced: weight each class's loss by n / (C * n_c) so a rare class counts as much as a common "
+            "one (classification; better minority recall, probabilities tilted towards equal classes); none: "
+            "plain cross-entropy")
+    _option(g, "--label-smoothing", field="train.label_smoothing", type=float, metavar="X",
+            help="mix the training targets with the uniform distribution by X (0: none)")
     g = run.add_argument_group("calibration, stopping and speed")
     _option(g, "--calibration", field="calibration", choices=("temperature", "none"), metavar="NAME",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
@@ -298,9 +304,12 @@ def config_from_args(args: argparse.Namespace):
     if options:
         data["strategy_options"] = options
     adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}
-    train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay"}
+    train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay",
+             "class_weight": "class_weight", "label_smoothing": "label_smoothing"}
     for section, flags in (("adapter", adapter), ("train", train)):
         given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
+        if given.get("class_weight") == "none":
+            given["class_weight"] = None
         if given or section in data:
             # ALConfig fills the rest from its defaults for the task kind
             data[section] = {**_as_dict(data.get(section)), **given}

@@ -217,7 +217,7 @@ class ActiveLearningLoop:
         self.strategy = build_strategy(c.strategy, **options)
         from loracle.modeling.precision import resolve_precision
 
-        self.precision = resolve_precision(c.precision)
+        self.precision = resolve_precision(c.precision, self.ranks.device or "cpu")  # a launched rank: its device
         samples = c.mc_samples if c.mc_samples is not None else self.strategy.mc_samples
         self.scorer = Scorer(samples=samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
                              posterior=c.mc_posterior, stochastic_layers=c.stochastic_layers,

@@ -1,4 +1,4 @@
-"""Run by tests/active/test_distributed.py under ``accelerate launch`` (2 CPU processes, gloo).
+"""Run by tests/active/test_al_distributed.py under ``accelerate launch`` (2 CPU processes, gloo).
 
 ``python al_launch_script.py AUDIT_DIR MC_OUT -- <loracle CLI args>``:
 

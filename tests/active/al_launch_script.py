@@ -31,7 +31,7 @@ def _audit(folder: Path) -> None:
     transaction, put_signal = RunState.transaction, RunState.put_signal
     RunState.transaction = lambda self: (record("begin"), transaction(self))[1]
     RunState.put_signal = lambda self, name, tensor: (record(f"signal {name}"), put_signal(self, name, tensor))[1]
-    import loracle.adapters as adapters
+    from loracle import adapters
 
     save_adapter = adapters.save_adapter
     adapters.save_adapter = lambda *a, **k: (record("checkpoint"), save_adapter(*a, **k))[1]

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from active.al_helpers import write_toy_data
+from tiny_models import tiny_bert, tiny_tokenizer
+
 from loracle.active.state import RunState
 from loracle.cli import main
-from tiny_models import tiny_bert, tiny_tokenizer
 
 SCRIPT = Path(__file__).with_name("al_launch_script.py")
 REPO = Path(__file__).resolve().parents[2]

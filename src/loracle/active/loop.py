@@ -17,6 +17,13 @@ previous adapter, re-initialises the head from the round's seed and applies a fr
 leaves the lower blocks frozen, their output is computed once per item and reused in every round
 (:class:`loracle.modeling.PrefixCache`). Scoring persists its results chunk by chunk, so a kill during scoring
 resumes at the next chunk. One process at a time drives a run folder (:class:`loracle.active.lock.RunLock`).
+
+Under ``accelerate launch`` / ``torchrun`` every process runs this loop (:class:`loracle.distributed.Ranks`):
+training is the DDP path of :func:`loracle.training.train`; evaluation and deterministic passes are split into
+contiguous shards, and the MC scoring chunks are dealt round-robin, one chunk per rank per wave, each with the
+chunk's own seed, so the gathered signals are those of one process up to float rounding. The strategy selects on
+rank 0 and the queries are broadcast; rank 0 alone takes the lock and writes rows, checkpoints, caches and the
+report, while the others wait for it and read the state back.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from loracle.active.pool import Scorer
 from loracle.active.state import RunState
 from loracle.active.strategies import STRATEGIES, Signals, build_strategy
 from loracle.data.examples import Example
+from loracle.distributed import Ranks
 from loracle.errors import LoracleError
 from loracle.modeling.build import Built, ModelBuilder, ModelFactory
 from loracle.modeling.prefix_cache import PrefixCache
@@ -51,8 +59,10 @@ from loracle.progress import log
 #: (``train``: after the first optimiser step, mid-training; ``evaluate``: trained, before evaluation and checkpoint;
 #: ``checkpoint``: checkpoint renamed into place, row not committed; ``score``: pool scored, queries not committed;
 #: ``score_chunk``: the first scoring chunk persisted, the rest not yet; ``generate``: generation runs, the greedy
-#: answers of the first chunk persisted, their scores not yet; ``label``: queries committed, labels not yet).
+#: answers of the first chunk persisted, their scores not yet; ``label``: queries committed, labels not yet). Under
+#: a launcher every rank honours it, or only rank ``LORACLE_AL_FAULT_RANK`` when that is set.
 FAULT_ENV = "LORACLE_AL_FAULT"
+FAULT_RANK_ENV = "LORACLE_AL_FAULT_RANK"
 
 _PURPOSES = {"pool": 1, "test": 2, "initial": 3, "model": 4, "train": 5, "mc": 6, "select": 7, "subset": 8,
              "adapter": 9, "calibrate": 10, "stop": 11}
@@ -63,7 +73,8 @@ def derived_seed(seed: int, round_index: int, purpose: str) -> int:
 
 
 def _fault(point: str, round_index: int) -> None:
-    if os.environ.get(FAULT_ENV) == f"{point}:{round_index}":
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get(FAULT_ENV) == f"{point}:{round_index}" and os.environ.get(FAULT_RANK_ENV, rank) == rank:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -197,11 +208,13 @@ class ActiveLearningLoop:
         state: the run.
         model_factory: ``(name, task_kind, num_labels) -> (model, tokenizer)``; default ``loracle.models.load_model``.
         builder: a model builder to reuse (from :func:`create_run`); default a new one.
+        ranks: this process's place in a launched job; default :meth:`Ranks.current` (one process unless launched).
     """
 
     def __init__(self, state: RunState, model_factory: ModelFactory | None = None,
-                 builder: ModelBuilder | None = None) -> None:
+                 builder: ModelBuilder | None = None, ranks: Ranks | None = None) -> None:
         self.state = state
+        self.ranks = ranks or Ranks.current()
         self.config = ALConfig.from_dict(state.config)
         c = self.config
         options = dict(c.strategy_options)
@@ -210,11 +223,12 @@ class ActiveLearningLoop:
         self.strategy = build_strategy(c.strategy, **options)
         from loracle.modeling.precision import resolve_precision
 
-        self.precision = resolve_precision(c.precision)
+        self.precision = resolve_precision(c.precision, self.ranks.device or "cpu")  # a launched rank: its device
         samples = c.mc_samples if c.mc_samples is not None else self.strategy.mc_samples
         self.scorer = Scorer(samples=samples, base_samples=c.base_mc_samples, dropout=c.mc_dropout,
                              posterior=c.mc_posterior, stochastic_layers=c.stochastic_layers,
-                             batch_size=c.eval_batch_size, progress=c.progress, precision=self.precision)
+                             batch_size=c.eval_batch_size, progress=c.progress and self.ranks.is_writer,
+                             precision=self.precision)
         self.oracle = SimulatedOracle() if c.oracle == "simulated" else None
         self.label_names = state.label_names
         self.test = state.test_examples()
@@ -224,6 +238,11 @@ class ActiveLearningLoop:
         self.answers = None
         if c.task_kind == "generation":
             from loracle.active.generation import AnswerSignals
+
+            if self.ranks.distributed:
+                raise LoracleError(f"generation runs are not split across processes yet (launched with "
+                                   f"{self.ranks.world}); run `loracle al run --task-kind generation` in one "
+                                   "process (without accelerate launch / torchrun)")
 
             self.answers = AnswerSignals(state, samples=samples, dropout=c.mc_dropout, posterior=c.mc_posterior,
                                          stochastic_layers=c.stochastic_layers, batch_size=c.eval_batch_size,
@@ -243,7 +262,7 @@ class ActiveLearningLoop:
             ``"done"``, ``"paused"``, or ``"waiting_for_labels"`` when a human oracle has pending queries.
         """
         c, state = self.config, self.state
-        for note in state.get_meta("notes") or []:
+        for note in (state.get_meta("notes") or []) if self.ranks.is_writer else []:
             log(note)
         if not state.queries(0):
             self._initial_queries()
@@ -253,8 +272,12 @@ class ActiveLearningLoop:
                     return "waiting_for_labels"
                 _fault("label", t)
                 answers = self.oracle.answer(state, state.pending_queries(t))
-                with state.transaction() as db:
-                    state.add_labels(answers, t, "initial" if t == 0 else self.oracle.source, db)
+
+                def record_labels() -> None:
+                    with state.transaction() as db:
+                        state.add_labels(answers, t, "initial" if t == 0 else self.oracle.source, db)
+
+                self.ranks.writer(record_labels)
             built = None
             worked = False
             if t not in state.completed_rounds():
@@ -265,7 +288,8 @@ class ActiveLearningLoop:
                     and not state.queries(t + 1):
                 if worked:
                     self._log_round(t)
-                log(f"stopping early after round {t}: {decision.reason}")
+                if self.ranks.is_writer:
+                    log(f"stopping early after round {t}: {decision.reason}")
                 break
             if t < c.n_rounds and not state.queries(t + 1):
                 if built is None:
@@ -278,7 +302,7 @@ class ActiveLearningLoop:
                 return "paused"
         from loracle.active.report import write_report
 
-        write_report(state)
+        self.ranks.writer(lambda: write_report(state))
         return "done"
 
     # -- steps -------------------------------------------------------------------------------------------------
@@ -286,7 +310,7 @@ class ActiveLearningLoop:
         from loracle.active.report import format_round_line
 
         row = next((r for r in self.state.rounds() if r["round"] == t), None)
-        if row is None:
+        if row is None or not self.ranks.is_writer:
             return
         phases = {"train": row["train_seconds"], "evaluate": row["metrics"].get("evaluate_seconds"),
                   "score": row["score_seconds"]}
@@ -313,7 +337,7 @@ class ActiveLearningLoop:
         return self.cache.attached(built.model, built.layout)
 
     def _save_cache(self) -> None:
-        if self.cache is not None:
+        if self.cache is not None and self.ranks.is_writer:  # other ranks fill their own copy lazily
             self.cache.save_if_changed(self._cache_path(self.cache.first_block))
 
     def _checkpoint_dir(self, t: int) -> Path:
@@ -321,15 +345,19 @@ class ActiveLearningLoop:
 
     def _fresh(self, t: int) -> Built:
         c = self.config
-        return self.builder.fresh(head_seed=derived_seed(c.seed, t, "model"),
-                                  adapter_seed=derived_seed(c.seed, t if c.fresh_adapter else 0, "adapter"))
+        built = self.builder.fresh(head_seed=derived_seed(c.seed, t, "model"),
+                                   adapter_seed=derived_seed(c.seed, t if c.fresh_adapter else 0, "adapter"))
+        self.ranks.place(built.model)
+        return built
 
     def _load_round(self, t: int) -> Built:
         folder = self._checkpoint_dir(t)
         if not folder.exists():
             log(f"round {t}: its checkpoint {folder} is missing; retraining it from the same labels and seed")
             return self._train_round(t, record=False)
-        return self.builder.load(folder)
+        built = self.builder.load(folder)
+        self.ranks.place(built.model)
+        return built
 
     def _train_round(self, t: int, record: bool = True) -> Built:
         from loracle.adapters import save_adapter
@@ -352,7 +380,7 @@ class ActiveLearningLoop:
             _fault("evaluate", t)
             start = time.perf_counter()
             result = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size,
-                              precision=self.precision, return_probs=True)
+                              precision=self.precision, return_probs=True, ranks=self.ranks)
             evaluate_seconds = time.perf_counter() - start
             stop_probs = self._stop_set_probs(t, built, temperature)
         self._save_cache()
@@ -374,19 +402,24 @@ class ActiveLearningLoop:
             metrics["temperature"] = float(temperature)
             metrics["calibrate_seconds"] = calibrate_seconds
         metrics["evaluate_seconds"] = evaluate_seconds
-        final = self._checkpoint_dir(t)
-        tmp = final.with_name(f".tmp-{final.name}")
-        for leftover in (tmp, final):  # a killed earlier attempt: its folder has no committed row
-            if leftover.exists():
-                shutil.rmtree(leftover)
-        save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled), "label_names": self.label_names,
-                                              "temperature": temperature, "train_config": train_config.to_dict()})
-        os.replace(tmp, final)
-        if record:
-            if stop_probs is not None:
-                state.put_signal(f"stop_probs/{t}", stop_probs)
-            _fault("checkpoint", t)
-            state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
+
+        def save() -> None:
+            final = self._checkpoint_dir(t)
+            tmp = final.with_name(f".tmp-{final.name}")
+            for leftover in (tmp, final):  # a killed earlier attempt: its folder has no committed row
+                if leftover.exists():
+                    shutil.rmtree(leftover)
+            save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled),
+                                                  "label_names": self.label_names, "temperature": temperature,
+                                                  "train_config": train_config.to_dict()})
+            os.replace(tmp, final)
+            if record:
+                if stop_probs is not None:
+                    state.put_signal(f"stop_probs/{t}", stop_probs)
+                _fault("checkpoint", t)
+                state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
+
+        self.ranks.writer(save)
         return built
 
     # -- recipe, calibration, stopping -------------------------------------------------------------------------
@@ -424,11 +457,13 @@ class ActiveLearningLoop:
             held_out = [labelled[j] for j in held]
             built = self.builder.fresh(head_seed=derived_seed(c.seed, t, "calibrate") + i + 1,
                                        adapter_seed=derived_seed(c.seed, t, "calibrate") + i + 1)
+            self.ranks.place(built.model)
             with self._cached(built):
                 train(built.model, built.task, fit_on, train_config.replace(seed=train_config.seed + i + 1,
                                                                           progress=False))
-                probs = mc_probs(built.model, built.task, held_out, samples=0, batch_size=c.eval_batch_size,
-                                 precision=self.precision)[:, 0]
+                probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                             batch_size=c.eval_batch_size,
+                                                             precision=self.precision), held_out)[:, 0]
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
         return fit_temperature_from_folds(pairs)
 
@@ -445,8 +480,9 @@ class ActiveLearningLoop:
         c = self.config
         if not c.stopping or self.answers is not None:
             return None
-        probs = mc_probs(built.model, built.task, self.state.pool_examples(self._stop_indices()), samples=0,
-                         batch_size=c.eval_batch_size, precision=self.precision)[:, 0]
+        probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                     batch_size=c.eval_batch_size, precision=self.precision),
+                               self.state.pool_examples(self._stop_indices()))[:, 0]
         if temperature is not None:
             from loracle.evaluation.calibration import apply_temperature
 
@@ -463,18 +499,22 @@ class ActiveLearningLoop:
         """The initial set: random, stratified, or a cold-start strategy on the base model's features."""
         c, state = self.config, self.state
         rng = np.random.default_rng(derived_seed(c.seed, 0, "initial"))
-        if c.initial_mode in ("random", "stratified"):
-            n = state.pool_size()  # only a stratified draw reads the hidden gold labels
-            initial = _initial_indices(c, [state.gold_label(i) for i in range(n)] if c.initial_mode == "stratified"
-                                       else [None] * n)
-        else:
-            features = self._base_features()
-            strategy = build_strategy(c.initial_mode)
-            positions, _ = strategy.select(Signals(round_index=-1, n=len(features), embeddings=features),
-                                           c.initial_size, rng)
-            initial = sorted(int(p) for p in positions)
-        with state.transaction() as db:
-            state.add_queries(0, initial, None, db)
+        features = None if c.initial_mode in ("random", "stratified") else self._base_features()
+
+        def choose() -> None:
+            if features is None:
+                n = state.pool_size()  # only a stratified draw reads the hidden gold labels
+                initial = _initial_indices(c, [state.gold_label(i) for i in range(n)]
+                                           if c.initial_mode == "stratified" else [None] * n)
+            else:
+                strategy = build_strategy(c.initial_mode)
+                positions, _ = strategy.select(Signals(round_index=-1, n=len(features), embeddings=features),
+                                               c.initial_size, rng)
+                initial = sorted(int(p) for p in positions)
+            with state.transaction() as db:
+                state.add_queries(0, initial, None, db)
+
+        self.ranks.writer(choose)
 
     def _base_features(self, built: Built | None = None) -> torch.Tensor:
         """``[N, D]`` base-model features of the whole pool, computed once per run and stored.
@@ -487,17 +527,18 @@ class ActiveLearningLoop:
 
         features = self.state.get_signal("base_features")
         if features is None:
+            def compute(part: list[Example]) -> torch.Tensor:
+                return base_features(built.model, built.task, part, self.config.eval_batch_size, self.precision)
+
             if built is None:
                 built = self._fresh(0)
                 with self._cached(built):
-                    features = base_features(built.model, built.task, self.state.pool_examples(),
-                                             self.config.eval_batch_size, self.precision)
+                    features = self.ranks.map(compute, self.state.pool_examples())
             else:
-                features = base_features(built.model, built.task, self.state.pool_examples(),
-                                         self.config.eval_batch_size, self.precision)
+                features = self.ranks.map(compute, self.state.pool_examples())
             self._save_cache()
             features = features.half()  # what is stored is what every later read returns
-            self.state.put_signal("base_features", features)
+            self.ranks.writer(lambda: self.state.put_signal("base_features", features))
         return features.float()
 
     def _base_probs(self, built: Built) -> torch.Tensor:
@@ -515,35 +556,54 @@ class ActiveLearningLoop:
                 labels = torch.tensor([initial[i] for i in idx])
                 base = linear_probe_probs(features[idx], labels, features, len(self.label_names or [])
                                           or int(labels.max()) + 1)
-            else:
-                # The current model's adapters off (computed right after round 0).
-                base = self.scorer.base_probs(built.model, built.task, self.state.pool_examples(),
-                                              derived_seed(self.config.seed, 0, "mc"))
-            self.state.put_signal("base_probs", base)
+            elif self.scorer.base_samples == 0 or not self.ranks.distributed:
+                # The current model's adapters off (computed right after round 0); deterministic passes shard.
+                base = self.ranks.map(lambda part: self.scorer.base_probs(
+                    built.model, built.task, part, derived_seed(self.config.seed, 0, "mc")),
+                    self.state.pool_examples())
+            else:  # MC passes over the whole pool draw from one seed: rank 0 computes them, the others read back
+                self.ranks.writer(lambda: self.state.put_signal("base_probs", self.scorer.base_probs(
+                    built.model, built.task, self.state.pool_examples(), derived_seed(self.config.seed, 0, "mc"))))
+                return self.state.get_signal("base_probs")
+            self.ranks.writer(lambda: self.state.put_signal("base_probs", base))
         return base
 
     def _measure(self, t: int, built: Built, candidates: list[int], requires: frozenset[str]) -> dict[str, Any]:
-        """Per-candidate signals, computed and persisted chunk by chunk (a resumed run skips stored chunks)."""
-        c, state = self.config, self.state
-        names = sorted(requires & {"probs", "embeddings"})
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-        starts = list(range(0, len(candidates), c.score_chunk))
-        for k, start in enumerate(starts):
-            chunk = candidates[start:start + c.score_chunk]
-            stored = {name: state.get_signal(f"round{t}/chunk{k}/{name}") for name in names}
-            if any(v is None for v in stored.values()):
-                seed = derived_seed(c.seed, t, "mc") + k
-                stored = self.scorer.measure(frozenset(names), built.model, built.task, state.pool_examples(chunk),
-                                             seed)
-                for name in names:
-                    state.put_signal(f"round{t}/chunk{k}/{name}", stored[name])
-                if k == 0 and len(starts) > 1:
-                    _fault("score_chunk", t)
-            for name in names:
-                parts[name].append(stored[name])
-        return {name: torch.cat(parts[name]) for name in names}
+        """Per-candidate signals, computed and persisted chunk by chunk (a resumed run skips stored chunks).
 
-    def _query(self, t: int, built: Built) -> None:
+        The missing chunks are dealt round-robin over the ranks, one per rank per wave; each wave is gathered and
+        persisted by rank 0 before the next starts. A chunk's MC draws come from its own seed, so which rank
+        scores it does not change them."""
+        c, state, ranks = self.config, self.state, self.ranks
+        names = sorted(requires & {"probs", "embeddings"})
+        starts = list(range(0, len(candidates), c.score_chunk))
+        done: dict[int, dict[str, torch.Tensor]] = {}
+        for k in range(len(starts)):
+            stored = {name: state.get_signal(f"round{t}/chunk{k}/{name}") for name in names}
+            if all(v is not None for v in stored.values()):
+                done[k] = stored
+        missing = [k for k in range(len(starts)) if k not in done]
+        for wave in ranks.spread(missing):
+            k = wave[ranks.rank]
+            mine = None
+            if k is not None:
+                chunk = candidates[starts[k]:starts[k] + c.score_chunk]
+                mine = self.scorer.measure(frozenset(names), built.model, built.task, state.pool_examples(chunk),
+                                           derived_seed(c.seed, t, "mc") + k)
+            scored = [(j, part) for j, part in zip(wave, ranks.gather(mine)) if j is not None]
+
+            def persist() -> None:
+                for j, part in scored:
+                    for name in names:
+                        state.put_signal(f"round{t}/chunk{j}/{name}", part[name])
+
+            ranks.writer(persist)
+            done.update(scored)
+            if 0 in wave and len(starts) > ranks.world:
+                _fault("score_chunk", t)
+        return {name: torch.cat([done[k][name] for k in range(len(starts))]) for name in names}
+
+    def _query(self, t: int, built: Built) -> list[int]:
         c, state = self.config, self.state
         labels = state.labels()
         unlabelled_idx = [i for i in range(state.pool_size()) if i not in labels]
@@ -555,6 +615,7 @@ class ActiveLearningLoop:
             raise LoracleError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
         requires = self.strategy.requires
         start = time.perf_counter()
+        self.ranks.place(built.model)
         # Generation scores new answers every round: caching their prefix states would only grow the cache.
         with self._cached(built) if self.answers is None else contextlib.nullcontext():
             extra: dict[str, Any] = {}
@@ -565,9 +626,9 @@ class ActiveLearningLoop:
                 extra.update(self.answers.measure(t, built, unlabelled_idx, requires,
                                                   derived_seed(c.seed, t, "mc")))
             if "embeddings" in requires:
-                extra["labelled_embeddings"] = self.scorer.measure(
-                    frozenset({"embeddings"}), built.model, built.task, state.pool_examples(sorted(labels)),
-                    0)["embeddings"]
+                extra["labelled_embeddings"] = self.ranks.map(lambda part: self.scorer.measure(
+                    frozenset({"embeddings"}), built.model, built.task, part, 0)["embeddings"],
+                    state.pool_examples(sorted(labels)))
         self._save_cache()
         if self.config.calibrate_scores and "probs" in extra:
             temperature = next((r["metrics"].get("temperature") for r in state.rounds() if r["round"] == t), None)
@@ -576,21 +637,27 @@ class ActiveLearningLoop:
 
                 extra["probs"] = apply_temperature(extra["probs"].clamp_min(1e-12).log(), temperature)
         signals = Signals(round_index=t, n=len(unlabelled_idx), **extra)
-        positions, scores = self.strategy.select(signals, k, np.random.default_rng(derived_seed(c.seed, t, "select")))
-        score_seconds = time.perf_counter() - start
-        _fault("score", t)
-        chosen = [unlabelled_idx[int(p)] for p in positions]
-        shown = None
-        if self.answers is not None and self.oracle is None:  # a person corrects the model's answers
-            shown = self.answers.query_answers(chosen, positions, built)
-        with state.transaction() as db:
-            state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
-            if self.answers is not None:
-                state.set_meta(f"phase_seconds/{t}", self.answers.seconds_, db)
-                if shown is not None:
-                    state.set_meta(f"model_answers/{t + 1}", shown, db)
-            db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
-            db.execute("DELETE FROM signals WHERE name LIKE ?", (f"round{t}/chunk%",))
+
+        def select() -> list[int]:  # once, on rank 0
+            positions, scores = self.strategy.select(signals, k,
+                                                     np.random.default_rng(derived_seed(c.seed, t, "select")))
+            score_seconds = time.perf_counter() - start
+            _fault("score", t)
+            chosen = [unlabelled_idx[int(p)] for p in positions]
+            shown = None
+            if self.answers is not None and self.oracle is None:  # a person corrects the model's answers
+                shown = self.answers.query_answers(chosen, positions, built)
+            with state.transaction() as db:
+                state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
+                if self.answers is not None:
+                    state.set_meta(f"phase_seconds/{t}", self.answers.seconds_, db)
+                    if shown is not None:
+                        state.set_meta(f"model_answers/{t + 1}", shown, db)
+                db.execute("UPDATE rounds SET score_seconds = ? WHERE round = ?", (score_seconds, t))
+                db.execute("DELETE FROM signals WHERE name LIKE ?", (f"round{t}/chunk%",))
+            return chosen
+
+        return self.ranks.broadcast(self.ranks.writer(select))
 
 
 def stop_decision(state: RunState, criteria: list[str], upto: int | None = None) -> Any:
@@ -621,10 +688,12 @@ def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: Mo
     """
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise LoracleError(f"--output {run_dir} is an existing file; give a folder for the run")
-    with RunLock(run_dir):
-        state, builder = create_run(config, run_dir, model_factory)
+    ranks = Ranks.current()
+    with _writer_lock(ranks, run_dir):
+        made = ranks.writer(lambda: create_run(config, run_dir, model_factory))
+        state, builder = made if made is not None else (RunState.open(run_dir), None)
         try:
-            return ActiveLearningLoop(state, model_factory, builder).run(stop_after_round)
+            return ActiveLearningLoop(state, model_factory, builder, ranks).run(stop_after_round)
         finally:
             state.close()
 
@@ -648,12 +717,28 @@ def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_
         raise LoracleError(f"only {sorted(allowed)} can change on resume, got {sorted(overrides)}")
     if not (Path(run_dir) / "state.sqlite").exists():
         raise LoracleError(f"{run_dir} holds no run (no state.sqlite); start one with `loracle al run`")
-    with RunLock(run_dir):
+    ranks = Ranks.current()
+    with _writer_lock(ranks, run_dir):
         state = RunState.open(run_dir)
         try:
             if overrides:
-                with state.transaction() as db:
-                    state.set_meta("config", {**state.config, **overrides}, db)
-            return ActiveLearningLoop(state, model_factory).run(stop_after_round)
+                def override() -> None:
+                    with state.transaction() as db:
+                        state.set_meta("config", {**state.config, **overrides}, db)
+
+                ranks.writer(override)
+            return ActiveLearningLoop(state, model_factory, ranks=ranks).run(stop_after_round)
         finally:
             state.close()
+
+
+@contextlib.contextmanager
+def _writer_lock(ranks: Ranks, run_dir: str | Path) -> Any:
+    """The run lock, held by rank 0 alone (the other ranks of a launched job are its helpers, not rivals); a run
+    in use elsewhere fails on every rank."""
+    lock = RunLock(run_dir)
+    ranks.writer(lock.acquire)
+    try:
+        yield lock
+    finally:
+        lock.release()

@@ -70,11 +70,11 @@ def embeddings(model: nn.Module, task: "Task", examples: Sequence[Example], batc
                 feats = (feats * mask).sum(1) / mask.sum(1).clamp_min(1)  # (rows, D)
             if feats.shape[0] != len(items):  # several rows per item (one per choice): average them
                 feats = feats.view(len(items), -1, feats.shape[-1]).mean(1)
-            out.append(feats.cpu())
+            out.append(feats)  # on the device until the end
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+    return torch.cat(out).cpu() if out else torch.zeros(0, 0)
 
 
 @dataclass

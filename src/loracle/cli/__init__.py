@@ -66,6 +66,8 @@ def run_command(args: argparse.Namespace) -> int:
     ends the command quietly with 141, as a process stopped by SIGPIPE. Ctrl-C exits with 130.
     """
     command = " ".join(c for c in (args.command, getattr(args, "al_command", None)) if c)
+    if int(os.environ.get("RANK", "0")) > 0:  # a helper process of `accelerate launch`/torchrun: rank 0 reports
+        _discard_stdout()
     try:
         result = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here rather than in the interpreter's exit, with a traceback
@@ -77,6 +79,9 @@ def run_command(args: argparse.Namespace) -> int:
         print("loracle: interrupted; completed steps are saved", file=sys.stderr)
         return 130
     except Exception as err:
+        distributed = sys.modules.get("loracle.distributed")
+        if distributed is not None and isinstance(err, distributed.WriterFailed):
+            return 2  # rank 0 failed and printed why; this rank only stops
         message = user_error_message(err)
         if message is None or os.environ.get("LORACLE_DEBUG"):
             raise

@@ -174,6 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Handler of ``loracle train``."""
     from loracle.adapters import ADAPTERS, save_adapter, trainable_parameters
     from loracle.data import load_examples
+    from loracle.distributed import Ranks
     from loracle.evaluation import evaluate, reliability_diagram
     from loracle.modeling.build import ModelBuilder
     from loracle.training import TrainConfig, train
@@ -222,35 +223,42 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         built = builder.fresh(head_seed=args.seed, adapter_seed=adapter.seed)
         model, task = built.model, built.task
+    ranks = Ranks.current()  # under accelerate launch: train with DDP, evaluate in shards, write on rank 0
     output.mkdir(parents=True, exist_ok=True)
     config = config.replace(log_path=output / "train_log.jsonl")
-    if config.log_path.exists():
+    if config.log_path.exists() and ranks.is_writer:
         config.log_path.unlink()
     start = time.perf_counter()
     result = train(model, task, train_set, config)
     train_time = time.perf_counter() - start
+    ranks.place(model)
 
     extra = {"task": args.task, "task_options": task.options(), "label_names": label_names, "model": args.model,
              "adapter": args.adapter, "train_config": config.to_dict()}
     if args.adapter == "full":
-        model.save_pretrained(output / "model")
-        task.tokenizer.save_pretrained(output / "model")
         extra["model"] = str((output / "model").resolve())
-    else:
-        save_adapter(model, output, extra=extra)
-    (output / TASK_FILE).write_text(json.dumps(extra, indent=2))
+
+    def save() -> None:
+        if args.adapter == "full":
+            model.save_pretrained(output / "model")
+            task.tokenizer.save_pretrained(output / "model")
+        else:
+            save_adapter(model, output, extra=extra)
+        (output / TASK_FILE).write_text(json.dumps(extra, indent=2))
+
+    ranks.writer(save)
 
     metrics: dict[str, Any] = {"train": {"examples": len(train_set), "steps": result.steps,
                                          "train_time_s": train_time, "history": result.history,
                                          "trainable_parameters": trainable_parameters(model)}}
     if test_set is not None:
         scores = evaluate(model, task, test_set, samples=args.samples, batch_size=args.batch_size_eval,
-                          seed=args.seed, return_probs=args.task != "generation")
+                          seed=args.seed, return_probs=args.task != "generation", ranks=ranks)
         probs, labels = scores.pop("probs", None), scores.pop("labels", None)
-        if probs is not None:
+        if probs is not None and ranks.is_writer:
             reliability_diagram(probs, labels, output / "reliability.png", title=f"{args.adapter} on test")
         metrics["test"] = scores
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    ranks.writer(lambda: (output / "metrics.json").write_text(json.dumps(metrics, indent=2)))
     summary = ", ".join(f"{k} {v:.3f}" for k, v in metrics.get("test", {}).items() if isinstance(v, float))
     print(f"loracle train: {result.steps} steps in {train_time:.1f} s; test {summary or 'not evaluated'}; "
           f"wrote {output}")
@@ -294,6 +302,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``loracle evaluate``."""
     from loracle.adapters import load_adapter
     from loracle.data import load_examples
+    from loracle.distributed import Ranks
     from loracle.evaluation import evaluate, reliability_diagram
     from loracle.models import load_model
     from loracle.tasks import build_task
@@ -329,14 +338,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
     examples = load_examples(args.data, kind, split=args.split, label_names=label_names, **_field_options(args))
     if args.max_test is not None:
         examples = examples.sample(args.max_test, seed=args.seed)
+    ranks = Ranks.current()  # under accelerate launch: one shard per rank, rank 0 writes and prints
+    ranks.place(model)
     scores = evaluate(model, task, examples, samples=args.samples, dropout=not args.no_dropout,
                       posterior=args.posterior, batch_size=args.batch_size_eval, seed=args.seed,
-                      return_probs=kind != "generation")
+                      return_probs=kind != "generation", ranks=ranks)
     probs, labels = scores.pop("probs", None), scores.pop("labels", None)
-    if args.plot and probs is not None:
-        reliability_diagram(probs, labels, args.plot, title=f"{folder.name}")
     text = json.dumps(scores, indent=2)
-    if args.metrics_out:
-        Path(args.metrics_out).write_text(text)
+
+    def write() -> None:
+        if args.plot and probs is not None:
+            reliability_diagram(probs, labels, args.plot, title=f"{folder.name}")
+        if args.metrics_out:
+            Path(args.metrics_out).write_text(text)
+
+    ranks.writer(write)
     print(text)
     return 0

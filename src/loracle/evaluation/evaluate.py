@@ -12,6 +12,7 @@ from loracle.evaluation.metrics import classification_metrics
 
 if TYPE_CHECKING:
     from loracle.data.examples import Example
+    from loracle.distributed import Ranks
     from loracle.tasks.base import Task
 
 
@@ -26,6 +27,7 @@ def evaluate(
     seed: int = 0,
     return_probs: bool = False,
     precision: str = "fp32",
+    ranks: "Ranks | None" = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on labelled ``examples``.
 
@@ -46,6 +48,9 @@ def evaluate(
         return_probs: also return ``probs`` (``[N, C]`` tensor, mean over samples) and ``labels`` (``[N]``).
         precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` autocast for the forward passes (see
             :mod:`loracle.modeling.precision`).
+        ranks: under ``accelerate launch``, the job's :class:`~loracle.distributed.Ranks`: a deterministic
+            evaluation (``samples=0``) is split into one shard per rank and gathered (every rank returns the
+            metrics); MC passes, seeded as one stream, and generation run whole on every rank.
 
     Returns:
         ``{"accuracy", "macro_f1", "ece", "nll", "brier", "n", "samples"}`` for classification and multiple choice;
@@ -66,8 +71,12 @@ def evaluate(
         raise ValueError(f"evaluate() needs labelled examples; {len(missing)} have no label (first: {missing[0]!r})")
     from loracle.uncertainty.sampling import mc_probs
 
-    probs = mc_probs(model, task, examples, samples=samples, batch_size=batch_size, dropout=dropout,
-                     posterior=posterior, seed=seed, precision=precision).mean(dim=1)  # (N, S, C) -> (N, C)
+    def passes(part: list["Example"]) -> torch.Tensor:
+        return mc_probs(model, task, part, samples=samples, batch_size=batch_size, dropout=dropout,
+                        posterior=posterior, seed=seed, precision=precision)
+
+    raw = ranks.map(passes, examples) if ranks is not None and samples == 0 else passes(examples)
+    probs = raw.mean(dim=1)  # (N, S, C) -> (N, C)
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
     result: dict[str, Any] = {**classification_metrics(probs, labels), "n": len(examples),
                               "samples": max(samples, 1)}

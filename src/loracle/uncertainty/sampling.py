@@ -246,9 +246,9 @@ def mc_probs(
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
                 if samples == 0 or not fast:
                     draws = [task.class_logits(model, batch).float().softmax(-1) for _ in range(S)]
-                    chunks.append(torch.stack(draws, dim=1).cpu())  # (B, S, C)
+                    chunks.append(torch.stack(draws, dim=1))  # (B, S, C), on the device until the end
                 else:
-                    chunks.append(_sample_batch(model, task, batch, len(items), S, cut).cpu())
+                    chunks.append(_sample_batch(model, task, batch, len(items), S, cut))
     finally:
         model.train(was_training)
         if hasattr(starts, "close"):
@@ -257,7 +257,7 @@ def mc_probs(
         return torch.zeros(0, S, 0)
     width = max(chunk.shape[-1] for chunk in chunks)  # items with fewer choices: the missing ones have p = 0
     chunks = [torch.nn.functional.pad(chunk, (0, width - chunk.shape[-1])) for chunk in chunks]
-    probs = torch.cat(chunks, dim=0)
+    probs = torch.cat(chunks, dim=0).cpu()  # one transfer per call
     out = torch.empty_like(probs)
     out[torch.as_tensor(order, dtype=torch.long)] = probs
     return out

@@ -41,7 +41,7 @@ RESULTS = HERE / "results"
 DEFAULT = "badge"
 
 STRATEGIES: dict[str, dict] = {
-    "random": {"strategy": "random", "calibrate": True},
+    "random": {"strategy": "random"},
     "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
     "bald": {"strategy": "bald"},
@@ -145,14 +145,15 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         per_run = _curves(args, dataset, seeds)
         if "random" not in per_run:
             continue
-        # Compare on the rounds and seeds every strategy completed.
-        common_seeds = sorted(set.intersection(*[set(r) for r in per_run.values()]))
-        rounds = min(len(per_run[n][s]) for n in per_run for s in common_seeds) if common_seeds else 0
-        entry: dict = {"seeds_compared": common_seeds, "rounds_compared": rounds, "strategies": {}}
+        # Every strategy is compared with random on the seeds both finished (paired), over the rounds all finished.
+        paired = {name: sorted(set(runs) & set(per_run["random"])) for name, runs in per_run.items()}
+        finished = [len(per_run[n][s]) for n in per_run for s in paired[n]]
+        rounds = min(finished) if finished else 0
+        entry: dict = {"rounds_compared": rounds, "strategies": {}}
         curves = {}
         aulc: dict[str, dict[str, list[float]]] = {}
         for name, runs in per_run.items():
-            seeds_done = [s for s in common_seeds]
+            seeds_done = paired[name]
             if not seeds_done or rounds == 0:
                 continue
             n_labels = [r["n_labels"] for r in runs[seeds_done[0]][:rounds]]
@@ -165,7 +166,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             ece_cal = series("ece_calibrated", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
                           "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
-            e = {"n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
+            e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                  "macro_f1_mean": f1.mean(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
@@ -183,8 +184,10 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             curves[name] = {"n_labels": n_labels, "accuracy": e["accuracy_mean"], "macro_f1": e["macro_f1_mean"],
                             "ece": e["ece_mean"]}
         for name in aulc:
-            for metric in ("accuracy", "macro_f1"):
-                diff, low, high = paired_bootstrap_ci(aulc[name][metric], aulc["random"][metric], seed=0)
+            base = [aulc["random"][metric_] for metric_ in ("accuracy", "macro_f1")]
+            index = [paired["random"].index(s) for s in paired[name]]
+            for metric, reference in zip(("accuracy", "macro_f1"), base):
+                diff, low, high = paired_bootstrap_ci(aulc[name][metric], [reference[i] for i in index], seed=0)
                 entry["strategies"][name][f"gain_{metric}"] = diff
                 entry["strategies"][name][f"gain_{metric}_ci95"] = [low, high]
         result["datasets"][dataset] = entry
@@ -197,7 +200,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                 "gain_accuracy": d["gain_accuracy"], "gain_accuracy_ci95": d["gain_accuracy_ci95"],
                 "gain_macro_f1": d["gain_macro_f1"], "gain_macro_f1_ci95": d["gain_macro_f1_ci95"],
                 "max_ece_calibrated_from_200": max(cal) if cal else None}
-        summary["seeds"] = {name: common_seeds for name in entry["strategies"]}
+        for name in entry["strategies"]:
+            summary["seeds"].setdefault(name, {})[dataset] = paired[name]
     result = {"summary": summary, **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "active_learning.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -225,8 +229,9 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown strategies {unknown}; valid: {sorted(STRATEGIES)}")
     build_imbalanced(Path(args.data), Path(args.runs) / "data" / "rotten_tomatoes_imbalanced")
-    jobs = [(d, n) for d in DATASETS for n in names]
-    # Two workers, each with half of the (dataset, strategy) runs, interleaved so costs balance.
+    jobs = [(d, n) for n in names for d in DATASETS]
+    # Two workers, each with half of the (dataset, strategy) runs: one dataset each, so every strategy's cost
+    # falls on both.
     groups = (jobs[0::2], jobs[1::2])
     if args.worker is not None:
         worker(groups[args.worker], seeds, args, args.deadline)

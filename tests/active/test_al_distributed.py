@@ -7,6 +7,10 @@ gradients in another order: ~1e-7 on the weights), and every row written by rank
 draws come from its own seed, whichever rank scores it. A ``kill -9`` of rank 1 (or, marked slow, rank 0) in the
 middle of scoring, then ``al resume`` with 2 processes, ends with exactly the labels of the uninterrupted run.
 The launches go through ``accelerate launch`` (the run) and ``torchrun`` (kill and resume): about 35 s in all.
+
+The runs train with ``--class-weight none``: balanced class weights take PyTorch's weighted mean, normalised by
+each process's own share of the batch's weight, so with them two processes match one only in expectation (the
+README's multi-process section says so).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ SCRIPT = Path(__file__).with_name("al_launch_script.py")
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
          "--mc-samples", "0", "--rank", "4", "--lora-dropout", "0", "--epochs", "1", "--batch-size", "2",
-         "--lr", "0.005", "--max-length", "16", "--no-progress", "--seed", "0", "--strategy", "entropy",
-         "--precision", "fp32"]
+         "--lr", "0.005", "--class-weight", "none", "--max-length", "16", "--no-progress", "--seed", "0",
+         "--strategy", "entropy", "--precision", "fp32"]
 POOL, CHUNK = 60, 5  # round 0 scores 54 items: 11 chunks, 6 waves over 2 ranks
 STEPS = 10  # per round: few enough that Adam has not amplified the reordered gradient sums (~1e-7) into other picks
 

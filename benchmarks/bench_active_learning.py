@@ -4,7 +4,7 @@
 
 Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on every linear layer of the top two blocks,
 the cross-round prefix cache, bf16 where the CPU has it, at least 3 epochs and 100 steps per round, lr 1e-3,
-label smoothing 0.1, class-balanced loss weights),
+label smoothing 0.1) plus class-balanced loss weights (``--class-weight balanced``),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
 rounds. Two datasets:
 
@@ -85,7 +85,10 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
         mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
         calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=2,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
-        cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False)
+        cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
+        # class-balanced weights (opt-in in `al run`): without them every strategy predicts the majority class of
+        # the imbalanced set, so there would be nothing to compare (README)
+        train={"class_weight": "balanced"})
 
 
 def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespace, deadline: float) -> None:
@@ -145,16 +148,18 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         per_run = _curves(args, dataset, seeds)
         if "random" not in per_run:
             continue
-        # Every strategy is compared with random on the seeds both finished (paired), over the rounds all finished.
-        paired = {name: sorted(set(runs) & set(per_run["random"])) for name, runs in per_run.items()}
-        finished = [len(per_run[n][s]) for n in per_run for s in paired[n]]
-        rounds = min(finished) if finished else 0
-        entry: dict = {"rounds_compared": rounds, "strategies": {}}
+        # Every strategy is compared with random on the seeds where both finished every round (paired).
+        rounds = args.rounds + 1
+        complete = {name: {s for s, rows in runs.items() if len(rows) >= rounds} for name, runs in per_run.items()}
+        paired = {name: sorted(done & complete["random"]) for name, done in complete.items()}
+        entry: dict = {"rounds_compared": rounds, "strategies": {},
+                       "unfinished": {name: sorted(set(per_run[name]) - done) for name, done in complete.items()
+                                      if set(per_run[name]) - done}}
         curves = {}
         aulc: dict[str, dict[str, list[float]]] = {}
         for name, runs in per_run.items():
             seeds_done = paired[name]
-            if not seeds_done or rounds == 0:
+            if not seeds_done:
                 continue
             n_labels = [r["n_labels"] for r in runs[seeds_done[0]][:rounds]]
 

@@ -7,9 +7,9 @@ import pytest
 from loracle.active.config import ALConfig, default_train
 
 
-def test_classification_recipe_smooths_and_balances() -> None:
+def test_classification_recipe_smooths_without_class_weights() -> None:
     config = ALConfig(model="m", data="d")
-    assert config.train.label_smoothing == 0.1 and config.train.class_weight == "balanced"
+    assert config.train.label_smoothing == 0.1 and config.train.class_weight is None
     assert (config.train.lr, config.train.min_steps) == (1e-3, 100)
 
 
@@ -21,8 +21,8 @@ def test_other_task_kinds_get_plain_cross_entropy(task_kind: str) -> None:
 
 
 def test_partial_train_section_keeps_the_task_defaults_and_round_trips() -> None:
-    config = ALConfig(model="m", data="d", train={"lr": 3e-4, "class_weight": None})
-    assert (config.train.lr, config.train.class_weight, config.train.label_smoothing) == (3e-4, None, 0.1)
+    config = ALConfig(model="m", data="d", train={"lr": 3e-4, "class_weight": "balanced"})
+    assert (config.train.lr, config.train.class_weight, config.train.label_smoothing) == (3e-4, "balanced", 0.1)
     again = ALConfig.from_dict(config.to_dict())
     assert again.train == config.train
     with pytest.raises(ValueError, match="class_weight must be one of"):

@@ -304,10 +304,13 @@ def test_class_weight_and_label_smoothing_flags_reach_the_config():
     from loracle.cli.al import config_from_args
 
     parser = subparser("al", "run")
-    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--class-weight", "none",
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--class-weight", "balanced",
                               "--label-smoothing", "0.2"])
     config = config_from_args(args)
-    assert config.train.class_weight is None and config.train.label_smoothing == 0.2
+    assert config.train.class_weight == "balanced" and config.train.label_smoothing == 0.2
+    none = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--class-weight",
+                                               "none"]))
+    assert none.train.class_weight is None
     assert config.train.lr == 1e-3  # the rest of the recipe stays the default
     defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
-    assert (defaults.train.class_weight, defaults.train.label_smoothing) == ("balanced", 0.1)
+    assert (defaults.train.class_weight, defaults.train.label_smoothing) == (None, 0.1)

@@ -209,10 +209,17 @@ def aggregate(args: argparse.Namespace, wall_total: float) -> dict[str, Any]:
         tasks[task] = entry
     primary = PRIMARY if PRIMARY in tasks else args.tasks[0]
     p = tasks[primary]
+    # The summary compares strategies on the seeds every one of them finished (paired), not on the configured ones.
+    common = sorted(set.intersection(*[set(v["seeds_done"]) for v in p["strategies"].values()]))
+
+    def paired_aulc(entry: dict[str, Any]) -> float | None:
+        values = [entry["runs"][str(seed)]["aulc_exact_match"] for seed in common]
+        return sum(values) / len(values) if values else None
+
     summary = {"task": primary, "model": "SmolLM2-135M-Instruct (smollm2)" if args.model == "smollm2" else args.model,
-               "seeds": seeds,
+               "seeds": common,
                "zero_shot_exact_match": p["zero_shot"]["exact_match"] if p["zero_shot"] else None,
-               "strategies": {k: v["mean_aulc_exact_match"] for k, v in p["strategies"].items()}}
+               "strategies": {k: paired_aulc(v) for k, v in p["strategies"].items()}}
     s = sizes(args)
     return {"summary": summary,
             "setting": {**s, "model": args.model, "mc_samples": args.mc_samples, "threads": args.threads,

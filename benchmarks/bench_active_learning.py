@@ -4,7 +4,7 @@
 
 Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on every linear layer of the top two blocks,
 the cross-round prefix cache, bf16 where the CPU has it, at least 3 epochs and 100 steps per round, lr 1e-3,
-label smoothing 0.1) plus class-balanced loss weights (``--class-weight balanced``),
+head lr 1e-4, label smoothing 0.1, no class weights; ``--class-weight balanced`` adds balanced loss weights),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
 rounds. Two datasets:
 
@@ -86,9 +86,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
         calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=2,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
-        # class-balanced weights (opt-in in `al run`): without them every strategy predicts the majority class of
-        # the imbalanced set, so there would be nothing to compare (README)
-        train={"class_weight": "balanced"})
+        train={"class_weight": None if args.class_weight == "none" else args.class_weight})
 
 
 def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespace, deadline: float) -> None:
@@ -223,6 +221,9 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=2000)
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--class-weight", choices=("none", "balanced"), default="none",
+                        help="training loss weights (default: none, `al run`'s default recipe); keep one runs folder "
+                             "per choice")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds for all workers")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)

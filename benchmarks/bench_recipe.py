@@ -9,7 +9,11 @@ is the base recipe (AdamW lr 1e-3, batch 16, at least 3 epochs and 100 steps, we
 with changes joined by ``+``:
 
 - ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``lr<x>``: learning rate; ``hl<x>``: head
-  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``mc<S>``: evaluate with the mean of S
+  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``vf<x>``: hold out a fraction x of the
+  labels and keep the epoch of lowest held-out loss (``validation_fraction``); ``ts``: then scale the test
+  probabilities by a temperature fitted on that held-out slice; ``full``: full fine-tuning (every weight, no
+  adapter, no prefix cache) instead of LoRA; ``L<k>``: LoRA on the top k blocks (0: every block); ``pool``:
+  train the BERT pooler in full beside the head; ``mc<S>``: evaluate with the mean of S
   MC-dropout passes instead of one deterministic pass.
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
@@ -21,6 +25,7 @@ on one CPU thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -31,15 +36,20 @@ RESULTS = HERE / "results"
 ROWS = RESULTS / "recipe_rows.jsonl"
 
 
-def parse_recipe(name: str) -> tuple[dict, int]:
-    """TrainConfig fields and MC samples of a recipe name such as ``base+ls0.1+cwb``."""
+def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
+    """TrainConfig fields, MC samples and flags (``full``, ``ts``) of a recipe name such as ``base+ls0.1+cwb``."""
     fields = dict(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01, progress=False,
                   mixed_precision="bf16")
     samples = 0
+    flags: set[str] = set()
     for part in name.split("+"):
         if part == "base":
             continue
-        if part == "cwb":
+        if part in ("full", "ts", "pool"):
+            flags.add(part)
+        elif part.startswith("L") and part[1:].isdigit():
+            flags.add(part)
+        elif part == "cwb":
             fields["class_weight"] = "balanced"
         elif part.startswith("ls"):
             fields["label_smoothing"] = float(part[2:])
@@ -51,11 +61,15 @@ def parse_recipe(name: str) -> tuple[dict, int]:
             fields["min_steps"] = int(part[2:]) or None
         elif part.startswith("ep"):
             fields["epochs"] = int(part[2:])
+        elif part.startswith("vf"):
+            fields["validation_fraction"] = float(part[2:])
         elif part.startswith("mc"):
             samples = int(part[2:])
         else:
             raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
-    return fields, samples
+    if "ts" in flags and not fields.get("validation_fraction"):
+        raise SystemExit(f"{name!r}: ts needs a held-out slice (vf<x>)")
+    return fields, samples, flags
 
 
 def summarise() -> dict:
@@ -93,7 +107,10 @@ def main() -> None:
     from loracle.evaluation import evaluate
     from loracle.modeling.build import ModelBuilder
     from loracle.modeling.prefix_cache import PrefixCache
+    from loracle.evaluation.calibration import apply_temperature, fit_temperature
+    from loracle.evaluation.metrics import classification_metrics
     from loracle.training import TrainConfig, train
+    from loracle.training.selection import holdout_split
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     done = set()
@@ -106,25 +123,58 @@ def main() -> None:
     names = pool.label_names
     pool = [pool[i] for i in np.random.default_rng(0).choice(len(pool), 2000, replace=False)]
     test = [test[i] for i in np.random.default_rng(1).choice(len(test), 1000, replace=False)]
-    builder = ModelBuilder("minilm", "classification", label_names=names, examples=pool, max_length=256,
-                           adapter=default_adapter())
-    cache = None
+    builders: dict[tuple, tuple] = {}
+
+    def lora_builder(flags: set[str]) -> tuple:
+        """(builder, prefix cache) for the LoRA placement the flags name (default: ``al run``'s)."""
+        adapter = default_adapter()
+        blocks = [int(f[1:]) for f in flags if f.startswith("L")]
+        if blocks:
+            adapter.layers = None if blocks[0] == 0 else list(range(-blocks[0], 0))
+        if "pool" in flags:
+            adapter.modules_to_save = ["classifier", "pooler"]
+        key = (tuple(adapter.layers or ()), tuple(adapter.modules_to_save))
+        if key not in builders:
+            builders[key] = (ModelBuilder("minilm", "classification", label_names=names, examples=pool,
+                                          max_length=256, adapter=adapter), None)
+        return key
+
     for recipe in args.recipes.split(","):
-        fields, samples = parse_recipe(recipe)
+        fields, samples, flags = parse_recipe(recipe)
         for n in (int(x) for x in args.sizes.split(",")):
             for seed in (int(x) for x in args.seeds.split(",")):
                 if (args.dataset, recipe, n, seed) in done:
                     continue
                 labelled = [pool[i] for i in np.random.default_rng(100 + seed).choice(len(pool), n, replace=False)]
-                built = builder.fresh(head_seed=seed, adapter_seed=seed)
-                if cache is None:
-                    cache = PrefixCache(built.layout.first_trainable_block)
+                config = TrainConfig(**fields, seed=seed)
+                if "full" in flags:  # every weight trained: a new copy of the base model, no prefix cache
+                    built = ModelBuilder("minilm", "classification", label_names=names, examples=pool,
+                                         max_length=256).fresh(head_seed=seed, adapter_seed=seed)
+                    for parameter in built.model.parameters():
+                        parameter.requires_grad_(True)
+                    context = contextlib.nullcontext()
+                else:
+                    key = lora_builder(flags)
+                    builder, cache = builders[key]
+                    built = builder.fresh(head_seed=seed, adapter_seed=seed)
+                    if cache is None and built.layout.first_trainable_block >= 1:
+                        cache = PrefixCache(built.layout.first_trainable_block)
+                        builders[key] = (builder, cache)
+                    context = cache.attached(built.model, built.layout) if cache else contextlib.nullcontext()
                 start = time.perf_counter()
-                with cache.attached(built.model, built.layout):
-                    train(built.model, built.task, labelled, TrainConfig(**fields, seed=seed))
+                with context:
+                    train(built.model, built.task, labelled, config)
                     built.model.eval()
                     metrics = evaluate(built.model, built.task, test, samples=samples, batch_size=64,
-                                       precision="bf16")
+                                       precision="bf16", return_probs="ts" in flags)
+                    if "ts" in flags:  # temperature fitted on the held-out slice train() kept out
+                        _, held = holdout_split(labelled, config.validation_fraction, seed)
+                        held_probs = evaluate(built.model, built.task, held, samples=samples, batch_size=64,
+                                              precision="bf16", return_probs=True)
+                        temperature = fit_temperature(held_probs["probs"].clamp_min(1e-12).log(),
+                                                      held_probs["labels"])
+                        scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
+                        metrics = classification_metrics(scaled, metrics["labels"])
                 row = {"dataset": args.dataset, "recipe": recipe, "n": n, "seed": seed,
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
                        "seconds": round(time.perf_counter() - start, 1)}

@@ -314,3 +314,19 @@ def test_class_weight_and_label_smoothing_flags_reach_the_config():
     assert config.train.lr == 1e-3  # the rest of the recipe stays the default
     defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert (defaults.train.class_weight, defaults.train.label_smoothing) == (None, 0.1)
+
+
+def test_head_lr_and_validation_fraction_flags_reach_the_config(capsys):
+    from loracle.cli.al import config_from_args
+
+    parser = subparser("al", "run")
+    args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--head-lr", "3e-5",
+                              "--validation-fraction", "0.2"])
+    config = config_from_args(args)
+    assert (config.train.head_lr, config.train.validation_fraction) == (3e-5, 0.2)
+    assert (config.train.lr, config.train.label_smoothing) == (1e-3, 0.1)
+    defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
+    assert (defaults.train.head_lr, defaults.train.validation_fraction) == (1e-4, 0.0)
+    parser.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--head-lr" in text and "(default: 0.0001)" in text

@@ -222,6 +222,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "plain cross-entropy")
     _option(g, "--label-smoothing", field="train.label_smoothing", type=float, metavar="X",
             help="mix the training targets with the uniform distribution by X (0: none)")
+    _option(g, "--head-lr", field="train.head_lr", type=float, none="--lr",
+            help="learning rate of the classification head (trained in full beside the adapter)")
+    _option(g, "--validation-fraction", field="train.validation_fraction", type=float, metavar="F",
+            help="hold this fraction of the labels out of training and keep the epoch with the lowest loss on "
+            "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
     _option(g, "--calibration", field="calibration", choices=("temperature", "none"), metavar="NAME",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
@@ -305,7 +310,8 @@ def config_from_args(args: argparse.Namespace):
         data["strategy_options"] = options
     adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}
     train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay",
-             "class_weight": "class_weight", "label_smoothing": "label_smoothing"}
+             "class_weight": "class_weight", "label_smoothing": "label_smoothing", "head_lr": "head_lr",
+             "validation_fraction": "validation_fraction"}
     for section, flags in (("adapter", adapter), ("train", train)):
         given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
         if given.get("class_weight") == "none":

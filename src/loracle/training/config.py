@@ -50,6 +50,10 @@ class TrainConfig:
         label_smoothing: cross-entropy against targets mixed with the uniform distribution by this much
             (``torch.nn.functional.cross_entropy``'s option; 0: none). Curbs the overconfidence a model gets
             from memorising a few hundred labels.
+        validation_fraction: hold this fraction of the training examples out of training (stratified by label for
+            classification, seeded by ``seed``), measure their plain loss after every epoch and end with the
+            weights of the epoch where it was lowest (``TrainResult.best_epoch``; 0: train on everything and keep
+            the last weights). See :mod:`loracle.training.selection`.
 
     Raises:
         ValueError: listing every invalid field.
@@ -75,6 +79,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     class_weight: str | None = None
     label_smoothing: float = 0.0
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         problems = self.validate()
@@ -120,6 +125,9 @@ class TrainConfig:
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
                 or not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
+                or not 0 <= self.validation_fraction <= 0.5:
+            problems.append(f"validation_fraction must be in [0, 0.5], got {self.validation_fraction!r}")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         return problems

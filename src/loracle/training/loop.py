@@ -18,6 +18,7 @@ from loracle.adapters.inject import aux_loss
 from loracle.progress import progress
 from loracle.training.config import TrainConfig
 from loracle.training.optim import build_optimizer
+from loracle.training.selection import BestWeights, heldout_loss, holdout_split
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -45,14 +46,18 @@ class TrainResult:
     Args:
         history: one record per epoch: ``epoch``, ``step``, ``train_loss`` (mean task loss), ``aux_loss``
             (mean adapter auxiliary loss, 0 if none), ``lr`` (at the epoch's end), ``epoch_time_s``, and
-            ``eval_*`` metrics when ``eval_examples`` were given.
+            ``eval_*`` metrics when ``eval_examples`` were given, ``val_loss`` (the held-out loss) with
+            ``config.validation_fraction``.
         steps: optimiser steps taken.
+        best_epoch: with ``config.validation_fraction``: the epoch whose weights the model ends with (its
+            ``val_loss`` is the lowest in ``history``); 0 otherwise.
         train_time_s: wall time of the loop.
         trainable_parameters: trainable scalars in the model.
     """
 
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
+    best_epoch: int = 0
     train_time_s: float = 0.0
     trainable_parameters: int = 0
 
@@ -135,6 +140,9 @@ def train(
 
     Raises:
         ValueError: no examples, an unlabelled example, or no trainable parameters.
+
+    With ``config.validation_fraction`` a stratified slice of ``examples`` is held out, never trained on, and the
+    model ends with the weights of the epoch of lowest held-out loss (:mod:`loracle.training.selection`).
     """
     config = config or TrainConfig()
     examples = list(examples)
@@ -144,16 +152,20 @@ def train(
     if unlabelled:
         raise ValueError(f"train() needs labelled examples; {len(unlabelled)} have no label (first: "
                          f"{unlabelled[0]!r})")
+    held: list["Example"] = []
+    if config.validation_fraction:
+        examples, held = holdout_split(examples, config.validation_fraction, config.seed,
+                                       stratify=task.kind == "classification")
     accelerator = accelerator or make_accelerator(config)
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(config.seed)
-        return _run(model, task, examples, config, accelerator, eval_examples, callbacks)
+        return _run(model, task, examples, config, accelerator, eval_examples, callbacks, held)
 
 
 def _run(model: nn.Module, task: "Task", examples: list["Example"], config: TrainConfig,
          accelerator: "Accelerator", eval_examples: Sequence["Example"] | None,
-         callbacks: Sequence[Callback]) -> TrainResult:
+         callbacks: Sequence[Callback], held: Sequence["Example"] = ()) -> TrainResult:
     from transformers import get_scheduler
 
     inner = model
@@ -180,6 +192,7 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
         log_file.parent.mkdir(parents=True, exist_ok=True)
     bar = progress(total_steps, "train", "step", config.progress, leave=False,
                    silent=not accelerator.is_local_main_process)
+    best = BestWeights(inner) if held else None
     start = time.perf_counter()
     stop = False
     try:
@@ -227,12 +240,19 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
                 metrics = evaluate(accelerator.unwrap_model(model), task, eval_examples,
                                    batch_size=config.eval_batch_size, seed=config.seed)
                 record.update({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if best is not None:
+                record["val_loss"] = heldout_loss(accelerator.unwrap_model(model), task, held,
+                                                  config.eval_batch_size, accelerator.device, accelerator.autocast)
+                best.offer(epoch + 1, record["val_loss"])
             result.history.append(record)
             if log_file is not None:
                 with log_file.open("a", encoding="utf-8") as handle:
                     handle.write(json.dumps(record) + "\n")
             if any(cb.on_epoch_end(epoch + 1, record) for cb in callbacks) or stop:
                 break
+        if best is not None:
+            best.restore()
+            result.best_epoch = best.best_epoch
     finally:
         bar.close()
         accelerator.wait_for_everyone()

@@ -96,6 +96,36 @@ def test_calibration_metrics_every_round(calibrated_run):
         assert info["extra"]["temperature"] == pytest.approx(m["temperature"], rel=1e-12)
 
 
+@pytest.mark.parametrize("items", ["initial", "labelled"])
+def test_temperature_fitted_on_initial_items_or_every_label(tmp_path, toy_data, monkeypatch, items):
+    """Round 1 fits two temperatures on the same out-of-fold predictions: every labelled item, and the round-0
+    items only; the configured one scales the metrics, the other is reported with its name."""
+    import loracle.evaluation.calibration as calibration
+
+    calls = []
+
+    def fake_fit(folds):  # a temperature that says how many predictions it saw
+        n = sum(len(y) for _, y in folds)
+        calls.append(n)
+        return n / 10
+
+    monkeypatch.setattr(calibration, "fit_temperature_from_folds", fake_fit)
+    config = fast_config(toy_data, rounds=1, calibration="temperature", calibration_folds=2,
+                         calibration_items=items)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    rounds = state.rounds()
+    n0, n1 = (len(state.labelled_examples(max_round=t)) for t in (0, 1))
+    state.close()
+    assert calls == [n0, n0, n1, n0]  # round 0: both on the initial items; round 1: all labels, then round 0's
+    other = "labelled" if items == "initial" else "initial"
+    chosen = {"initial": n0 / 10, "labelled": n1 / 10}
+    m = rounds[1]["metrics"]
+    assert m["temperature"] == pytest.approx(chosen[items]) and m[f"temperature_{other}"] == pytest.approx(chosen[other])
+    assert {"ece_calibrated", f"ece_calibrated_{other}", f"nll_calibrated_{other}"} <= set(m)
+    assert m["nll_calibrated"] != pytest.approx(m[f"nll_calibrated_{other}"])
+
+
 def test_calibration_none_reports_no_temperature(tmp_path, toy_data):
     assert run_active_learning(fast_config(toy_data, rounds=0), tmp_path / "run", tiny_factory) == "done"
     state = opened(tmp_path / "run")

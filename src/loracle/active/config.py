@@ -46,6 +46,10 @@ def default_adapter() -> AdapterConfig:
     return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
 
 
+#: Which out-of-fold predictions a cross-fitted temperature is fitted on (``ALConfig.calibration_items``).
+CALIBRATION_ITEMS = ("initial", "labelled")
+
+
 def default_train(task_kind: str = "classification") -> TrainConfig:
     """AdamW at lr 1e-3, batch 16, at least 3 epochs and at least 100 optimiser steps (small labelled sets get
     more epochs), weight decay 0.01 on matrices.
@@ -143,6 +147,11 @@ class ALConfig:
             from 0.045 to 0.190 at 400 labels after scaling (the selected items are harder than the test set, so
             the out-of-fold temperature over-corrects); with random labels it was mixed (README).
         calibration_folds: folds of the cross-fitting (>= 2).
+        calibration_items: which out-of-fold predictions the temperature is fitted on: ``initial`` (default): only
+            the items of round 0, a sample of the pool like the test set when ``initial_mode`` is ``random`` or
+            ``stratified`` (the models are still trained on every label); ``labelled``: every labelled item,
+            including the queried ones, which are harder than the test set and pull the temperature up. Each
+            round reports ECE / NLL after both (``ece_calibrated`` for this choice, ``ece_calibrated_<other>``).
         calibrate_scores: strategies see temperature-scaled probabilities.
         stopping: stopping criteria checked every round on a fixed unlabelled stop set
             (``stabilizing_predictions``: Cohen's kappa between rounds; ``overall_uncertainty``: mean normalised
@@ -192,6 +201,7 @@ class ALConfig:
     precision: str = "auto"
     calibration: str = "none"
     calibration_folds: int = 3
+    calibration_items: str = "initial"
     calibrate_scores: bool = False
     stopping: list[str] = field(default_factory=lambda: ["stabilizing_predictions", "overall_uncertainty"])
     stop_set_size: int = 1000
@@ -270,6 +280,8 @@ class ALConfig:
             p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
         if self.calibration not in ("temperature", "none"):
             p.append(f"calibration must be 'temperature' or 'none', got {self.calibration!r}")
+        if self.calibration_items not in CALIBRATION_ITEMS:
+            p.append(f"calibration_items must be one of {list(CALIBRATION_ITEMS)}, got {self.calibration_items!r}")
         if not isinstance(self.calibration_folds, int) or self.calibration_folds < 2:
             p.append(f"calibration_folds must be an integer >= 2, got {self.calibration_folds!r}")
         from loracle.active.stopping import STOPPING_CRITERIA

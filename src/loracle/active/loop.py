@@ -368,7 +368,8 @@ class ActiveLearningLoop:
         labelled = state.labelled_examples(max_round=t)
         train_config = self._train_config(t)
         start = time.perf_counter()
-        temperature = self._cross_fit_temperature(t, labelled, train_config)
+        temperatures = self._cross_fit_temperature(t, labelled, train_config)
+        temperature = None if temperatures is None else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
         with self._cached(built):
@@ -392,14 +393,16 @@ class ActiveLearningLoop:
             if record:  # for the answer-confidence reliability diagram of the report
                 state.put_signal(f"test_confidence/{t}", torch.stack([result["confidence"],
                                                                       result["correct"].float()], dim=1))
-        if temperature is not None:
+        if temperatures is not None:
             from loracle.evaluation.calibration import apply_temperature
             from loracle.evaluation.metrics import classification_metrics
 
-            calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
-                                                                  temperature), result["labels"])
-            metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "nll", "brier")})
-            metrics["temperature"] = float(temperature)
+            for items, value in temperatures.items():  # the configured one plain, the other with its name
+                suffix = "" if items == c.calibration_items else f"_{items}"
+                calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
+                                                                      value), result["labels"])
+                metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k]) for k in ("ece", "nll", "brier")})
+                metrics[f"temperature{suffix}"] = float(value)
             metrics["calibrate_seconds"] = calibrate_seconds
         metrics["evaluate_seconds"] = evaluate_seconds
 
@@ -436,10 +439,13 @@ class ActiveLearningLoop:
             config = config.replace(mixed_precision="bf16")
         return config
 
-    def _cross_fit_temperature(self, t: int, labelled: list[Example], train_config: Any) -> float | None:
+    def _cross_fit_temperature(self, t: int, labelled: list[Example],
+                               train_config: Any) -> dict[str, float] | None:
         """Temperature scaling without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
-        set with the round's recipe, predict their held-out fold; one temperature is fitted on all out-of-fold
-        predictions (cross-fitting). Returns None when calibration is off or the set is too small."""
+        set with the round's recipe, predict their held-out fold (cross-fitting). Returns one temperature per
+        choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
+        round-0 items only (``initial``; the same as ``labelled`` in round 0). None when calibration is off or the
+        set is too small."""
         from loracle.evaluation.calibration import fit_temperature_from_folds
         from loracle.training import train
         from loracle.uncertainty.sampling import mc_probs
@@ -448,6 +454,7 @@ class ActiveLearningLoop:
         k = c.calibration_folds
         if c.calibration != "temperature" or len(labelled) < 2 * k:
             return None
+        initial_ids = {e.id for e in self.state.labelled_examples(max_round=0)}
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
         pairs = []
@@ -464,8 +471,10 @@ class ActiveLearningLoop:
                 probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                              batch_size=c.eval_batch_size,
                                                              precision=self.precision), held_out)[:, 0]
-            pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
-        return fit_temperature_from_folds(pairs)
+            initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
+            pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
+        return {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),
+                "initial": fit_temperature_from_folds([(z[keep], y[keep]) for z, y, keep in pairs if keep.any()])}
 
     def _stop_indices(self) -> list[int]:
         c = self.config

@@ -45,7 +45,8 @@ loracle.active.ALConfig) from a YAML file; command-line flags override it.
 #: ``al run`` flags that are copied as they are into the ALConfig field of the same name
 _PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
                  "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
-                 "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibrate_scores",
+                 "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibration_items",
+                 "calibrate_scores",
                  "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir", "answer_field",
                  "max_new_tokens", "stop_strings", "answer_mode", "answer_pattern", "prompt_template")
 #: ``al run`` flags where 0 means None ("all")
@@ -233,6 +234,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "NLL and Brier before and after it; none: no calibration")
     _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",
             help="cross-fitting folds (K extra trainings per round)")
+    _option(g, "--calibration-items", field="calibration_items", choices=("initial", "labelled"), metavar="WHICH",
+            help="initial: fit the temperature on the out-of-fold predictions of round 0's items only (a sample "
+            "like the test set when the initial set is random); labelled: on every labelled item, queried ones "
+            "included")
     _option(g, "--calibrate-scores", action="store_true", field="calibrate_scores",
             help="strategies see temperature-scaled probabilities")
     _option(g, "--stop-set-size", field="stop_set_size", type=int, metavar="N",

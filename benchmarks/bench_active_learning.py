@@ -17,8 +17,10 @@ Strategies: ``random``; ``entropy`` (MC dropout); ``bald`` (MC dropout); ``badge
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
-2-core box. The default strategy (``badge``) and ``random`` also fit a temperature by 2-fold cross-fitting each
-round, so their ECE is reported before and after temperature scaling.
+2-core box. The default strategy (``badge``) also fits a temperature by 2-fold cross-fitting each
+round, so its ECE is reported before and after temperature scaling: ``ece_calibrated`` with the temperature fitted
+on the round-0 (random) items' out-of-fold predictions (``al run``'s default), ``ece_calibrated_labelled`` with it
+fitted on every labelled item's.
 
 Runs advance round-robin (every run finishes round t before any starts round t+1) in two worker processes with one
 torch thread each, stop at ``--time-limit``, and resume when the script runs again. Writes
@@ -167,11 +169,14 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
 
             acc, f1, ece = series("accuracy"), series("macro_f1"), series("ece")
             ece_cal = series("ece_calibrated", np.nan)
+            ece_cal_all = series("ece_calibrated_labelled", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
                           "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                  "macro_f1_mean": f1.mean(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
+                 "ece_calibrated_labelled_mean": None if np.isnan(ece_cal_all).all()
+                 else np.nanmean(ece_cal_all, 0).round(4).tolist(),
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],

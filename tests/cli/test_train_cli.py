@@ -59,6 +59,20 @@ def test_train_then_evaluate_classification(tmp_path: Path, sentiment: Path, cap
     assert json.loads(capsys.readouterr().out)["samples"] == 3
 
 
+def test_validation_fraction_and_label_smoothing_flags(tmp_path: Path, sentiment: Path) -> None:
+    model_dir = save_tiny(tiny_bert(), tmp_path / "bert")
+    out = tmp_path / "run"
+    assert main(["train", "--model", model_dir, "--data", str(sentiment), "--task", "classification",
+                 "--rank", "4", "--epochs", "3", "--lr", "1e-2", "--batch-size", "8", "--max-train", "20",
+                 "--validation-fraction", "0.25", "--label-smoothing", "0.1", "--output", str(out),
+                 "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [r["val_loss"] for r in metrics["train"]["history"]]
+    assert len(losses) == 3 and metrics["train"]["best_epoch"] == 1 + losses.index(min(losses))
+    saved = json.loads((out / "loracle_adapter.json").read_text())["extra"]["train_config"]
+    assert (saved["validation_fraction"], saved["label_smoothing"]) == (0.25, 0.1)
+
+
 def test_full_finetune_and_multiple_choice(tmp_path: Path, capsys) -> None:
     rows = [{"question": q, "choices": ["yes", "no"], "answer": a} for q, a in
             [("is it good ?", 0), ("is it bad ?", 1)]] * 4

@@ -53,6 +53,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     show_default(train.add_argument("--head-lr", type=float, default=None, help="learning rate of --modules-to-save"),
                  "--lr")
+    train.add_argument("--label-smoothing", type=float, default=0.0,
+                       help="mix the training targets with the uniform distribution by X (0: none)")
+    train.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
+                       help="hold this fraction of the training examples out and end with the weights of the epoch "
+                       "with the lowest loss on them (0: train on everything, keep the last weights)")
     train.add_argument("--batch-size", type=int, default=16, help="examples per forward pass (global)")
     train.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimiser step")
     train.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (all but lora_B*)")
@@ -187,7 +192,8 @@ def run_train(args: argparse.Namespace) -> int:
                          warmup_ratio=args.warmup_ratio, scheduler=args.scheduler, grad_accum=args.grad_accum,
                          max_grad_norm=args.max_grad_norm or None, mixed_precision=args.mixed_precision,
                          seed=args.seed, progress=not args.no_progress, cpu=args.cpu,
-                         eval_batch_size=args.batch_size_eval)
+                         eval_batch_size=args.batch_size_eval, label_smoothing=args.label_smoothing,
+                         validation_fraction=args.validation_fraction)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise LoracleError(f"--output {output} is an existing file; give a folder (new, or one to write into)")
@@ -250,6 +256,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     metrics: dict[str, Any] = {"train": {"examples": len(train_set), "steps": result.steps,
                                          "train_time_s": train_time, "history": result.history,
+                                         "best_epoch": result.best_epoch,
                                          "trainable_parameters": trainable_parameters(model)}}
     if test_set is not None:
         scores = evaluate(model, task, test_set, samples=args.samples, batch_size=args.batch_size_eval,

@@ -216,6 +216,40 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
     return result
 
 
+def markdown(result: dict) -> str:
+    """The README tables of a result: one per dataset, a row per strategy (default in bold)."""
+    out = []
+    for dataset, entry in result["datasets"].items():
+        out += [f"`{dataset}`:", "",
+                "| strategy | seeds | accuracy at 100 / 200 / ... labels | macro-F1 at 100 / ... | AULC acc. | "
+                "gain acc. [95% CI] | gain macro-F1 [95% CI] | ECE: raw / T on round-0 items / T on all labels, "
+                "at 200 / 400 / last | labels to random's final acc. |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for name, e in entry["strategies"].items():
+            def ci(metric: str) -> str:
+                if name == "random":
+                    return "–"
+                low, high = e[f"gain_{metric}_ci95"]
+                return f"{e[f'gain_{metric}']:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+            picks = [i for i, n in enumerate(e["n_labels"]) if n in (200, 400)] + [len(e["n_labels"]) - 1]
+            ece = []
+            for i in picks:
+                parts = [f"{e['ece_mean'][i]:.3f}"]
+                for key in ("ece_calibrated_mean", "ece_calibrated_labelled_mean"):
+                    if e.get(key):
+                        parts.append(f"{e[key][i]:.3f}")
+                ece.append(" / ".join(parts))
+            label = f"**{name} (default)**" if name == DEFAULT else name
+            out.append(f"| {label} | {','.join(map(str, e['seeds']))} | "
+                       f"{' / '.join(f'{a:.3f}' for a in e['accuracy_mean'])} | "
+                       f"{' / '.join(f'{a:.3f}' for a in e['macro_f1_mean'])} | {e['aulc_accuracy']:.4f} | "
+                       f"{ci('accuracy')} | {ci('macro_f1')} | {'; '.join(ece)} | "
+                       f"{e['labels_to_reach_random_final_accuracy']} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "rotten_tomatoes"))
@@ -233,7 +267,11 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the README tables of the results JSON")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((RESULTS / "active_learning.json").read_text())))
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n for n in args.strategies.split(",") if n]
     unknown = sorted(set(names) - set(STRATEGIES))

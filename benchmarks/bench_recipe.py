@@ -9,8 +9,8 @@ is the base recipe (AdamW lr 1e-3, batch 16, at least 3 epochs and 100 steps, we
 with changes joined by ``+``:
 
 - ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``lr<x>``: learning rate; ``hl<x>``: head
-  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``vf<x>``: hold out a fraction x of the
-  labels and keep the epoch of lowest held-out loss (``validation_fraction``); ``ts``: then scale the test
+  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``la<x>``: logit-adjusted loss with tau x;
+  ``vf<x>``: hold out a fraction x of the labels and keep the epoch of lowest held-out loss (``validation_fraction``); ``ts``: then scale the test
   probabilities by a temperature fitted on that held-out slice; ``full``: full fine-tuning (every weight, no
   adapter, no prefix cache) instead of LoRA; ``L<k>``: LoRA on the top k blocks (0: every block); ``pool``:
   train the BERT pooler in full beside the head; ``mc<S>``: evaluate with the mean of S
@@ -61,6 +61,8 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             fields["min_steps"] = int(part[2:]) or None
         elif part.startswith("ep"):
             fields["epochs"] = int(part[2:])
+        elif part.startswith("la"):
+            fields["logit_adjustment"] = float(part[2:])
         elif part.startswith("vf"):
             fields["validation_fraction"] = float(part[2:])
         elif part.startswith("mc"):

@@ -199,8 +199,10 @@ def test_balanced_class_weights_and_validation() -> None:
     assert torch.allclose(options["class_weights"], torch.tensor([2 / 3, 2.0, 1.0]))
     assert TrainConfig().loss_options([0, 1], num_classes=2) == {}
     assert TrainConfig(label_smoothing=0.1).loss_options([], None) == {"label_smoothing": 0.1}
-    with pytest.raises(ValueError, match="class_weight='balanced' needs a classification task"):
+    with pytest.raises(ValueError, match="class_weight and logit_adjustment need a classification task"):
         TrainConfig(class_weight="balanced").loss_options([], None)
+    with pytest.raises(ValueError, match="class_weight and logit_adjustment need a classification task"):
+        TrainConfig(logit_adjustment=1.0).loss_options([], None)
     with pytest.raises(ValueError) as err:
         TrainConfig(class_weight="inverse", label_smoothing=1.0)
     assert "class_weight must be one of" in str(err.value) and "label_smoothing must be in [0, 1)" in str(err.value)
@@ -230,3 +232,32 @@ def test_balanced_weights_raise_minority_recall(task) -> None:
         with torch.no_grad():
             probs[weight] = task.class_logits(model, task.collate(minority)).softmax(-1)[:, 1].mean().item()
     assert probs["balanced"] > probs[None] + 0.02
+
+
+def test_logit_adjustment_offsets_and_loss(task) -> None:
+    options = TrainConfig(logit_adjustment=1.0).loss_options([0, 0, 0, 1], num_classes=3)
+    # tau * log prior; the absent class counts as half an item: shares 3/4.5, 1/4.5, 0.5/4.5
+    assert torch.allclose(options["logit_offsets"], torch.tensor([3 / 4.5, 1 / 4.5, 0.5 / 4.5]).log())
+    half = TrainConfig(logit_adjustment=0.5).loss_options([0, 0, 0, 1], num_classes=3)["logit_offsets"]
+    assert torch.allclose(half, 0.5 * options["logit_offsets"])
+    model = adapted_bert()
+    batch = task.collate(EXAMPLES[:6])
+    logits = task.class_logits(model, batch).float()
+    offsets = torch.tensor([-0.1, -2.3])
+    expected = torch.nn.functional.cross_entropy(logits + offsets, batch["labels"])
+    assert torch.allclose(task.loss(model, batch, logit_offsets=offsets), expected)
+    with pytest.raises(ValueError, match="logit_adjustment must be in"):
+        TrainConfig(logit_adjustment=-1)
+
+
+def test_logit_adjustment_raises_minority_scores(task) -> None:
+    # Trained with the majority's prior added to its logit, the plain logits must favour the minority more.
+    skewed = EXAMPLES[:2] + [e for e in EXAMPLES if e.label == 0] * 2
+    minority = [e for e in skewed if e.label == 1]
+    probs = {}
+    for tau in (0.0, 1.0):
+        model = adapted_bert(seed=1)
+        train(model, task, skewed, TrainConfig(epochs=3, lr=5e-3, batch_size=8, logit_adjustment=tau, **QUIET))
+        with torch.no_grad():
+            probs[tau] = task.class_logits(model, task.collate(minority)).softmax(-1)[:, 1].mean().item()
+    assert probs[1.0] > probs[0.0] + 0.02

@@ -223,6 +223,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "plain cross-entropy")
     _option(g, "--label-smoothing", field="train.label_smoothing", type=float, metavar="X",
             help="mix the training targets with the uniform distribution by X (0: none)")
+    _option(g, "--logit-adjustment", field="train.logit_adjustment", type=float, metavar="TAU",
+            help="train with TAU * log(class share) added to the logits (logit-adjusted loss, arXiv 2007.07314): "
+            "the model's plain logits then favour rare classes, without reweighting any gradient (0: off)")
     _option(g, "--head-lr", field="train.head_lr", type=float, none="--lr",
             help="learning rate of the classification head (trained in full beside the adapter)")
     _option(g, "--validation-fraction", field="train.validation_fraction", type=float, metavar="F",
@@ -316,7 +319,7 @@ def config_from_args(args: argparse.Namespace):
     adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}
     train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay",
              "class_weight": "class_weight", "label_smoothing": "label_smoothing", "head_lr": "head_lr",
-             "validation_fraction": "validation_fraction"}
+             "validation_fraction": "validation_fraction", "logit_adjustment": "logit_adjustment"}
     for section, flags in (("adapter", adapter), ("train", train)):
         given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
         if given.get("class_weight") == "none":

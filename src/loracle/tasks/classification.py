@@ -64,9 +64,12 @@ class ClassificationTask(Task):
         return model(**model_inputs(model, batch, _INPUT_NAMES)).logits
 
     def loss(self, model: nn.Module, batch: Batch, class_weights: torch.Tensor | None = None,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+             label_smoothing: float = 0.0, logit_offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy of :meth:`class_logits` against ``batch["labels"]``: the batch mean, or with
-        ``class_weights`` the weighted mean (``torch.nn.functional.cross_entropy``'s ``weight``)."""
+        ``class_weights`` the weighted mean (``torch.nn.functional.cross_entropy``'s ``weight``);
+        ``logit_offsets`` ``[C]`` are added to the logits first (the logit-adjusted loss)."""
         logits = self.class_logits(model, batch).float()
+        if logit_offsets is not None:
+            logits = logits + logit_offsets.to(logits.device)
         weight = None if class_weights is None else class_weights.to(logits.device)
         return F.cross_entropy(logits, batch["labels"], weight=weight, label_smoothing=label_smoothing)

@@ -50,6 +50,11 @@ class TrainConfig:
         label_smoothing: cross-entropy against targets mixed with the uniform distribution by this much
             (``torch.nn.functional.cross_entropy``'s option; 0: none). Curbs the overconfidence a model gets
             from memorising a few hundred labels.
+        logit_adjustment: ``τ`` of the logit-adjusted loss (Menon et al., arXiv 2007.07314): during training
+            ``τ · log π_c`` (``π``: the class shares of the training labels) is added to each class's logit before
+            the cross-entropy, so the model's own logits learn the balanced-class decision without reweighting any
+            gradient; predictions use the plain logits, which favour rare classes accordingly (classification
+            only; 0: off, 1: the paper's choice).
         validation_fraction: hold this fraction of the training examples out of training (stratified by label for
             classification, seeded by ``seed``), measure their plain loss after every epoch and end with the
             weights of the epoch where it was lowest (``TrainResult.best_epoch``; 0: train on everything and keep
@@ -79,6 +84,7 @@ class TrainConfig:
     eval_batch_size: int = 32
     class_weight: str | None = None
     label_smoothing: float = 0.0
+    logit_adjustment: float = 0.0
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
@@ -125,6 +131,9 @@ class TrainConfig:
         if isinstance(self.label_smoothing, bool) or not isinstance(self.label_smoothing, (int, float)) \
                 or not 0 <= self.label_smoothing < 1:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if isinstance(self.logit_adjustment, bool) or not isinstance(self.logit_adjustment, (int, float)) \
+                or not 0 <= self.logit_adjustment <= 5:
+            problems.append(f"logit_adjustment must be in [0, 5], got {self.logit_adjustment!r}")
         if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
                 or not 0 <= self.validation_fraction <= 0.5:
             problems.append(f"validation_fraction must be in [0, 0.5], got {self.validation_fraction!r}")
@@ -141,18 +150,24 @@ class TrainConfig:
         """Keyword arguments for ``Task.loss`` under this config, given the training labels (empty: defaults).
 
         Raises:
-            ValueError: ``class_weight`` set for a task without classes (``num_classes`` None).
+            ValueError: ``class_weight`` or ``logit_adjustment`` set for a task without classes (``num_classes``
+                None).
         """
         import torch
 
         options: dict[str, Any] = {}
         if self.label_smoothing:
             options["label_smoothing"] = float(self.label_smoothing)
-        if self.class_weight == "balanced":
-            if num_classes is None:
-                raise ValueError("class_weight='balanced' needs a classification task (class labels); "
-                                 "use class_weight=None for this task")
+        if (self.class_weight or self.logit_adjustment) and num_classes is None:
+            raise ValueError("class_weight and logit_adjustment need a classification task (class labels); use "
+                             "class_weight=None and logit_adjustment=0 for this task")
+        if self.class_weight or self.logit_adjustment:
             counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=num_classes).double()
+        if self.logit_adjustment:
+            # a class absent from the labels gets half an item's share, not log 0
+            prior = counts.clamp_min(0.5) / counts.clamp_min(0.5).sum()
+            options["logit_offsets"] = (float(self.logit_adjustment) * prior.log()).float()
+        if self.class_weight == "balanced":
             present = counts > 0
             weights = torch.ones(num_classes, dtype=torch.float64)
             weights[present] = counts.sum() / (int(present.sum()) * counts[present])

@@ -170,7 +170,8 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
 
     inner = model
     result = TrainResult(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
-    loss_options = config.loss_options([e.label for e in examples] if config.class_weight else (),
+    by_class = config.class_weight or config.logit_adjustment
+    loss_options = config.loss_options([e.label for e in examples] if by_class else (),
                                        getattr(task, "num_labels", None) if task.kind == "classification" else None)
     optimizer = build_optimizer(model, config.lr, config.weight_decay, config.b_weight_decay, config.head_lr)
     sampler = EpochSampler(len(examples), config.seed)

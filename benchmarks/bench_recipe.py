@@ -8,13 +8,13 @@ the head trained in full, the prefix cache) on seeded random labelled sets of ea
 is the base recipe (AdamW lr 1e-3, batch 16, at least 3 epochs and 100 steps, weight decay 0.01, bf16 autocast)
 with changes joined by ``+``:
 
-- ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``lr<x>``: learning rate; ``hl<x>``: head
-  learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs; ``la<x>``: logit-adjusted loss with tau x;
-  ``vf<x>``: hold out a fraction x of the labels and keep the epoch of lowest held-out loss (``validation_fraction``); ``ts``: then scale the test
-  probabilities by a temperature fitted on that held-out slice; ``full``: full fine-tuning (every weight, no
-  adapter, no prefix cache) instead of LoRA; ``L<k>``: LoRA on the top k blocks (0: every block); ``pool``:
-  train the BERT pooler in full beside the head; ``mc<S>``: evaluate with the mean of S
-  MC-dropout passes instead of one deterministic pass.
+- ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``la<x>``: logit-adjusted loss with tau x;
+  ``lr<x>``: learning rate; ``hl<x>``: head learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs;
+  ``vf<x>``: hold out a fraction x of the labels and keep the epoch of lowest held-out loss
+  (``validation_fraction``); ``ts``: then scale the test probabilities by a temperature fitted on that held-out
+  slice; ``full``: full fine-tuning (every weight, no adapter, no prefix cache) instead of LoRA; ``L<k>``: LoRA on
+  the top k blocks (0: every block); ``pool``: train the BERT pooler in full beside the head; ``mc<S>``: evaluate
+  with the mean of S MC-dropout passes instead of one deterministic pass.
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed) is appended to ``benchmarks/results/recipe_rows.jsonl`` (finished rows are skipped, so

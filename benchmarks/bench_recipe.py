@@ -9,6 +9,7 @@ is the base recipe (AdamW lr 1e-3, batch 16, at least 3 epochs and 100 steps, we
 with changes joined by ``+``:
 
 - ``ls<x>``: label smoothing x; ``cwb``: class-balanced loss weights; ``la<x>``: logit-adjusted loss with tau x;
+  ``lp<x>``: head started from a linear probe with L2 x (LP-FT; ``lp``: L2 cross-validated);
   ``lr<x>``: learning rate; ``hl<x>``: head learning rate; ``ms<n>``: min_steps (0: none); ``ep<n>``: epochs;
   ``vf<x>``: hold out a fraction x of the labels and keep the epoch of lowest held-out loss
   (``validation_fraction``); ``ts``: then scale the test probabilities by a temperature fitted on that held-out
@@ -61,6 +62,9 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             fields["min_steps"] = int(part[2:]) or None
         elif part.startswith("ep"):
             fields["epochs"] = int(part[2:])
+        elif part.startswith("lp"):
+            fields["head_init"] = "probe"
+            fields["probe_l2"] = float(part[2:]) if part[2:] else None
         elif part.startswith("la"):
             fields["logit_adjustment"] = float(part[2:])
         elif part.startswith("vf"):
@@ -94,6 +98,8 @@ def main() -> None:
     parser.add_argument("--imbalanced-data",
                         default=str(HERE.parent / "runs" / "bench_active_learning" / "data" / "rotten_tomatoes_imbalanced"))
     parser.add_argument("--dataset", choices=("balanced", "imbalanced"), default="balanced")
+    parser.add_argument("--name", default=None,
+                        help="dataset name in the rows (default: --dataset); give one for another --data folder")
     parser.add_argument("--recipes", default="base,base+ls0.1,base+cwb,base+ls0.1+cwb")
     parser.add_argument("--sizes", default="100,300")
     parser.add_argument("--seeds", default="0,1,2,3")
@@ -115,6 +121,7 @@ def main() -> None:
     from loracle.training.selection import holdout_split
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    dataset = args.name or args.dataset
     done = set()
     if ROWS.exists():
         done = {(r["dataset"], r["recipe"], r["n"], r["seed"]) for r in map(json.loads, ROWS.read_text().splitlines())}
@@ -145,7 +152,7 @@ def main() -> None:
         fields, samples, flags = parse_recipe(recipe)
         for n in (int(x) for x in args.sizes.split(",")):
             for seed in (int(x) for x in args.seeds.split(",")):
-                if (args.dataset, recipe, n, seed) in done:
+                if (dataset, recipe, n, seed) in done:
                     continue
                 labelled = [pool[i] for i in np.random.default_rng(100 + seed).choice(len(pool), n, replace=False)]
                 config = TrainConfig(**fields, seed=seed)
@@ -177,7 +184,7 @@ def main() -> None:
                                                       held_probs["labels"])
                         scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                         metrics = classification_metrics(scaled, metrics["labels"])
-                row = {"dataset": args.dataset, "recipe": recipe, "n": n, "seed": seed,
+                row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
                        "seconds": round(time.perf_counter() - start, 1)}
                 print(row, flush=True)

@@ -11,14 +11,14 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     config = ALConfig(model="m", data="d")
     assert config.train.label_smoothing == 0.1 and config.train.class_weight is None
     assert (config.train.lr, config.train.head_lr, config.train.min_steps) == (1e-3, 1e-4, 100)
-    assert config.train.validation_fraction == 0.0
+    assert config.train.validation_fraction == 0.0 and config.train.head_init == "auto"
 
 
 @pytest.mark.parametrize("task_kind", ["multiple_choice", "generation"])
 def test_other_task_kinds_get_plain_cross_entropy(task_kind: str) -> None:
     config = ALConfig(model="m", data="d", task_kind=task_kind, strategy="random")
     assert config.train.class_weight is None and config.train.label_smoothing == 0.0
-    assert config.train.head_lr is None  # no classification head
+    assert config.train.head_lr is None and config.train.head_init == "random"  # no classification head
     assert config.train == default_train(task_kind)
 
 

@@ -322,14 +322,15 @@ def test_head_lr_and_validation_fraction_flags_reach_the_config(capsys):
     parser = subparser("al", "run")
     args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--head-lr", "3e-5",
                               "--validation-fraction", "0.2", "--calibration-items", "labelled",
-                              "--logit-adjustment", "1"])
+                              "--logit-adjustment", "1", "--head-init", "probe"])
     config = config_from_args(args)
     assert (config.train.head_lr, config.train.validation_fraction) == (3e-5, 0.2)
     assert config.calibration_items == "labelled" and config.train.logit_adjustment == 1.0
+    assert config.train.head_init == "probe"
     assert (config.train.lr, config.train.label_smoothing) == (1e-3, 0.1)
     defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert (defaults.train.head_lr, defaults.train.validation_fraction) == (1e-4, 0.0)
-    assert defaults.calibration_items == "initial"
+    assert defaults.calibration_items == "initial" and defaults.train.head_init == "auto"
     parser.print_help()
     text = " ".join(capsys.readouterr().out.split())
     assert "--head-lr" in text and "(default: 0.0001)" in text

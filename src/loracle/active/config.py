@@ -79,7 +79,7 @@ def default_train(task_kind: str = "classification") -> TrainConfig:
     """
     if task_kind == "classification":
         return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, head_lr=1e-4, weight_decay=0.01,
-                           label_smoothing=0.1)
+                           label_smoothing=0.1, head_init="auto")
     return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01)
 
 

@@ -226,6 +226,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _option(g, "--logit-adjustment", field="train.logit_adjustment", type=float, metavar="TAU",
             help="train with TAU * log(class share) added to the logits (logit-adjusted loss, arXiv 2007.07314): "
             "the model's plain logits then favour rare classes, without reweighting any gradient (0: off)")
+    _option(g, "--head-init", field="train.head_init", choices=("auto", "probe", "random"), metavar="HOW",
+            help="probe: start the classification head as a linear probe fitted on the labels (LP-FT); random: the "
+            "model's own initialisation; auto: probe for more than two classes or a class under 25%% of the labels")
     _option(g, "--head-lr", field="train.head_lr", type=float, none="--lr",
             help="learning rate of the classification head (trained in full beside the adapter)")
     _option(g, "--validation-fraction", field="train.validation_fraction", type=float, metavar="F",
@@ -319,7 +322,8 @@ def config_from_args(args: argparse.Namespace):
     adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}
     train = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "b_weight_decay": "b_weight_decay",
              "class_weight": "class_weight", "label_smoothing": "label_smoothing", "head_lr": "head_lr",
-             "validation_fraction": "validation_fraction", "logit_adjustment": "logit_adjustment"}
+             "validation_fraction": "validation_fraction", "logit_adjustment": "logit_adjustment",
+             "head_init": "head_init"}
     for section, flags in (("adapter", adapter), ("train", train)):
         given = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
         if given.get("class_weight") == "none":

@@ -53,6 +53,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     show_default(train.add_argument("--head-lr", type=float, default=None, help="learning rate of --modules-to-save"),
                  "--lr")
+    train.add_argument("--head-init", default="random", choices=("random", "probe", "auto"),
+                       help="probe: fit the classification head as a linear probe before fine-tuning (LP-FT); auto: "
+                       "probe for more than two classes or a class under 25%% of the examples")
     train.add_argument("--label-smoothing", type=float, default=0.0,
                        help="mix the training targets with the uniform distribution by X (0: none)")
     train.add_argument("--validation-fraction", type=float, default=0.0, metavar="F",
@@ -193,7 +196,7 @@ def run_train(args: argparse.Namespace) -> int:
                          max_grad_norm=args.max_grad_norm or None, mixed_precision=args.mixed_precision,
                          seed=args.seed, progress=not args.no_progress, cpu=args.cpu,
                          eval_batch_size=args.batch_size_eval, label_smoothing=args.label_smoothing,
-                         validation_fraction=args.validation_fraction)
+                         validation_fraction=args.validation_fraction, head_init=args.head_init)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise LoracleError(f"--output {output} is an existing file; give a folder (new, or one to write into)")

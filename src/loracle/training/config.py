@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 CLASS_WEIGHTS = (None, "balanced")
+HEAD_INITS = ("random", "probe", "auto")
+#: ``head_init="auto"`` fits a probe when the rarest class holds less than this share of the training labels.
+AUTO_PROBE_SHARE = 0.25
 
 
 @dataclass
@@ -55,6 +58,13 @@ class TrainConfig:
             the cross-entropy, so the model's own logits learn the balanced-class decision without reweighting any
             gradient; predictions use the plain logits, which favour rare classes accordingly (classification
             only; 0: off, 1: the paper's choice).
+        head_init: ``"random"`` (the model's own initialisation) or ``"probe"``: before fine-tuning, fit the
+            classification head's output layer as an L2-regularised logistic regression on the frozen features of
+            the training examples (LP-FT, arXiv 2202.10054; :mod:`loracle.training.head_probe`); ``"auto"``: the
+            probe when the task has more than two classes or the rarest class holds less than a quarter of the
+            training labels, the random head otherwise (see :func:`resolve_head_init`).
+        probe_l2: the probe's L2 penalty on weights over standardised features (with ``head_init="probe"``);
+            ``None``: chosen from 1e-3 ... 10 by 5-fold cross-validated NLL on the training examples.
         validation_fraction: hold this fraction of the training examples out of training (stratified by label for
             classification, seeded by ``seed``), measure their plain loss after every epoch and end with the
             weights of the epoch where it was lowest (``TrainResult.best_epoch``; 0: train on everything and keep
@@ -85,6 +95,8 @@ class TrainConfig:
     class_weight: str | None = None
     label_smoothing: float = 0.0
     logit_adjustment: float = 0.0
+    head_init: str = "random"
+    probe_l2: float | None = None
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
@@ -134,6 +146,11 @@ class TrainConfig:
         if isinstance(self.logit_adjustment, bool) or not isinstance(self.logit_adjustment, (int, float)) \
                 or not 0 <= self.logit_adjustment <= 5:
             problems.append(f"logit_adjustment must be in [0, 5], got {self.logit_adjustment!r}")
+        if self.head_init not in HEAD_INITS:
+            problems.append(f"head_init must be one of {list(HEAD_INITS)}, got {self.head_init!r}")
+        if self.probe_l2 is not None and (isinstance(self.probe_l2, bool) or not isinstance(self.probe_l2, (int, float))
+                                          or self.probe_l2 < 0):
+            problems.append(f"probe_l2 must be >= 0 or None (cross-validated), got {self.probe_l2!r}")
         if isinstance(self.validation_fraction, bool) or not isinstance(self.validation_fraction, (int, float)) \
                 or not 0 <= self.validation_fraction <= 0.5:
             problems.append(f"validation_fraction must be in [0, 0.5], got {self.validation_fraction!r}")
@@ -173,6 +190,28 @@ class TrainConfig:
             weights[present] = counts.sum() / (int(present.sum()) * counts[present])
             options["class_weights"] = weights.float()
         return options
+
+    def resolve_head_init(self, labels: "Sequence[int]", num_classes: int | None) -> str:
+        """``"random"`` or ``"probe"``: ``head_init`` with ``"auto"`` decided for these training labels.
+
+        A fresh head gives the adapter almost no gradient, so the model first sits at the class prior. With two
+        balanced classes it leaves it within the step budget, and the slow start keeps it calibrated; with many
+        classes or a rare class it does not (rotten_tomatoes with 10% ``rotten``: the majority class for every
+        item; a 20-class task: accuracy below a linear probe's), and a probe head finds them (README, "Training
+        recipe"). ``"auto"`` therefore fits a probe for more than two classes or a rarest share below
+        ``AUTO_PROBE_SHARE`` (0.25).
+        """
+        if self.head_init != "auto":
+            return self.head_init
+        if num_classes is None:
+            return "random"
+        if num_classes > 2:
+            return "probe"
+        counts = [0] * num_classes
+        for label in labels:
+            counts[int(label)] += 1
+        total = sum(counts)
+        return "probe" if total and min(counts) / total < AUTO_PROBE_SHARE else "random"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from loracle.adapters.inject import aux_loss
 from loracle.progress import progress
 from loracle.training.config import TrainConfig
+from loracle.training.head_probe import init_head_from_probe
 from loracle.training.optim import build_optimizer
 from loracle.training.selection import BestWeights, heldout_loss, holdout_split
 
@@ -49,6 +50,9 @@ class TrainResult:
             ``eval_*`` metrics when ``eval_examples`` were given, ``val_loss`` (the held-out loss) with
             ``config.validation_fraction``.
         steps: optimiser steps taken.
+        head_init: how the head started, ``"random"`` or ``"probe"`` (``config.head_init`` with ``"auto"``
+            decided).
+        probe_l2: with a probe head: the probe's L2 penalty (the chosen one when cross-validated).
         best_epoch: with ``config.validation_fraction``: the epoch whose weights the model ends with (its
             ``val_loss`` is the lowest in ``history``); 0 otherwise.
         train_time_s: wall time of the loop.
@@ -58,6 +62,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     best_epoch: int = 0
+    head_init: str = "random"
+    probe_l2: float | None = None
     train_time_s: float = 0.0
     trainable_parameters: int = 0
 
@@ -156,6 +162,9 @@ def train(
     if config.validation_fraction:
         examples, held = holdout_split(examples, config.validation_fraction, config.seed,
                                        stratify=task.kind == "classification")
+    if config.head_init != "random" and task.kind != "classification":
+        raise ValueError(f"head_init={config.head_init!r} fits a classification head; a {task.kind} task has "
+                         "none (use head_init='random')")
     accelerator = accelerator or make_accelerator(config)
     devices = [accelerator.device] if accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -169,7 +178,13 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
     from transformers import get_scheduler
 
     inner = model
-    result = TrainResult(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    probe_l2 = None
+    head_init = config.resolve_head_init([e.label for e in examples], getattr(task, "num_labels", None))
+    if head_init == "probe":
+        probe_l2 = init_head_from_probe(model, task, examples, config.probe_l2, config.eval_batch_size,
+                                        next(model.parameters()).device, seed=config.seed)
+    result = TrainResult(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                         head_init=head_init, probe_l2=probe_l2)
     by_class = config.class_weight or config.logit_adjustment
     loss_options = config.loss_options([e.label for e in examples] if by_class else (),
                                        getattr(task, "num_labels", None) if task.kind == "classification" else None)

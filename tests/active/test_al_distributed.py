@@ -35,8 +35,8 @@ SCRIPT = Path(__file__).with_name("al_launch_script.py")
 REPO = Path(__file__).resolve().parents[2]
 FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
          "--mc-samples", "0", "--rank", "4", "--lora-dropout", "0", "--epochs", "1", "--batch-size", "2",
-         "--lr", "0.005", "--class-weight", "none", "--max-length", "16", "--no-progress", "--seed", "0",
-         "--strategy", "entropy", "--precision", "fp32"]
+         "--lr", "0.005", "--head-lr", "0.005", "--class-weight", "none", "--max-length", "16", "--no-progress",
+         "--seed", "0", "--strategy", "entropy", "--precision", "fp32"]  # head at the adapter's rate: MC samples differ
 POOL, CHUNK = 60, 5  # round 0 scores 54 items: 11 chunks, 6 waves over 2 ranks
 STEPS = 10  # per round: few enough that Adam has not amplified the reordered gradient sums (~1e-7) into other picks
 

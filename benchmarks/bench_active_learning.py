@@ -3,7 +3,7 @@
     python benchmarks/bench_active_learning.py --seeds 0,1,2 --time-limit 3600
 
 Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on every linear layer of the top two blocks,
-the cross-round prefix cache, bf16 where the CPU has it, at least 3 epochs and 100 steps per round, lr 1e-3,
+the cross-round prefix cache, bf16 where the CPU has it, at least 8 epochs and 100 steps per round, lr 1e-3,
 head lr 1e-4, label smoothing 0.1, no class weights; ``--class-weight balanced`` adds balanced loss weights),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
 rounds. Two datasets:
@@ -12,7 +12,8 @@ rounds. Two datasets:
 - ``rotten_tomatoes_imbalanced``: built deterministically from it: every ``fresh`` item and as many ``rotten``
   items as make 10% of the pool (and of the test set), chosen with a fixed seed.
 
-Strategies: ``random``; ``entropy`` (MC dropout); ``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic);
+Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
+most probable classes of the MC-mean prediction); ``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic);
 ``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
@@ -46,6 +47,7 @@ STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random"},
     "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
+    "margin": {"strategy": "margin"},
     "bald": {"strategy": "bald"},
     "power_entropy": {"strategy": "power_entropy"},
     "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},

@@ -11,6 +11,8 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     config = ALConfig(model="m", data="d")
     assert config.train.label_smoothing == 0.1 and config.train.class_weight is None
     assert (config.train.lr, config.train.head_lr, config.train.min_steps) == (1e-3, 1e-4, 100)
+    # 8 epochs: with 3, sets above 200 labels stopped at the step floor under-confident (default_train's docstring)
+    assert config.train.epochs == 8 and default_train("multiple_choice").epochs == 3
     assert config.train.validation_fraction == 0.0 and config.train.head_init == "auto"
 
 

@@ -51,8 +51,13 @@ CALIBRATION_ITEMS = ("initial", "labelled")
 
 
 def default_train(task_kind: str = "classification") -> TrainConfig:
-    """AdamW at lr 1e-3, batch 16, at least 3 epochs and at least 100 optimiser steps (small labelled sets get
-    more epochs), weight decay 0.01 on matrices.
+    """AdamW at lr 1e-3, batch 16, at least 3 epochs (8 for classification) and at least 100 optimiser steps
+    (small labelled sets get more epochs), weight decay 0.01 on matrices.
+
+    Classification trains at least 8 epochs: with 3, every set above 200 labels stopped at the 100-step floor's
+    few epochs and came out under-confident (400 random rotten_tomatoes labels, seeds 0-2: mean confidence 0.67 at
+    accuracy 0.745, ECE 0.081-0.086); 8 epochs give accuracy 0.747 at ECE 0.048-0.063 (mean confidence 0.80), and
+    change nothing at 100-200 labels, where the step floor already asks for more epochs (README, "Training recipe").
 
     Classification also gets a slow head (``head_lr=1e-4``: the classification head, trained in full, learns at a
     tenth of the adapter's rate), label smoothing 0.1, and ``head_init="auto"``: the head starts as a
@@ -73,7 +78,7 @@ def default_train(task_kind: str = "classification") -> TrainConfig:
     at 400-700 labels).
     """
     if task_kind == "classification":
-        return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, head_lr=1e-4, weight_decay=0.01,
+        return TrainConfig(epochs=8, min_steps=100, batch_size=16, lr=1e-3, head_lr=1e-4, weight_decay=0.01,
                            label_smoothing=0.1, head_init="auto")
     return TrainConfig(epochs=3, min_steps=100, batch_size=16, lr=1e-3, weight_decay=0.01)
 

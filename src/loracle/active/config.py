@@ -148,8 +148,9 @@ class ALConfig:
             ``calibration_items``), saved with the round's adapter; each round reports test ECE / NLL / Brier
             before and after it (``ece_calibrated``), and the stop set and the labelling app's predictions use
             it. ``none``: no calibration. None (default): ``temperature`` for classification, ``none`` for the
-            other task kinds. On by default for classification because no training recipe is calibrated on every task: with MiniLM on strategyqa questions (a task it cannot
-            learn, accuracy 0.50-0.58) the recipe's test ECE is 0.23-0.26 at 100 labels and 0.17-0.24 at 400, and
+            other task kinds. On by default for classification because no training recipe is calibrated on
+            every task: with MiniLM on strategyqa questions (a task it cannot learn, accuracy 0.50-0.58) the
+            recipe's test ECE is 0.23-0.26 at 100 labels and 0.17-0.24 at 400, and
             the cross-fitted temperature brings it to 0.003-0.066 (means 0.026 and 0.051); on rotten_tomatoes,
             where the recipe is nearly calibrated, it costs 0.02-0.03 (0.090 → 0.115 at 100 labels, 0.056 → 0.072
             at 400; README, "Training recipe"). Three extra trainings per round, each on 2/3 of the labels.

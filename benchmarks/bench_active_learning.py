@@ -48,6 +48,8 @@ STRATEGIES: dict[str, dict] = {
     "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
     "margin": {"strategy": "margin"},
+    "diverse_margin": {"strategy": "diverse_margin"},
+    "diverse_margin_b3": {"strategy": "diverse_margin", "strategy_options": {"beta": 3}},
     "bald": {"strategy": "bald"},
     "power_entropy": {"strategy": "power_entropy"},
     "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},

@@ -293,3 +293,48 @@ def test_answer_strategies_rank_by_their_score():
     # (base NLL of the first sample: 0.1, 1.5, 0.2 -> item 1, then 2, then 0).
     assert build_strategy("star_generation", schedule=1.0).select(signals, 3, rng())[0].tolist() == [1, 0, 2]
     assert build_strategy("star_generation", schedule=1e-4).select(signals, 3, rng())[0].tolist() == [1, 2, 0]
+
+
+def test_weighted_kmeans_centres_are_weighted_means():
+    x = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [12.0, 0.0]])
+    w = torch.tensor([3.0, 1.0, 0.0, 0.0])  # second cluster weighs 0: its plain mean
+    fit = kmeans(x, 2, rng(0), weights=w)
+    centres = sorted(fit.centers[:, 0].tolist())
+    assert centres == pytest.approx([0.25, 11.0])
+    with pytest.raises(ValueError, match="non-negative"):
+        kmeans(x, 2, rng(), weights=torch.tensor([1.0, -1.0, 0.0, 0.0]))
+
+
+def test_diverse_margin_takes_one_typical_uncertain_point_per_blob():
+    x, truth = blobs()  # 3 blobs of 30
+    n = len(x)
+    gap = torch.full((n,), 0.9)  # margin between the two classes; small = uncertain
+    gap[truth == 0] = 0.05
+    gap[truth == 1] = 0.1
+    p1 = (1 + gap) / 2
+    probs = torch.stack([p1, 1 - p1], -1)[:, None, :]  # (N, 1, 2)
+    signals = Signals(0, n, probs=probs, embeddings=x)
+    # beta 1 is top-k of the margin: all from the most uncertain blob
+    idx, s = build_strategy("diverse_margin", beta=1).select(signals, 2, rng(0))
+    assert set(truth[idx].tolist()) == {0} and s.tolist() == pytest.approx([-0.05, -0.05])
+    # beta 30: the 60 most uncertain (blobs 0 and 1) in 2 clusters, the member nearest each weighted centre
+    idx, s = build_strategy("diverse_margin", beta=30).select(signals, 2, rng(0))
+    assert sorted(truth[idx].tolist()) == [0, 1] and s.tolist() == pytest.approx([-0.05, -0.1])
+    for i in idx:
+        members = np.flatnonzero(truth == truth[i])
+        d = (x[members] - x[members].mean(0)).norm(dim=1)  # equal weights within a blob: the plain mean
+        assert members[int(d.argmin())] == i
+    # the third, confident blob comes in only when the prefilter reaches it
+    idx, _ = build_strategy("diverse_margin", beta=30).select(signals, 3, rng(0))
+    assert sorted(truth[idx].tolist()) == [0, 1, 2]
+
+
+def test_diverse_margin_fills_in_when_features_coincide_and_checks_options():
+    probs = torch.tensor([[[0.5, 0.5]], [[0.6, 0.4]], [[0.9, 0.1]], [[0.99, 0.01]]])
+    same = torch.zeros(4, 3)  # one distinct feature vector: one cluster, the rest by uncertainty
+    idx, s = build_strategy("diverse_margin").select(Signals(0, 4, probs=probs, embeddings=same), 3, rng(0))
+    assert sorted(idx.tolist()) == [0, 1, 2] and list(s) == sorted(s, reverse=True)
+    with pytest.raises(ValueError, match="beta must be a number >= 1"):
+        build_strategy("diverse_margin", beta=0.5)
+    with pytest.raises(ValueError, match="unknown uncertainty score"):
+        strategy_class("diverse_margin")(score="nope")

@@ -1,4 +1,5 @@
-"""Diversity-aware batch selection: k-center greedy (core-set) and BADGE (gradient embeddings + k-means++)."""
+"""Diversity-aware batch selection: k-center greedy (core-set), BADGE (gradient embeddings + k-means++) and diverse
+mini-batch uncertainty (the most uncertain candidates, clustered)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import torch
 
 from loracle.active.strategies.base import Signals, Strategy, check_request, register_strategy, top_k
-from loracle.active.strategies.kmeans import d2_seeding
+from loracle.active.strategies.kmeans import d2_seeding, kmeans, squared_distances
+from loracle.uncertainty.scores import SCORES, get_score
 
 
 class KCenterGreedy(Strategy):
@@ -98,5 +100,76 @@ class BadgeStrategy(Strategy):
         return chosen, d2
 
 
+class DiverseUncertaintyStrategy(Strategy):
+    """Diverse mini-batch active learning (Zhdanov, arXiv 1901.05954 §2): uncertain, then spread out.
+
+    Keep the ``β·k`` candidates of highest uncertainty ``s`` (an uncertainty score of the MC predictions), cluster
+    their features (``signals.embeddings``, the model's head input) into ``k`` clusters by k-means weighted with
+    each candidate's informativeness ``w_i = s_i − min_pool s`` (for ``margin``: ``1 − margin``), and take from each
+    cluster the member nearest its centre. Top-k of ``s`` alone fills a batch with near-duplicates from one region
+    of the boundary; the clusters spread it, and the nearest-to-centre pick prefers typical points to outliers
+    (what BADGE's D²-sampling draws first). ``β = 1`` is plain top-k; a ``β`` with ``β·k >= N`` is k-means over
+    the whole pool weighted by uncertainty.
+
+    Picks come in decreasing ``s``; scores are their ``s``. When the prefiltered set has fewer than ``k`` distinct
+    feature vectors, the empty clusters' places go to the most uncertain candidates not yet picked.
+
+    Args:
+        score: a name in :data:`loracle.uncertainty.scores.SCORES` (default ``"margin"``, breaking ties).
+        beta: prefilter factor ``β >= 1`` (the paper uses 10).
+        n_iter: Lloyd iterations of k-means.
+
+    Raises:
+        ValueError: for an unknown score, ``beta < 1`` or a negative ``n_iter``.
+    """
+
+    requires = frozenset({"probs", "embeddings"})
+    mc_samples = 8
+
+    def __init__(self, score: str = "margin", beta: float = 10.0, n_iter: int = 20) -> None:
+        problems = []
+        if score not in SCORES:
+            problems.append(f"unknown uncertainty score {score!r}; valid scores: {sorted(SCORES)}")
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not beta >= 1:
+            problems.append(f"beta must be a number >= 1, got {beta!r}")
+        if not isinstance(n_iter, int) or n_iter < 0:
+            problems.append(f"n_iter must be an int >= 0, got {n_iter!r}")
+        if problems:
+            raise ValueError("DiverseUncertaintyStrategy: " + "; ".join(problems))
+        self.score, self.beta, self.n_iter = score, float(beta), n_iter
+        self.score_fn = get_score(score)
+        self.name = f"diverse_{score}"
+
+    def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
+        raise TypeError("DiverseUncertaintyStrategy clusters the batch jointly; use select()")
+
+    def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        check_request(self, signals, k)
+        x = signals.embeddings.double()
+        if x.dim() != 2 or x.shape[0] != signals.n:
+            raise ValueError(f"embeddings must be [N={signals.n}, D], got {tuple(x.shape)}")
+        s = self.score_fn(signals.probs).double().numpy()
+        keep = top_k(s, min(signals.n, int(np.ceil(self.beta * k))), rng)  # most uncertain first
+        weights = torch.from_numpy(s[keep] - s.min())
+        fit = kmeans(x[torch.from_numpy(keep)], k, rng, self.n_iter, weights=weights)
+        dist = squared_distances(x[torch.from_numpy(keep)], fit.centers)  # (m, k)
+        labels = fit.labels.numpy()
+        chosen: list[int] = []
+        for c in range(k):
+            members = np.flatnonzero(labels == c)
+            if len(members):
+                chosen.append(int(keep[members[int(dist[members, c].argmin())]]))
+        if len(chosen) < k:  # duplicate features left clusters empty: the most uncertain others fill in
+            taken = set(chosen)
+            chosen += [int(i) for i in top_k(s, signals.n, rng) if int(i) not in taken][:k - len(chosen)]
+        picks = np.asarray(chosen, dtype=np.int64)
+        picks = picks[np.argsort(-s[picks], kind="stable")]
+        return picks, s[picks]
+
+    def __repr__(self) -> str:
+        return f"DiverseUncertaintyStrategy(score={self.score!r}, beta={self.beta}, n_iter={self.n_iter})"
+
+
 register_strategy("kcenter", KCenterGreedy)
 register_strategy("badge", BadgeStrategy)
+register_strategy("diverse_margin", DiverseUncertaintyStrategy, score="margin")

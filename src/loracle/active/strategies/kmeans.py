@@ -78,8 +78,12 @@ class KMeansResult:
     inertia: float
 
 
-def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, n_iter: int = 20) -> KMeansResult:
+def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, n_iter: int = 20,
+           weights: torch.Tensor | None = None) -> KMeansResult:
     """Lloyd's k-means from a k-means++ seeding, at most ``n_iter`` update steps (stops when labels settle).
+
+    With ``weights`` each centre is the weighted mean of its points (the seeding stays unweighted); a cluster
+    whose members all weigh 0 falls back to their plain mean.
 
     An emptied cluster is moved to the point farthest from its current centre, so every cluster keeps a member
     whenever there are at least ``k`` distinct points.
@@ -89,6 +93,7 @@ def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, n_iter: int = 20) 
         k: number of clusters, ``1 <= k <= N``.
         rng: seeded generator (the seeding is the only random step).
         n_iter: maximum number of centre updates (>= 0; 0 returns the seeding).
+        weights: ``[N]`` non-negative point weights, or None (all 1).
 
     Returns:
         :class:`KMeansResult`, whose labels are the nearest-centre assignment of the returned centres.
@@ -103,7 +108,10 @@ def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, n_iter: int = 20) 
         raise ValueError(f"kmeans: k must be in 1..{n} (the number of points), got {k}")
     if n_iter < 0:
         raise ValueError(f"kmeans: n_iter must be >= 0, got {n_iter}")
+    if weights is not None and (weights.shape != (n,) or bool((weights < 0).any()) or bool(weights.isnan().any())):
+        raise ValueError(f"kmeans: weights must be [N={n}] non-negative numbers, got shape {tuple(weights.shape)}")
     x = x.double()
+    w = None if weights is None else weights.double()
     sq_norm = (x * x).sum(1)  # (N,) reused by every seeding step
 
     def sq_dist_to(j: int) -> torch.Tensor:
@@ -117,6 +125,11 @@ def kmeans(x: torch.Tensor, k: int, rng: np.random.Generator, n_iter: int = 20) 
         counts = torch.bincount(labels, minlength=k)
         sums = torch.zeros_like(centers).index_add_(0, labels, x)
         centers = sums / counts.clamp_min(1)[:, None].double()
+        if w is not None:
+            mass = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, w)
+            weighted = torch.zeros_like(centers).index_add_(0, labels, x * w[:, None])
+            weighted = weighted / mass.clamp_min(1e-300)[:, None]
+            centers = torch.where((mass > 0)[:, None], weighted, centers)
         empty = torch.nonzero(counts == 0).flatten()
         if len(empty):
             own = d.gather(1, labels[:, None])[:, 0].clone()  # (N,) distance to the assigned centre

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 #: ``loracle.active.strategies.STRATEGIES``
 STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
-                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "typiclust",
+                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "diverse_margin",
+                                   "typiclust",
                                    "sequence_nll", "token_entropy", "nll_variance", "star_generation")
 
 #: ``loracle.adapters.ADAPTERS`` (``loracle train`` also accepts ``full``: every weight trained, no adapter)

@@ -52,7 +52,6 @@ STRATEGIES: dict[str, dict] = {
     "badge": {"strategy": "badge", "calibrate": True},
     "entropy": {"strategy": "entropy"},
     "margin": {"strategy": "margin"},
-    "balanced_margin": {"strategy": "balanced_margin"},
     "diverse_margin": {"strategy": "diverse_margin"},
     "diverse_margin_b3": {"strategy": "diverse_margin", "strategy_options": {"beta": 3}},
     "typiclust": {"strategy": "typiclust"},

@@ -9,10 +9,10 @@ they agree, so a new strategy or adapter is its registration plus its name here.
 from __future__ import annotations
 
 #: ``loracle.active.strategies.STRATEGIES``
-STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "balanced_margin", "bald",
-                                   "power_entropy", "power_bald", "star", "star_published", "kcenter", "kmeans",
-                                   "badge", "diverse_margin", "typiclust", "sequence_nll", "token_entropy",
-                                   "nll_variance", "star_generation")
+STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
+                                   "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "diverse_margin",
+                                   "typiclust",
+                                   "sequence_nll", "token_entropy", "nll_variance", "star_generation")
 
 #: ``loracle.adapters.ADAPTERS`` (``loracle train`` also accepts ``full``: every weight trained, no adapter)
 ADAPTER_NAMES: tuple[str, ...] = ("lora", "lora_sp", "monteclora")

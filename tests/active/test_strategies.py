@@ -338,24 +338,3 @@ def test_diverse_margin_fills_in_when_features_coincide_and_checks_options():
         build_strategy("diverse_margin", beta=0.5)
     with pytest.raises(ValueError, match="unknown uncertainty score"):
         strategy_class("diverse_margin")(score="nope")
-
-
-def test_balanced_margin_divides_out_the_pool_prior():
-    # 9 items the model puts at p(minority) 0.1 or below, one at 0.3: the prior it learnt is about 0.1
-    p_min = torch.tensor([0.02, 0.05, 0.08, 0.1, 0.1, 0.1, 0.12, 0.15, 0.3, 0.02])
-    probs = torch.stack([1 - p_min, p_min], -1)[:, None, :].repeat(1, 2, 1)  # (10, 2, 2)
-    signals = Signals(0, 10, probs=probs)
-    prior = float(p_min.mean())
-    q = (p_min / prior) / (p_min / prior + (1 - p_min) / (1 - prior))  # Bayes with the prior made uniform
-    expected = -(2 * q - 1).abs()
-    got = build_strategy("balanced_margin").scores(signals, rng())
-    assert got.double().numpy() == pytest.approx(expected.numpy(), abs=1e-6)
-    # plain margin queries the 0.3 item first; the corrected one the items where evidence alone is balanced
-    assert int(build_strategy("margin").select(signals, 1, rng())[0][0]) == 8
-    assert int(build_strategy("balanced_margin").select(signals, 1, rng())[0][0]) in (3, 4, 5)  # p = 0.1 = prior
-    # with balanced predictions over the pool the correction changes nothing
-    sym = torch.cat([probs, probs.flip(-1)])
-    assert torch.allclose(build_strategy("balanced_margin").scores(Signals(0, 20, probs=sym), rng()),
-                          build_strategy("margin").scores(Signals(0, 20, probs=sym), rng()), atol=1e-6)
-    with pytest.raises(ValueError, match="uniform_prior must be True or False"):
-        strategy_class("balanced_margin")(score="margin", uniform_prior="yes")

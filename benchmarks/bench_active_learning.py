@@ -13,8 +13,7 @@ rounds. Two datasets:
   items as make 10% of the pool (and of the test set), chosen with a fixed seed.
 
 Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
-most probable classes of the MC-mean prediction); ``balanced_margin`` (the same with the model's pool-average
-class prior divided out); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest margins, β = 10 / 3, clustered
+most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest margins, β = 10 / 3, clustered
 by k-means on the model's features, the member nearest each centre); ``typiclust`` (no uncertainty: the most
 typical point of each k-means cluster of the model's features that holds no label yet); ``bald`` (MC dropout);
 ``badge`` (gradient embeddings, k-means++, deterministic);

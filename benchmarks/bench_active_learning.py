@@ -13,10 +13,10 @@ rounds. Two datasets:
   items as make 10% of the pool (and of the test set), chosen with a fixed seed.
 
 Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
-most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest margins, β = 10 / 3, clustered
-by k-means on the model's features, the member nearest each centre); ``typiclust`` (no uncertainty: the most
-typical point of each k-means cluster of the model's features that holds no label yet); ``bald`` (MC dropout);
-``badge`` (gradient embeddings, k-means++, deterministic);
+most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
+margins, β = 10 / 3, clustered by k-means on the model's features, the member nearest each centre); ``typiclust``
+(no uncertainty: the most typical point of each k-means cluster of the model's features that holds no label yet);
+``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic);
 ``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,

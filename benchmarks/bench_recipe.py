@@ -17,7 +17,9 @@ with changes joined by ``+``:
   the top k blocks (0: every block); ``pool``: train the BERT pooler in full beside the head; ``mc<S>``: evaluate
   with the mean of S MC-dropout passes instead of one deterministic pass; ``cf<K>``: then scale the test
   probabilities by a temperature fitted on cross-fitted predictions of the labelled set (``K`` models, each trained
-  with the same recipe on the other folds, predict their held-out fold: ``al run --calibration temperature``).
+  with the same recipe on the other folds, predict their held-out fold); ``cfe<K>``: the same with the fold models
+  trained for the full model's number of epochs rather than to its 100-step floor (what ``al run --calibration
+  temperature`` does).
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed), with the mean top-class probability on the test items (``confidence``: above the
@@ -74,7 +76,7 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             fields["validation_fraction"] = float(part[2:])
         elif part.startswith("mc"):
             samples = int(part[2:])
-        elif part.startswith("cf") and part[2:].isdigit():
+        elif (part.startswith("cf") and part[2:].isdigit()) or (part.startswith("cfe") and part[3:].isdigit()):
             flags.add(part)
         else:
             raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
@@ -134,9 +136,11 @@ def build_roget20(target: Path) -> Path:
     return target
 
 
-def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int) -> float:
+def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int,
+                          match_epochs: bool = False) -> float:
     """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
-    ``k - 1`` folds each (same recipe) predict their held-out fold; one temperature fits the pooled predictions."""
+    ``k - 1`` folds each (same recipe; with ``match_epochs``, for the full model's number of epochs instead of its
+    step floor, as ``al run`` does) predict their held-out fold; one temperature fits the pooled predictions."""
     import contextlib
 
     import numpy as np
@@ -146,6 +150,8 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
     from loracle.training import train
     from loracle.uncertainty.sampling import mc_probs
 
+    if match_epochs:
+        config = config.replace(epochs=config.epochs_for(len(labelled)), min_steps=None)
     order = np.random.default_rng(1000 + seed).permutation(len(labelled))
     pairs = []
     for i in range(k):
@@ -279,9 +285,10 @@ def main() -> None:
                         scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                         metrics = classification_metrics(scaled, metrics["labels"])
                         confidence = float(scaled.max(-1).values.mean())
-                folds = [int(f[2:]) for f in flags if f.startswith("cf")]
+                folds = [(int(f.lstrip("cfe")), f.startswith("cfe")) for f in flags if f.startswith("cf")]
                 if folds and "full" not in flags:
-                    temperature = cross_fit_temperature(builder, cache, labelled, config, folds[0], seed)
+                    temperature = cross_fit_temperature(builder, cache, labelled, config, folds[0][0], seed,
+                                                        match_epochs=folds[0][1])
                     scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                     metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature}
                     confidence = float(scaled.max(-1).values.mean())

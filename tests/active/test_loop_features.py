@@ -421,3 +421,24 @@ def test_star_linear_probe_after_round_zero_keeps_the_round_model(tmp_path, toy_
         assert state.get_signal("base_features") is not None and len(state.queries(2)) == config.query_size
     finally:
         state.close()
+
+
+def test_fold_models_train_the_full_models_epochs(tmp_path, toy_data, monkeypatch):
+    """With a step floor, the round's model takes more epochs over few labels; each fold model takes that many
+    epochs over its smaller set (not the floor, which would mean more passes and a more confident fold model)."""
+    import loracle.training as training
+
+    real_train, calls = training.train, []
+
+    def spy(model, task, examples, config, **kwargs):
+        calls.append((len(examples), config.epochs, config.min_steps))
+        return real_train(model, task, examples, config, **kwargs)
+
+    monkeypatch.setattr(training, "train", spy)
+    config = fast_config(toy_data, rounds=1, calibration="temperature", calibration_folds=2,
+                         train={"epochs": 1, "min_steps": 6, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0})
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    # per round: two folds of half the labels, then the round's model on all of them
+    assert calls == [(3, 2, None), (3, 2, None), (6, 1, 6), (5, 2, None), (5, 2, None), (10, 1, 6)]
+    # the round's model: ceil(6 / 3 steps) = 2 epochs at 6 labels and ceil(6 / 5) = 2 at 10, as the folds took
+    assert [config.train.epochs_for(n) for n in (6, 10)] == [2, 2]

@@ -261,3 +261,11 @@ def test_logit_adjustment_raises_minority_scores(task) -> None:
         with torch.no_grad():
             probs[tau] = task.class_logits(model, task.collate(minority)).softmax(-1)[:, 1].mean().item()
     assert probs[1.0] > probs[0.0] + 0.02
+
+
+def test_epochs_for_follows_the_step_floor() -> None:
+    config = TrainConfig(epochs=8, min_steps=100, batch_size=16)
+    # 7 steps an epoch at 100 examples: the floor asks for 15 epochs; 13 at 200: 8 epochs already give 104 steps
+    assert [config.epochs_for(n) for n in (67, 100, 200, 500)] == [20, 15, 8, 8]
+    assert config.replace(min_steps=None).epochs_for(100) == 8
+    assert config.replace(grad_accum=2).epochs_for(100) == 25  # 4 optimiser steps an epoch

@@ -442,7 +442,8 @@ class ActiveLearningLoop:
     def _cross_fit_temperature(self, t: int, labelled: list[Example],
                                train_config: Any) -> dict[str, float] | None:
         """Temperature scaling without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
-        set with the round's recipe, predict their held-out fold (cross-fitting). Returns one temperature per
+        set with the round's recipe for as many epochs as the round's model takes, predict their held-out fold
+        (cross-fitting). Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
         round-0 items only (``initial``; the same as ``labelled`` in round 0). None when calibration is off or the
         set is too small."""
@@ -455,6 +456,9 @@ class ActiveLearningLoop:
         if c.calibration != "temperature" or len(labelled) < 2 * k:
             return None
         initial_ids = {e.id for e in self.state.labelled_examples(max_round=0)}
+        # Fold models take the full model's number of epochs over their smaller sets, not its step floor.
+        fold_config = train_config.replace(epochs=train_config.epochs_for(len(labelled)), min_steps=None,
+                                           progress=False)
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
         pairs = []
@@ -466,8 +470,7 @@ class ActiveLearningLoop:
                                        adapter_seed=derived_seed(c.seed, t, "calibrate") + i + 1)
             self.ranks.place(built.model)
             with self._cached(built):
-                train(built.model, built.task, fit_on, train_config.replace(seed=train_config.seed + i + 1,
-                                                                          progress=False))
+                train(built.model, built.task, fit_on, fold_config.replace(seed=train_config.seed + i + 1))
                 probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                              batch_size=c.eval_batch_size,
                                                              precision=self.precision), held_out)[:, 0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,6 +213,18 @@ class TrainConfig:
             counts[int(label)] += 1
         total = sum(counts)
         return "probe" if total and min(counts) / total < AUTO_PROBE_SHARE else "random"
+
+    def epochs_for(self, n_examples: int) -> int:
+        """The epochs training runs on ``n_examples`` (one process): ``epochs``, or more when ``min_steps`` needs
+        them (the training loop's rule; ``max_steps`` may still cut the last one short).
+
+        A model meant to mimic this one on a subset (a cross-fitting fold) should train this many epochs: with the
+        step floor alone it would take more passes over fewer labels, and come out more confident.
+        """
+        steps_per_epoch = math.ceil(math.ceil(max(n_examples, 1) / self.batch_size) / self.grad_accum)
+        if self.min_steps is None:
+            return self.epochs
+        return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""

@@ -21,8 +21,8 @@ margins, β = 10 / 3, clustered by k-means on the model's features, the member n
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
-2-core box. The default strategy (``badge``) also fits a temperature by 2-fold cross-fitting each
-round, so its ECE is reported before and after temperature scaling: ``ece_calibrated`` with the temperature fitted
+2-core box. The default strategy (``badge``) also fits a temperature by cross-fitting each
+round (3 folds, ``al run``'s default; ``--calibration-folds``), so its ECE is reported before and after temperature scaling: ``ece_calibrated`` with the temperature fitted
 on the round-0 (random) items' out-of-fold predictions (``al run``'s default), ``ece_calibrated_labelled`` with it
 fitted on every labelled item's.
 
@@ -93,7 +93,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size, test_size=args.test_size,
         mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
-        calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=2,
+        calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
         train={"class_weight": None if args.class_weight == "none" else args.class_weight})
@@ -126,7 +126,12 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
 
 
 def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
+    """``{strategy: {seed: the run's rounds}}``; each round's metrics gain ``ece_best_temperature``, the test ECE
+    at the temperature fitted on the test set itself (the floor of any one temperature), where the run stored its
+    test probabilities."""
     from loracle.active.state import RunState
+    from loracle.evaluation.calibration import apply_temperature, fit_temperature
+    from loracle.evaluation.metrics import expected_calibration_error
 
     out: dict[str, dict[int, list[dict]]] = {}
     for name in STRATEGIES:
@@ -135,6 +140,13 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
             if (run_dir / "state.sqlite").exists():
                 state = RunState.open(run_dir)
                 rounds = state.rounds()
+                labels = state.get_signal("test_labels")
+                for row in rounds:
+                    probs = None if labels is None else state.get_signal(f"test_probs/{row['round']}")
+                    if probs is not None:
+                        log_probs = probs.clamp_min(1e-12).log()
+                        best = apply_temperature(log_probs, fit_temperature(log_probs, labels))
+                        row["metrics"]["ece_best_temperature"] = expected_calibration_error(best, labels)
                 state.close()
                 if rounds:
                     out.setdefault(name, {})[seed] = rounds
@@ -178,6 +190,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             acc, f1, ece = series("accuracy"), series("macro_f1"), series("ece")
             ece_cal = series("ece_calibrated", np.nan)
             ece_cal_all = series("ece_calibrated_labelled", np.nan)
+            ece_best = series("ece_best_temperature", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
                           "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
@@ -185,6 +198,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
                  "ece_calibrated_labelled_mean": None if np.isnan(ece_cal_all).all()
                  else np.nanmean(ece_cal_all, 0).round(4).tolist(),
+                 "ece_best_temperature_mean": None if np.isnan(ece_best).all()
+                 else np.nanmean(ece_best, 0).round(4).tolist(),
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],
@@ -208,7 +223,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                 entry["strategies"][name][f"gain_{metric}_ci95"] = [low, high]
         result["datasets"][dataset] = entry
         if curves:
-            learning_curve(curves, RESULTS / f"active_learning_{dataset}.png")
+            learning_curve(curves, RESULTS / f"{Path(args.results).stem}_{dataset}.png")
         d = entry["strategies"].get(DEFAULT)
         if d:
             cal = [v for n, v in zip(d["n_labels"], d["ece_calibrated_mean"] or []) if n >= 200 and v is not None]
@@ -220,7 +235,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             summary["seeds"].setdefault(name, {})[dataset] = paired[name]
     result = {"summary": summary, **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "active_learning.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / args.results).write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -271,6 +286,10 @@ def main() -> None:
     parser.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                         help="training loss weights (default: none, `al run`'s default recipe); keep one runs folder "
                              "per choice")
+    parser.add_argument("--calibration-folds", type=int, default=3,
+                        help="cross-fitting folds of the default strategy's temperature (`al run`'s default: 3)")
+    parser.add_argument("--results", default="active_learning.json",
+                        help="file name of the results JSON under benchmarks/results")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds for all workers")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
@@ -278,7 +297,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="print the README tables of the results JSON")
     args = parser.parse_args()
     if args.markdown:
-        print(markdown(json.loads((RESULTS / "active_learning.json").read_text())))
+        print(markdown(json.loads((RESULTS / args.results).read_text())))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n for n in args.strategies.split(",") if n]

@@ -33,6 +33,7 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["status"] == "done" and report["labels"] == 14 and report["strategy"] == strategy
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000  # the last round's test predictions
     # Gold labels agree with the simulated answers; the pool table carries no label column.
     state = RunState.open(tmp_path / "run")
     assert all(state.gold_label(i) == y for i, y, _, _ in state.label_rows())

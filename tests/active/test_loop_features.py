@@ -96,6 +96,30 @@ def test_calibration_metrics_every_round(calibrated_run):
         assert info["extra"]["temperature"] == pytest.approx(m["temperature"], rel=1e-12)
 
 
+def test_out_of_fold_predictions_and_test_probs_are_stored(calibrated_run):
+    """Each round keeps what its temperature was fitted on (refitting it gives the recorded temperatures) and its
+    test probabilities (the recorded metrics come back from them)."""
+    from loracle.evaluation.calibration import fit_temperature
+
+    state = opened(calibrated_run)
+    try:
+        rounds = state.rounds()
+        labels = state.get_signal("test_labels")
+        assert labels.tolist() == [e.label for e in state.test_examples()]
+        for row in rounds:
+            t, m = row["round"], row["metrics"]
+            z, y = state.get_signal(f"calibration_oof/{t}/log_probs"), state.get_signal(f"calibration_oof/{t}/labels")
+            initial = state.get_signal(f"calibration_oof/{t}/initial")
+            assert len(z) == len(y) == len(initial) == row["n_labels"]
+            assert int(initial.sum()) == 6  # the round-0 items, every round
+            assert fit_temperature(z[initial], y[initial]) == pytest.approx(m["temperature"], rel=1e-6)
+            assert fit_temperature(z, y) == pytest.approx(m["temperature_labelled"], rel=1e-6)
+            probs = state.get_signal(f"test_probs/{t}")
+            assert classification_metrics(probs, labels)["nll"] == pytest.approx(m["nll"], abs=1e-4)
+    finally:
+        state.close()
+
+
 @pytest.mark.parametrize("items", ["initial", "labelled"])
 def test_temperature_fitted_on_initial_items_or_every_label(tmp_path, toy_data, monkeypatch, items):
     """Round 1 fits two temperatures on the same out-of-fold predictions: every labelled item, and the round-0

@@ -368,7 +368,8 @@ class ActiveLearningLoop:
         labelled = state.labelled_examples(max_round=t)
         train_config = self._train_config(t)
         start = time.perf_counter()
-        temperatures = self._cross_fit_temperature(t, labelled, train_config)
+        fitted = self._cross_fit_temperature(t, labelled, train_config)
+        temperatures, out_of_fold = (None, None) if fitted is None else fitted
         temperature = None if temperatures is None else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
@@ -417,8 +418,15 @@ class ActiveLearningLoop:
                                                   "train_config": train_config.to_dict()})
             os.replace(tmp, final)
             if record:
-                if stop_probs is not None:
-                    state.put_signal(f"stop_probs/{t}", stop_probs)
+                signals = {} if stop_probs is None else {f"stop_probs/{t}": stop_probs}
+                if self.answers is None:  # the test predictions (reliability diagram) and the fold predictions
+                    signals[f"test_probs/{t}"] = result["probs"].float()
+                    if t == 0:
+                        signals["test_labels"] = result["labels"]
+                    if out_of_fold is not None:  # what the temperature was fitted on, to refit or audit it
+                        signals.update({f"calibration_oof/{t}/{k}": v for k, v in out_of_fold.items()})
+                if signals:
+                    state.put_signals(signals)
                 _fault("checkpoint", t)
                 state.add_round(t, len(labelled), metrics, str(final.relative_to(state.run_dir)), train_seconds)
 
@@ -440,13 +448,14 @@ class ActiveLearningLoop:
         return config
 
     def _cross_fit_temperature(self, t: int, labelled: list[Example],
-                               train_config: Any) -> dict[str, float] | None:
+                               train_config: Any) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
         """Temperature scaling without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
         set with the round's recipe for as many epochs as the round's model takes, predict their held-out fold
         (cross-fitting). Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
-        round-0 items only (``initial``; the same as ``labelled`` in round 0). None when calibration is off or the
-        set is too small."""
+        round-0 items only (``initial``; the same as ``labelled`` in round 0), and the out-of-fold predictions
+        themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order). None when calibration is
+        off or the set is too small."""
         from loracle.evaluation.calibration import fit_temperature_from_folds
         from loracle.training import train
         from loracle.uncertainty.sampling import mc_probs
@@ -476,8 +485,12 @@ class ActiveLearningLoop:
                                                              precision=self.precision), held_out)[:, 0]
             initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
-        return {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),
-                "initial": fit_temperature_from_folds([(z[keep], y[keep]) for z, y, keep in pairs if keep.any()])}
+        temperatures = {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),
+                        "initial": fit_temperature_from_folds([(z[keep], y[keep]) for z, y, keep in pairs
+                                                               if keep.any()])}
+        out_of_fold = {"log_probs": torch.cat([z for z, _, _ in pairs]).float(),
+                       "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs])}
+        return temperatures, out_of_fold
 
     def _stop_indices(self) -> list[int]:
         c = self.config

@@ -21,6 +21,7 @@ REPORT_FILE = "report.json"
 CURVE_FILE = "learning_curve.png"
 COMPARE_FILE = "compare.json"
 ANSWER_RELIABILITY_FILE = "answer_reliability.png"
+RELIABILITY_FILE = "reliability.png"
 #: decimals of every metric shown to people (log lines, ``al status``, ``al compare``, plot legends)
 DECIMALS = 3
 #: the metrics of the per-round line, the status table and the plot panels: key, label
@@ -246,9 +247,29 @@ def write_report(state: RunState) -> dict[str, Any]:
                        title=_plot_title([summary], summary["strategy"]), baseline=summary["majority_baseline"],
                        subtitle=f"run {state.run_dir.name}: pool {summary['pool_size']}, test "
                        f"{summary['test_size']} items, seed {summary['config']['seed']}")
-    if summary["rounds"] and state.is_generation():
-        _answer_reliability(state, summary["rounds"][-1]["round"])
+    if summary["rounds"]:
+        last = summary["rounds"][-1]
+        if state.is_generation():
+            _answer_reliability(state, last["round"])
+        else:
+            _reliability(state, last["round"], last["metrics"].get("temperature"))
     return summary
+
+
+def _reliability(state: RunState, round_index: int, temperature: float | None) -> None:
+    """Classification: the reliability diagram of the last round's test predictions (``reliability.png``),
+    temperature-scaled when the round fitted a temperature. Runs from before these were stored draw none."""
+    from loracle.evaluation.calibration import apply_temperature
+    from loracle.evaluation.plots import reliability_diagram
+
+    probs, labels = state.get_signal(f"test_probs/{round_index}"), state.get_signal("test_labels")
+    if probs is None or labels is None or not len(probs):
+        return
+    title = f"round {round_index}"
+    if temperature is not None:
+        probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
+        title += f", temperature {temperature:.2f}"
+    reliability_diagram(probs, labels, state.run_dir / RELIABILITY_FILE, title=title)
 
 
 def _answer_reliability(state: RunState, round_index: int) -> None:

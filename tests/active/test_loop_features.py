@@ -116,6 +116,12 @@ def test_out_of_fold_predictions_and_test_probs_are_stored(calibrated_run):
             assert fit_temperature(z, y) == pytest.approx(m["temperature_labelled"], rel=1e-6)
             probs = state.get_signal(f"test_probs/{t}")
             assert classification_metrics(probs, labels)["nll"] == pytest.approx(m["nll"], abs=1e-4)
+            # The cross-fitted ensemble: the round model and its 2 fold models, averaged.
+            folds = state.get_signal(f"calibration_oof/{t}/test_probs")
+            assert folds.shape == (2, *probs.shape)
+            ensemble = classification_metrics((probs + folds.sum(0)) / 3, labels)
+            for key in ("accuracy", "ece", "nll"):
+                assert m[f"{key}_ensemble"] == pytest.approx(ensemble[key], abs=1e-4), key
     finally:
         state.close()
 

@@ -405,6 +405,13 @@ class ActiveLearningLoop:
                 metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k]) for k in ("ece", "nll", "brier")})
                 metrics[f"temperature{suffix}"] = float(value)
             metrics["calibrate_seconds"] = calibrate_seconds
+        if out_of_fold is not None:  # the round model and its K fold models averaged: a cross-fitted ensemble
+            from loracle.evaluation.metrics import classification_metrics
+
+            members = torch.cat([result["probs"].float()[None], out_of_fold["test_probs"]])
+            ensemble = classification_metrics(members.mean(0), result["labels"])
+            metrics.update({f"{k}_ensemble": float(ensemble[k]) for k in ("accuracy", "macro_f1", "ece", "nll",
+                                                                           "brier")})
         metrics["evaluate_seconds"] = evaluate_seconds
 
         def save() -> None:
@@ -454,8 +461,9 @@ class ActiveLearningLoop:
         (cross-fitting). Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
         round-0 items only (``initial``; the same as ``labelled`` in round 0), and the out-of-fold predictions
-        themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order). None when calibration is
-        off or the set is too small."""
+        themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order) with the fold models'
+        test probabilities (``test_probs`` ``[K, N_test, C]``). None when calibration is off or the set is too
+        small."""
         from loracle.evaluation.calibration import fit_temperature_from_folds
         from loracle.training import train
         from loracle.uncertainty.sampling import mc_probs
@@ -470,7 +478,7 @@ class ActiveLearningLoop:
                                            progress=False)
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
-        pairs = []
+        pairs, test_probs = [], []
         for i, held in enumerate(folds):
             held_set = set(held.tolist())
             fit_on = [e for j, e in enumerate(labelled) if j not in held_set]
@@ -483,13 +491,17 @@ class ActiveLearningLoop:
                 probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                              batch_size=c.eval_batch_size,
                                                              precision=self.precision), held_out)[:, 0]
+                test_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                                       batch_size=c.eval_batch_size,
+                                                                       precision=self.precision), self.test)[:, 0])
             initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
         temperatures = {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),
                         "initial": fit_temperature_from_folds([(z[keep], y[keep]) for z, y, keep in pairs
                                                                if keep.any()])}
         out_of_fold = {"log_probs": torch.cat([z for z, _, _ in pairs]).float(),
-                       "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs])}
+                       "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs]),
+                       "test_probs": torch.stack(test_probs).float()}
         return temperatures, out_of_fold
 
     def _stop_indices(self) -> list[int]:

@@ -191,6 +191,9 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             ece_cal = series("ece_calibrated", np.nan)
             ece_cal_all = series("ece_calibrated_labelled", np.nan)
             ece_best = series("ece_best_temperature", np.nan)
+            extra = {f"{key}_mean": np.nanmean(v, 0).round(4).tolist()
+                     for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature")
+                     if not np.isnan(v := series(key, np.nan)).all()}
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
                           "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
@@ -199,7 +202,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                  "ece_calibrated_labelled_mean": None if np.isnan(ece_cal_all).all()
                  else np.nanmean(ece_cal_all, 0).round(4).tolist(),
                  "ece_best_temperature_mean": None if np.isnan(ece_best).all()
-                 else np.nanmean(ece_best, 0).round(4).tolist(),
+                 else np.nanmean(ece_best, 0).round(4).tolist(), **extra,
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],
@@ -270,6 +273,17 @@ def markdown(result: dict) -> str:
                        f"{ci('accuracy')} | {ci('macro_f1')} | {'; '.join(ece)} | "
                        f"{e['labels_to_reach_random_final_accuracy']} |")
         out.append("")
+        d = entry["strategies"].get(DEFAULT, {})
+        if d.get("ece_calibrated_mean") and d.get("ece_ensemble_mean"):
+            out += [f"Calibration of the default strategy on `{dataset}` (mean test ECE over its seeds):", "",
+                    "| labels | raw | T on round-0 items (default) | T on all labels | best T (fitted on test) | "
+                    "ensemble of round + fold models | accuracy: model / ensemble |", "|---|---|---|---|---|---|---|"]
+            for i, n in enumerate(d["n_labels"]):
+                out.append(f"| {n} | {d['ece_mean'][i]:.3f} | {d['ece_calibrated_mean'][i]:.3f} | "
+                           f"{d['ece_calibrated_labelled_mean'][i]:.3f} | {d['ece_best_temperature_mean'][i]:.3f} | "
+                           f"{d['ece_ensemble_mean'][i]:.3f} | {d['accuracy_mean'][i]:.3f} / "
+                           f"{d['accuracy_ensemble_mean'][i]:.3f} |")
+            out.append("")
     return "\n".join(out)
 
 

@@ -31,6 +31,9 @@ def _audit(folder: Path) -> None:
     transaction, put_signal = RunState.transaction, RunState.put_signal
     RunState.transaction = lambda self: (record("begin"), transaction(self))[1]
     RunState.put_signal = lambda self, name, tensor: (record(f"signal {name}"), put_signal(self, name, tensor))[1]
+    put_signals = RunState.put_signals
+    RunState.put_signals = lambda self, tensors: ([record(f"signal {n}") for n in tensors],
+                                                  put_signals(self, tensors))[1]
     from loracle import adapters
 
     save_adapter = adapters.save_adapter

@@ -113,13 +113,16 @@ def test_two_processes_match_one(setup, tmp_path):
             assert abs(a["metrics"][key] - b["metrics"][key]) < 1e-4, (a["round"], key)
     assert two["signals"] == one["signals"]  # chunk signals dropped once the queries committed
     # Rank 1 wrote nothing; rank 0 wrote each signal once (one per chunk of rounds 0 and 1, the stop-set
-    # predictions of each round) and 3 checkpoints.
+    # predictions, test probabilities and out-of-fold predictions of each round) and 3 checkpoints.
     assert not (audit / "rank1.log").exists()
     lines = [x for x in (audit / "rank0.log").read_text().splitlines() if "round99/" not in x]
     signals = [x.split(" ", 1)[1] for x in lines if x.startswith("signal ")]
     assert len(signals) == len(set(signals))
     assert sum(x.startswith("round") for x in signals) == 11 + 10  # 54 then 50 unlabelled items in chunks of 5
-    assert sorted(x for x in signals if not x.startswith("round")) == [f"stop_probs/{t}" for t in range(3)]
+    expected = (["test_labels"] + [f"{name}/{t}" for name in ("stop_probs", "test_probs") for t in range(3)]
+                + [f"calibration_oof/{t}/{k}" for t in range(3) for k in ("log_probs", "labels", "initial",
+                                                                          "test_probs")])
+    assert sorted(x for x in signals if not x.startswith("round")) == sorted(expected)
     assert lines.count("checkpoint") == 3
     assert sorted(p.name for p in (out / "rounds").iterdir()) == ["000", "001", "002"]
     assert len(list((out / "cache").glob("*.safetensors"))) <= 1 and not list(out.glob("**/.tmp-*"))

@@ -126,6 +126,41 @@ def test_out_of_fold_predictions_and_test_probs_are_stored(calibrated_run):
         state.close()
 
 
+def test_ensemble_calibration_saves_the_fold_models(tmp_path, toy_data):
+    """``calibration="ensemble"``: each round's checkpoint holds its fold adapters, and the mean of the reloaded
+    round model and fold models on the test set gives the recorded calibrated metrics; the temperatures are
+    reported by name only, and nothing applies one."""
+    config = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    try:
+        loop = ActiveLearningLoop(state, tiny_factory)
+        test = state.test_examples()
+        for row in state.rounds():
+            m, folder = row["metrics"], tmp_path / "run" / row["checkpoint"]
+            assert sorted(p.name for p in (folder / "folds").iterdir()) == ["0", "1"]
+            assert m["ensemble_members"] == 3 and "temperature" not in m and m["temperature_initial"] > 0
+            assert read_adapter_info(folder)["extra"]["temperature"] is None
+            probs = []
+            for path in (folder, folder / "folds" / "0", folder / "folds" / "1"):
+                built = loop.builder.load(path)
+                probs.append(evaluate(built.model, built.task, test, samples=0, batch_size=16,
+                                      return_probs=True)["probs"])
+            labels = torch.tensor([e.label for e in test])
+            ensemble = classification_metrics(torch.stack(probs).mean(0), labels)
+            for key in ("ece", "nll", "brier"):
+                assert m[f"{key}_calibrated"] == pytest.approx(ensemble[key], abs=1e-4), key
+                assert m[f"{key}_calibrated"] == m[f"{key}_ensemble"]
+        assert not list((tmp_path / "run" / "rounds").glob(".folds-*"))  # every staging folder moved in
+    finally:
+        state.close()
+
+
+def test_ensemble_and_calibrated_scores_do_not_mix(toy_data):
+    with pytest.raises(ValueError, match="calibrate_scores .* needs calibration='temperature'"):
+        fast_config(toy_data, calibration="ensemble", calibrate_scores=True)
+
+
 @pytest.mark.parametrize("items", ["initial", "labelled"])
 def test_temperature_fitted_on_initial_items_or_every_label(tmp_path, toy_data, monkeypatch, items):
     """Round 1 fits two temperatures on the same out-of-fold predictions: every labelled item, and the round-0

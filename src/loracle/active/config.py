@@ -46,6 +46,8 @@ def default_adapter() -> AdapterConfig:
     return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
 
 
+#: ``ALConfig.calibration``: a cross-fitted temperature, a cross-fitted ensemble, or nothing.
+CALIBRATIONS = ("temperature", "ensemble", "none")
 #: Which out-of-fold predictions a cross-fitted temperature is fitted on (``ALConfig.calibration_items``).
 CALIBRATION_ITEMS = ("initial", "labelled")
 
@@ -147,7 +149,12 @@ class ALConfig:
             set (``calibration_folds`` models, each trained on the other folds with the same recipe; see
             ``calibration_items``), saved with the round's adapter; each round reports test ECE / NLL / Brier
             before and after it (``ece_calibrated``), and the stop set and the labelling app's predictions use
-            it. ``none``: no calibration. None (default): ``temperature`` for classification, ``none`` for the
+            it. ``ensemble``: the same ``calibration_folds`` fold models, kept: the round's calibrated
+            probabilities are the mean of the round model and its fold models (a cross-fitted ensemble, as deep
+            ensembles, arXiv 1612.01474), whose adapters are saved in the round's checkpoint under ``folds/<i>``;
+            ``ece_calibrated`` is the ensemble's, and the temperatures are still reported
+            (``ece_calibrated_initial``, ``ece_calibrated_labelled``); strategies, the stop set and the labelling
+            app see the round model. ``none``: no calibration. None (default): ``temperature`` for classification, ``none`` for the
             other task kinds. On by default for classification because no training recipe is calibrated on
             every task: with MiniLM on strategyqa questions (a task it cannot learn, accuracy 0.50-0.58) the
             recipe's test ECE is 0.23-0.26 at 100 labels and 0.17-0.24 at 400, and
@@ -288,8 +295,11 @@ class ALConfig:
         if (self.mc_dropout and (self.mc_samples or 0) > 0 and not self.mc_posterior
                 and not getattr(self.adapter, "dropout", 0)):
             p.append("MC dropout needs adapter dropout > 0 (e.g. adapter={'method': 'lora', 'dropout': 0.1})")
-        if self.calibration not in ("temperature", "none"):
-            p.append(f"calibration must be 'temperature' or 'none', got {self.calibration!r}")
+        if self.calibration not in CALIBRATIONS:
+            p.append(f"calibration must be one of {list(CALIBRATIONS)}, got {self.calibration!r}")
+        if self.calibrate_scores and self.calibration != "temperature":
+            p.append("calibrate_scores scales the strategies' probabilities by the round's temperature: it needs "
+                     f"calibration='temperature', got {self.calibration!r}")
         if self.calibration_items not in CALIBRATION_ITEMS:
             p.append(f"calibration_items must be one of {list(CALIBRATION_ITEMS)}, got {self.calibration_items!r}")
         if not isinstance(self.calibration_folds, int) or self.calibration_folds < 2:
@@ -324,8 +334,8 @@ class ALConfig:
             p.append(f"initial_mode {self.initial_mode!r} needs class labels or features; generation takes "
                      "initial_mode='random'")
         if self.calibration != "none":
-            p.append("calibration='temperature' scales class probabilities; generation reports the calibration of "
-                     "answer confidence instead: use calibration='none'")
+            p.append(f"calibration={self.calibration!r} calibrates class probabilities; generation reports the "
+                     "calibration of answer confidence instead: use calibration='none'")
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             p.append(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if self.answer_mode not in ("number", "text"):

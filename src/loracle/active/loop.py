@@ -343,6 +343,9 @@ class ActiveLearningLoop:
     def _checkpoint_dir(self, t: int) -> Path:
         return self.state.run_dir / "rounds" / f"{t:03d}"
 
+    def _folds_staging(self, t: int) -> Path:
+        return self.state.run_dir / "rounds" / f".folds-{t:03d}"
+
     def _fresh(self, t: int) -> Built:
         c = self.config
         built = self.builder.fresh(head_seed=derived_seed(c.seed, t, "model"),
@@ -370,7 +373,9 @@ class ActiveLearningLoop:
         start = time.perf_counter()
         fitted = self._cross_fit_temperature(t, labelled, train_config)
         temperatures, out_of_fold = (None, None) if fitted is None else fitted
-        temperature = None if temperatures is None else temperatures[c.calibration_items]
+        ensemble_mode = c.calibration == "ensemble" and out_of_fold is not None
+        # The one temperature the round applies (stop set, checkpoint, labelling app); none for an ensemble.
+        temperature = None if temperatures is None or ensemble_mode else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
         with self._cached(built):
@@ -399,7 +404,7 @@ class ActiveLearningLoop:
             from loracle.evaluation.metrics import classification_metrics
 
             for items, value in temperatures.items():  # the configured one plain, the other with its name
-                suffix = "" if items == c.calibration_items else f"_{items}"
+                suffix = "" if items == c.calibration_items and not ensemble_mode else f"_{items}"
                 calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
                                                                       value), result["labels"])
                 metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k]) for k in ("ece", "nll", "brier")})
@@ -412,6 +417,9 @@ class ActiveLearningLoop:
             ensemble = classification_metrics(members.mean(0), result["labels"])
             metrics.update({f"{k}_ensemble": float(ensemble[k]) for k in ("accuracy", "macro_f1", "ece", "nll",
                                                                            "brier")})
+            if ensemble_mode:  # the ensemble is the round's calibrated prediction
+                metrics.update({f"{k}_calibrated": float(ensemble[k]) for k in ("ece", "nll", "brier")})
+                metrics["ensemble_members"] = len(members)
         metrics["evaluate_seconds"] = evaluate_seconds
 
         def save() -> None:
@@ -423,6 +431,8 @@ class ActiveLearningLoop:
             save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled),
                                                   "label_names": self.label_names, "temperature": temperature,
                                                   "train_config": train_config.to_dict()})
+            if ensemble_mode and self._folds_staging(t).exists():
+                os.replace(self._folds_staging(t), tmp / "folds")
             os.replace(tmp, final)
             if record:
                 signals = {} if stop_probs is None else {f"stop_probs/{t}": stop_probs}
@@ -470,8 +480,11 @@ class ActiveLearningLoop:
 
         c = self.config
         k = c.calibration_folds
-        if c.calibration != "temperature" or len(labelled) < 2 * k:
+        if c.calibration == "none" or len(labelled) < 2 * k:
             return None
+        staging = self._folds_staging(t)  # ensemble: the fold adapters wait here for the round's checkpoint
+        if c.calibration == "ensemble":
+            self.ranks.writer(lambda: shutil.rmtree(staging, ignore_errors=True))
         initial_ids = {e.id for e in self.state.labelled_examples(max_round=0)}
         # Fold models take the full model's number of epochs over their smaller sets, not its step floor.
         fold_config = train_config.replace(epochs=train_config.epochs_for(len(labelled)), min_steps=None,
@@ -494,6 +507,12 @@ class ActiveLearningLoop:
                 test_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                                        batch_size=c.eval_batch_size,
                                                                        precision=self.precision), self.test)[:, 0])
+            if c.calibration == "ensemble":
+                from loracle.adapters import save_adapter
+
+                self.ranks.writer(lambda: save_adapter(built.model, staging / str(i),
+                                                       extra={"round": t, "fold": i, "n_labels": len(fit_on),
+                                                              "label_names": self.label_names}))
             initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
         temperatures = {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),

@@ -252,13 +252,17 @@ def write_report(state: RunState) -> dict[str, Any]:
         if state.is_generation():
             _answer_reliability(state, last["round"])
         else:
-            _reliability(state, last["round"], last["metrics"].get("temperature"))
+            _reliability(state, last["round"], last["metrics"].get("temperature"),
+                         ensemble="ensemble_members" in last["metrics"])
     return summary
 
 
-def _reliability(state: RunState, round_index: int, temperature: float | None) -> None:
-    """Classification: the reliability diagram of the last round's test predictions (``reliability.png``),
-    temperature-scaled when the round fitted a temperature. Runs from before these were stored draw none."""
+def _reliability(state: RunState, round_index: int, temperature: float | None, ensemble: bool = False) -> None:
+    """Classification: the reliability diagram of the last round's calibrated test predictions
+    (``reliability.png``): temperature-scaled when the round fitted a temperature, the mean of the round model and
+    its fold models for ``calibration="ensemble"``, raw otherwise. Runs from before these were stored draw none."""
+    import torch
+
     from loracle.evaluation.calibration import apply_temperature
     from loracle.evaluation.plots import reliability_diagram
 
@@ -266,7 +270,11 @@ def _reliability(state: RunState, round_index: int, temperature: float | None) -
     if probs is None or labels is None or not len(probs):
         return
     title = f"round {round_index}"
-    if temperature is not None:
+    folds = state.get_signal(f"calibration_oof/{round_index}/test_probs") if ensemble else None
+    if folds is not None:
+        probs = torch.cat([probs[None], folds]).mean(0)
+        title += f", ensemble of {len(folds) + 1}"
+    elif temperature is not None:
         probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
         title += f", temperature {temperature:.2f}"
     reliability_diagram(probs, labels, state.run_dir / RELIABILITY_FILE, title=title)

@@ -236,10 +236,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="hold this fraction of the labels out of training and keep the epoch with the lowest loss on "
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
-    _option(g, "--calibration", field="calibration", choices=("temperature", "none"), metavar="NAME",
+    _option(g, "--calibration", field="calibration", choices=("temperature", "ensemble", "none"), metavar="NAME",
             none="temperature for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
-            "NLL and Brier before and after it; none: no calibration")
+            "NLL and Brier before and after it; ensemble: keep the cross-fitting's fold models and report the "
+            "mean of them and the round model as the calibrated predictions (their adapters are saved in the "
+            "round's folds/); none: no calibration")
     _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",
             help="cross-fitting folds (K extra trainings per round)")
     _option(g, "--calibration-items", field="calibration_items", choices=("initial", "labelled"), metavar="WHICH",

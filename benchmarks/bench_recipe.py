@@ -137,10 +137,12 @@ def build_roget20(target: Path) -> Path:
 
 
 def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int,
-                          match_epochs: bool = False) -> float:
+                          match_epochs: bool = False, test: list | None = None):
     """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
     ``k - 1`` folds each (same recipe; with ``match_epochs``, for the full model's number of epochs instead of its
-    step floor, as ``al run`` does) predict their held-out fold; one temperature fits the pooled predictions."""
+    step floor, as ``al run`` does) predict their held-out fold; one temperature fits the pooled predictions.
+    With ``test``, returns ``(temperature, [k, N_test, C] the fold models' test probabilities)`` (for the
+    cross-fitted ensemble of ``--calibration ensemble``)."""
     import contextlib
 
     import numpy as np
@@ -153,7 +155,7 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
     if match_epochs:
         config = config.replace(epochs=config.epochs_for(len(labelled)), min_steps=None)
     order = np.random.default_rng(1000 + seed).permutation(len(labelled))
-    pairs = []
+    pairs, test_probs = [], []
     for i in range(k):
         held = set(order[i::k].tolist())
         built = builder.fresh(head_seed=seed + 10 * (i + 1), adapter_seed=seed + 10 * (i + 1))
@@ -163,7 +165,12 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
                   config.replace(seed=config.seed + i + 1))
             held_out = [labelled[j] for j in sorted(held)]
             probs = mc_probs(built.model, built.task, held_out, samples=0, batch_size=64, precision="bf16")[:, 0]
+            if test is not None:
+                test_probs.append(mc_probs(built.model, built.task, test, samples=0, batch_size=64,
+                                           precision="bf16")[:, 0])
         pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
+    if test is not None:
+        return fit_temperature_from_folds(pairs), torch.stack(test_probs)
     return fit_temperature_from_folds(pairs)
 
 
@@ -287,14 +294,18 @@ def main() -> None:
                         confidence = float(scaled.max(-1).values.mean())
                 folds = [(int(f.lstrip("cfe")), f.startswith("cfe")) for f in flags if f.startswith("cf")]
                 if folds and "full" not in flags:
-                    temperature = cross_fit_temperature(builder, cache, labelled, config, folds[0][0], seed,
-                                                        match_epochs=folds[0][1])
+                    temperature, fold_probs = cross_fit_temperature(builder, cache, labelled, config, folds[0][0],
+                                                                    seed, match_epochs=folds[0][1], test=test)
                     scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
-                    metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature}
+                    ensemble = classification_metrics(torch.cat([metrics["probs"][None], fold_probs]).mean(0),
+                                                      metrics["labels"])
+                    metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature,
+                               **{f"{m}_ensemble": ensemble[m] for m in ("accuracy", "macro_f1", "ece", "nll")}}
                     confidence = float(scaled.max(-1).values.mean())
                 row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
                        **({"temperature": round(metrics["temperature"], 4)} if "temperature" in metrics else {}),
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
+                       **{m: float(metrics[m]) for m in ("accuracy_ensemble", "ece_ensemble") if m in metrics},
                        "confidence": round(confidence, 4),
                        "seconds": round(time.perf_counter() - start, 1)}
                 print(row, flush=True)

@@ -38,6 +38,11 @@ def test_round_line_shows_three_decimals_and_na_for_what_is_missing():
     assert line == ("round 4 (500 labels): accuracy 0.900, macro-F1 n/a, ECE n/a; train 1.0 s, evaluate n/a, "
                     "score n/a")
     assert "\n" not in line and "\r" not in line
+    # the calibrated ECE says what calibrated it
+    scaled = {"accuracy": 0.9, "macro_f1": 0.8, "ece": 0.1, "ece_calibrated": 0.04}
+    assert "ECE 0.100 (0.040 after temperature scaling);" in format_round_line(1, 200, scaled, {})
+    ensembled = format_round_line(1, 200, {**scaled, "ensemble_members": 4.0}, {})
+    assert "ECE 0.100 (0.040 for the ensemble of 4);" in ensembled
 
 
 def test_majority_baseline_by_hand():

@@ -56,7 +56,9 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
     """
     shown = ", ".join(f"{label} {format_value(metrics.get(key))}" for key, label in METRICS)
     if metrics.get("ece_calibrated") is not None:
-        shown += f" ({format_value(metrics.get('ece_calibrated'))} after temperature scaling)"
+        how = (f"for the ensemble of {int(metrics['ensemble_members'])}" if "ensemble_members" in metrics
+               else "after temperature scaling")
+        shown += f" ({format_value(metrics.get('ece_calibrated'))} {how})"
     times = ", ".join(f"{phase} {_seconds(phase_seconds.get(phase))}" for phase in PHASES)
     return f"round {round_index} ({n_labels} labels): {shown}; {times}"
 

@@ -21,15 +21,17 @@ margins, β = 10 / 3, clustered by k-means on the model's features, the member n
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
-2-core box. The default strategy (``badge``) also fits a temperature by cross-fitting each
-round (3 folds, ``al run``'s default; ``--calibration-folds``), so its ECE is reported before and after temperature scaling: ``ece_calibrated`` with the temperature fitted
-on the round-0 (random) items' out-of-fold predictions (``al run``'s default), ``ece_calibrated_labelled`` with it
-fitted on every labelled item's.
+2-core box. The default strategy (``badge``) also trains the cross-fitting's fold models each round (3 folds, ``al
+run``'s default; ``--calibration-folds``), so its ECE is reported raw and calibrated: ``ece_calibrated`` with the
+temperature fitted on the round-0 (random) items' out-of-fold predictions (``al run``'s default),
+``ece_calibrated_labelled`` with it fitted on every labelled item's, ``ece_ensemble`` for the mean of the round model
+and its fold models (``--calibration ensemble``), and ``ece_best_temperature`` at the temperature fitted on the test
+set itself (no single temperature does better on NLL; a floor, not a method).
 
-Runs advance round-robin (every run finishes round t before any starts round t+1) in two worker processes with one
-torch thread each, stop at ``--time-limit``, and resume when the script runs again. Writes
-``benchmarks/results/active_learning.json`` (summary, per-strategy curves, paired bootstrap intervals) and
-``active_learning.png``.
+Each seed runs its rounds in order (seed 0's runs all finish before seed 1's start) in two worker processes with
+one torch thread each (one dataset each), stop at ``--time-limit``, and resume when the script runs again. Writes
+``benchmarks/results/<--results>`` (default ``active_learning.json``: summary, per-strategy curves, paired
+bootstrap intervals, the default's calibration table) and a learning-curve PNG per dataset beside it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Set up (scripts/setup.sh) and run the main job: active learning with `loracle al run`'s defaults (BADGE queries,
 # LoRA on the top two blocks of the MiniLM encoder from PyPI, the whole rotten_tomatoes pool scored every round,
 # stopping criteria). Writes runs/main/: state.sqlite (resumable with
-# `loracle al resume runs/main`), one adapter per round, report.json and learning_curve.png.
+# `loracle al resume runs/main`), one adapter per round, report.json, learning_curve.png and reliability.png.
 # Usage: bash scripts/main.sh [DATA_DIR] [extra `loracle al run` flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."

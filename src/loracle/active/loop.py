@@ -371,7 +371,7 @@ class ActiveLearningLoop:
         labelled = state.labelled_examples(max_round=t)
         train_config = self._train_config(t)
         start = time.perf_counter()
-        fitted = self._cross_fit_temperature(t, labelled, train_config)
+        fitted = self._cross_fit(t, labelled, train_config)
         temperatures, out_of_fold = (None, None) if fitted is None else fitted
         ensemble_mode = c.calibration == "ensemble" and out_of_fold is not None
         # The one temperature the round applies (stop set, checkpoint, labelling app); none for an ensemble.
@@ -464,11 +464,12 @@ class ActiveLearningLoop:
             config = config.replace(mixed_precision="bf16")
         return config
 
-    def _cross_fit_temperature(self, t: int, labelled: list[Example],
+    def _cross_fit(self, t: int, labelled: list[Example],
                                train_config: Any) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
-        """Temperature scaling without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
+        """Calibration without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
         set with the round's recipe for as many epochs as the round's model takes, predict their held-out fold
-        (cross-fitting). Returns one temperature per
+        (cross-fitting) and the test set; for ``calibration="ensemble"`` their adapters wait in the round's
+        staging folder for its checkpoint. Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
         round-0 items only (``initial``; the same as ``labelled`` in round 0), and the out-of-fold predictions
         themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order) with the fold models'

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from loracle.cli.formatting import HelpFormatter, show_default
@@ -343,7 +344,8 @@ def _finish(result: str, run_dir: str) -> int:
         print(f"queries are waiting for labels: run `loracle al label {run_dir}` (or --export/--import CSV), "
               f"then `loracle al resume {run_dir}`")
         return 0
-    print(f"done: {run_dir}/report.json and {run_dir}/learning_curve.png")
+    plots = sorted(p.name for p in Path(run_dir).glob("*.png"))  # learning curve, reliability diagram
+    print(f"done: {run_dir}/report.json" + (f" and {', '.join(plots)}" if plots else ""))
     return 0
 
 

@@ -93,7 +93,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     data = args.data if dataset == "rotten_tomatoes" else str(Path(args.runs) / "data" / dataset)
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
-        initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size, test_size=args.test_size,
+        initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
         mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
         calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
@@ -130,7 +130,9 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
 def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
     """``{strategy: {seed: the run's rounds}}``; each round's metrics gain ``ece_best_temperature``, the test ECE
     at the temperature fitted on the test set itself (the floor of any one temperature), where the run stored its
-    test probabilities."""
+    test probabilities, and each round ``labelled_per_class``, the labelled set's count per class after it."""
+    import numpy as np
+
     from loracle.active.state import RunState
     from loracle.evaluation.calibration import apply_temperature, fit_temperature
     from loracle.evaluation.metrics import expected_calibration_error
@@ -143,7 +145,10 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                 state = RunState.open(run_dir)
                 rounds = state.rounds()
                 labels = state.get_signal("test_labels")
+                names = state.label_names or []
                 for row in rounds:
+                    counts = np.bincount(list(state.labels(max_round=row["round"]).values()), minlength=len(names))
+                    row["labelled_per_class"] = dict(zip(names, counts.tolist()))
                     probs = None if labels is None else state.get_signal(f"test_probs/{row['round']}")
                     if probs is not None:
                         log_probs = probs.clamp_min(1e-12).log()
@@ -161,7 +166,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
     from loracle.active.report import area_under_curve, learning_curve
     from loracle.evaluation.bootstrap import paired_bootstrap_ci
 
-    result: dict = {"setting": {"model": args.model, "rounds": args.rounds, "pool_size": args.pool_size,
+    result: dict = {"setting": {"model": args.model, "rounds": args.rounds, "pool_size": args.pool_size or "all",
                                 "test_size": args.test_size, "initial_labels": 100, "query_size": 100,
                                 "default_strategy": DEFAULT, "strategies": STRATEGIES},
                     "wall_seconds": round(wall, 1), "datasets": {}}
@@ -193,6 +198,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             ece_cal = series("ece_calibrated", np.nan)
             ece_cal_all = series("ece_calibrated_labelled", np.nan)
             ece_best = series("ece_best_temperature", np.nan)
+            per_class = {c: np.mean([[r["labelled_per_class"][c] for r in runs[s][:rounds]] for s in seeds_done],
+                                    0).round(1).tolist() for c in runs[seeds_done[0]][0]["labelled_per_class"]}
             extra = {f"{key}_mean": np.nanmean(v, 0).round(4).tolist()
                      for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature")
                      if not np.isnan(v := series(key, np.nan)).all()}
@@ -205,6 +212,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                  else np.nanmean(ece_cal_all, 0).round(4).tolist(),
                  "ece_best_temperature_mean": None if np.isnan(ece_best).all()
                  else np.nanmean(ece_best, 0).round(4).tolist(), **extra,
+                 "labelled_per_class_mean": per_class,
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],
@@ -296,7 +304,8 @@ def main() -> None:
     parser.add_argument("--runs", default=str(HERE.parent / "runs" / "bench_active_learning"))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
     parser.add_argument("--rounds", type=int, default=6, help="rounds including round 0 (100, 200, ... labels)")
-    parser.add_argument("--pool-size", type=int, default=2000)
+    parser.add_argument("--pool-size", type=int, default=2000,
+                        help="seeded pool subset of the training split (0: all of it, `al run`'s default)")
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--class-weight", choices=("none", "balanced"), default="none",

@@ -18,8 +18,9 @@ with changes joined by ``+``:
   with the mean of S MC-dropout passes instead of one deterministic pass; ``cf<K>``: then scale the test
   probabilities by a temperature fitted on cross-fitted predictions of the labelled set (``K`` models, each trained
   with the same recipe on the other folds, predict their held-out fold); ``cfe<K>``: the same with the fold models
-  trained for the full model's number of epochs rather than to its 100-step floor (what ``al run --calibration
-  temperature`` does).
+  trained for the full model's number of epochs rather than to its 100-step floor (``al run
+  --calibration-fold-steps epochs``); ``cfs<K>``: for the full model's number of optimiser steps (``al run``'s
+  default, ``--calibration-fold-steps round``).
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed), with the mean top-class probability on the test items (``confidence``: above the
@@ -76,7 +77,7 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             fields["validation_fraction"] = float(part[2:])
         elif part.startswith("mc"):
             samples = int(part[2:])
-        elif (part.startswith("cf") and part[2:].isdigit()) or (part.startswith("cfe") and part[3:].isdigit()):
+        elif (part.startswith("cf") and part[2:].isdigit()) or (part[:3] in ("cfe", "cfs") and part[3:].isdigit()):
             flags.add(part)
         else:
             raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
@@ -137,10 +138,11 @@ def build_roget20(target: Path) -> Path:
 
 
 def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int,
-                          match_epochs: bool = False, test: list | None = None):
+                          rule: str = "floor", test: list | None = None):
     """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
-    ``k - 1`` folds each (same recipe; with ``match_epochs``, for the full model's number of epochs instead of its
-    step floor, as ``al run`` does) predict their held-out fold; one temperature fits the pooled predictions.
+    ``k - 1`` folds each (same recipe; ``rule``: ``floor``, to its step floor; ``epochs``, for the full model's
+    number of epochs; ``steps``, for its number of optimiser steps, as ``al run`` does) predict their held-out fold;
+    one temperature fits the pooled predictions.
     With ``test``, returns ``(temperature, [k, N_test, C] the fold models' test probabilities)`` (for the
     cross-fitted ensemble of ``--calibration ensemble``)."""
     import contextlib
@@ -152,8 +154,11 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
     from loracle.training import train
     from loracle.uncertainty.sampling import mc_probs
 
-    if match_epochs:
+    if rule == "epochs":
         config = config.replace(epochs=config.epochs_for(len(labelled)), min_steps=None)
+    elif rule == "steps":
+        steps = config.steps_for(len(labelled))
+        config = config.replace(min_steps=steps, max_steps=steps)
     order = np.random.default_rng(1000 + seed).permutation(len(labelled))
     pairs, test_probs = [], []
     for i in range(k):
@@ -170,7 +175,10 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
                                            precision="bf16")[:, 0])
         pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
     if test is not None:
-        return fit_temperature_from_folds(pairs), torch.stack(test_probs)
+        labels = torch.cat([y for _, y in pairs])
+        oof = {"oof_accuracy": float((torch.cat([z for z, _ in pairs]).argmax(-1) == labels).float().mean()),
+               "oof_majority": float(torch.bincount(labels).max() / len(labels))}
+        return fit_temperature_from_folds(pairs), torch.stack(test_probs), oof
     return fit_temperature_from_folds(pairs)
 
 
@@ -292,20 +300,22 @@ def main() -> None:
                         scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                         metrics = classification_metrics(scaled, metrics["labels"])
                         confidence = float(scaled.max(-1).values.mean())
-                folds = [(int(f.lstrip("cfe")), f.startswith("cfe")) for f in flags if f.startswith("cf")]
+                rules = {"cfe": "epochs", "cfs": "steps"}
+                folds = [(int(f.lstrip("cfes")), rules.get(f[:3], "floor")) for f in flags if f.startswith("cf")]
                 if folds and "full" not in flags:
-                    temperature, fold_probs = cross_fit_temperature(builder, cache, labelled, config, folds[0][0],
-                                                                    seed, match_epochs=folds[0][1], test=test)
+                    temperature, fold_probs, oof = cross_fit_temperature(builder, cache, labelled, config, folds[0][0],
+                                                                    seed, rule=folds[0][1], test=test)
                     scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                     ensemble = classification_metrics(torch.cat([metrics["probs"][None], fold_probs]).mean(0),
                                                       metrics["labels"])
-                    metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature,
+                    metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature, **oof,
                                **{f"{m}_ensemble": ensemble[m] for m in ("accuracy", "macro_f1", "ece", "nll")}}
                     confidence = float(scaled.max(-1).values.mean())
                 row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
                        **({"temperature": round(metrics["temperature"], 4)} if "temperature" in metrics else {}),
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
-                       **{m: float(metrics[m]) for m in ("accuracy_ensemble", "ece_ensemble") if m in metrics},
+                       **{m: float(metrics[m]) for m in ("accuracy_ensemble", "ece_ensemble", "oof_accuracy",
+                                                         "oof_majority") if m in metrics},
                        "confidence": round(confidence, 4),
                        "seconds": round(time.perf_counter() - start, 1)}
                 print(row, flush=True)

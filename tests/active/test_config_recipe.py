@@ -14,7 +14,7 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     # 8 epochs: with 3, sets above 200 labels stopped at the step floor under-confident (default_train's docstring)
     assert config.train.epochs == 8 and default_train("multiple_choice").epochs == 3
     assert config.train.validation_fraction == 0.0 and config.train.head_init == "auto"
-    assert config.calibration == "temperature"  # cross-fitted temperature by default (ALConfig's docstring)
+    assert config.calibration == "ensemble"  # the cross-fitted ensemble by default (ALConfig's docstring)
 
 
 @pytest.mark.parametrize("task_kind", ["multiple_choice", "generation"])
@@ -33,3 +33,12 @@ def test_partial_train_section_keeps_the_task_defaults_and_round_trips() -> None
     assert again.train == config.train
     with pytest.raises(ValueError, match="class_weight must be one of"):
         ALConfig(model="m", data="d", train={"class_weight": "inverse"})
+
+
+def test_calibration_fold_steps_defaults_to_the_round_rule_and_is_checked() -> None:
+    config = ALConfig(model="m", data="d")
+    assert config.calibration_fold_steps == "round"
+    other = ALConfig(model="m", data="d", calibration_fold_steps="epochs")
+    assert ALConfig.from_dict(other.to_dict()).calibration_fold_steps == "epochs"
+    with pytest.raises(ValueError, match=r"calibration_fold_steps must be one of \['round', 'epochs'\], got 'steps'"):
+        ALConfig(model="m", data="d", calibration_fold_steps="steps")

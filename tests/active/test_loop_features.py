@@ -488,22 +488,46 @@ def test_star_linear_probe_after_round_zero_keeps_the_round_model(tmp_path, toy_
         state.close()
 
 
-def test_fold_models_train_the_full_models_epochs(tmp_path, toy_data, monkeypatch):
-    """With a step floor, the round's model takes more epochs over few labels; each fold model takes that many
-    epochs over its smaller set (not the floor, which would mean more passes and a more confident fold model)."""
+@pytest.mark.parametrize("rule", ["round", "epochs"])
+def test_fold_models_train_as_long_as_the_round_model(tmp_path, toy_data, monkeypatch, rule):
+    """``round``: each fold model takes the round model's optimiser steps (its schedule) over its smaller set;
+    ``epochs``: the round model's epochs (fewer steps; the rule before 0.2, whose fold models came out
+    under-trained)."""
     import loracle.training as training
 
     real_train, calls = training.train, []
 
     def spy(model, task, examples, config, **kwargs):
-        calls.append((len(examples), config.epochs, config.min_steps))
+        calls.append((len(examples), config.epochs, config.min_steps, config.max_steps))
         return real_train(model, task, examples, config, **kwargs)
 
     monkeypatch.setattr(training, "train", spy)
     config = fast_config(toy_data, rounds=1, calibration="temperature", calibration_folds=2,
+                         calibration_fold_steps=rule,
                          train={"epochs": 1, "min_steps": 6, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0})
     assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    # the round's model at 6 labels: 3 steps an epoch, ceil(6 / 3) = 2 epochs = 6 steps; at 10: 2 epochs = 10
+    assert [config.train.steps_for(n) for n in (6, 10)] == [6, 10]
     # per round: two folds of half the labels, then the round's model on all of them
-    assert calls == [(3, 2, None), (3, 2, None), (6, 1, 6), (5, 2, None), (5, 2, None), (10, 1, 6)]
-    # the round's model: ceil(6 / 3 steps) = 2 epochs at 6 labels and ceil(6 / 5) = 2 at 10, as the folds took
+    if rule == "round":  # 6 and 10 steps on 3 and 5 labels (2 and 3 steps an epoch)
+        assert calls == [(3, 1, 6, 6), (3, 1, 6, 6), (6, 1, 6, None), (5, 1, 10, 10), (5, 1, 10, 10),
+                         (10, 1, 6, None)]
+    else:  # 2 epochs of 2 and 3 steps: 4 and 6
+        assert calls == [(3, 2, None, None), (3, 2, None, None), (6, 1, 6, None), (5, 2, None, None),
+                         (5, 2, None, None), (10, 1, 6, None)]
     assert [config.train.epochs_for(n) for n in (6, 10)] == [2, 2]
+
+
+def test_cross_fit_reruns_a_finished_rounds_calibration(tmp_path, toy_data):
+    """``cross_fit(t)`` refits round ``t``'s folds under the current config without touching the stored run."""
+    config = fast_config(toy_data, rounds=1, calibration="temperature", calibration_folds=2)
+    state, builder = create_run(config, tmp_path / "run", tiny_factory)
+    loop = ActiveLearningLoop(state, tiny_factory, builder)
+    assert loop.run() == "done"
+    before = [r["metrics"] for r in state.rounds()]
+    temperatures, probs = loop.cross_fit(1)
+    assert set(temperatures) == {"initial", "labelled"} and all(t > 0 for t in temperatures.values())
+    assert probs["test_probs"].shape[0] == 2 and probs["log_probs"].shape[0] == len(state.label_rows())
+    assert torch.allclose(probs["test_probs"].sum(-1), torch.ones(probs["test_probs"].shape[:2]))
+    assert [r["metrics"] for r in state.rounds()] == before
+    state.close()

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: what a terminal bar writes and a log must not hold: carriage returns and ANSI escape sequences
 BAR_CODES = re.compile(r"\r|\x1b\[")
 ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
-                        r"ECE (\d\.\d{3}|n/a)( \(\d\.\d{3} after temperature scaling\))?; "
+                        r"ECE (\d\.\d{3}|n/a)( \(\d\.\d{3} (after temperature scaling|for the ensemble of \d+)\))?; "
                         r"train .+, evaluate .+, score .+$")
 HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")
 
@@ -322,15 +322,16 @@ def test_head_lr_and_validation_fraction_flags_reach_the_config(capsys):
     parser = subparser("al", "run")
     args = parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--head-lr", "3e-5",
                               "--validation-fraction", "0.2", "--calibration-items", "labelled",
-                              "--logit-adjustment", "1", "--head-init", "probe"])
+                              "--calibration-fold-steps", "epochs", "--logit-adjustment", "1", "--head-init", "probe"])
     config = config_from_args(args)
     assert (config.train.head_lr, config.train.validation_fraction) == (3e-5, 0.2)
     assert config.calibration_items == "labelled" and config.train.logit_adjustment == 1.0
-    assert config.train.head_init == "probe"
+    assert config.train.head_init == "probe" and config.calibration_fold_steps == "epochs"
     assert (config.train.lr, config.train.label_smoothing) == (1e-3, 0.1)
     defaults = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert (defaults.train.head_lr, defaults.train.validation_fraction) == (1e-4, 0.0)
     assert defaults.calibration_items == "initial" and defaults.train.head_init == "auto"
+    assert defaults.calibration_fold_steps == "round"
     parser.print_help()
     text = " ".join(capsys.readouterr().out.split())
     assert "--head-lr" in text and "(default: 0.0001)" in text

@@ -269,3 +269,11 @@ def test_epochs_for_follows_the_step_floor() -> None:
     assert [config.epochs_for(n) for n in (67, 100, 200, 500)] == [20, 15, 8, 8]
     assert config.replace(min_steps=None).epochs_for(100) == 8
     assert config.replace(grad_accum=2).epochs_for(100) == 25  # 4 optimiser steps an epoch
+
+
+def test_steps_for_counts_the_optimiser_steps() -> None:
+    config = TrainConfig(epochs=8, min_steps=100, batch_size=16)
+    # 100 examples: 7 steps an epoch x 15 epochs; 200: 13 x 8 = 104 (the floor is met by the epochs already)
+    assert [config.steps_for(n) for n in (100, 133, 200)] == [105, 108, 104]
+    assert config.replace(max_steps=90).steps_for(200) == 90
+    assert config.replace(min_steps=None).steps_for(100) == 56

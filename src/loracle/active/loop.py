@@ -464,10 +464,18 @@ class ActiveLearningLoop:
             config = config.replace(mixed_precision="bf16")
         return config
 
+    def cross_fit(self, t: int) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
+        """Round ``t``'s cross-fitting run again from its labelled set and recipe under the current config
+        (e.g. another ``calibration_fold_steps``), to audit or compare calibration rules on a finished run:
+        what :meth:`_cross_fit` returns; nothing is recorded (with ``calibration="ensemble"`` the fold adapters
+        are left in the round's staging folder)."""
+        return self._cross_fit(t, self.state.labelled_examples(max_round=t), self._train_config(t))
+
     def _cross_fit(self, t: int, labelled: list[Example],
                                train_config: Any) -> tuple[dict[str, float], dict[str, torch.Tensor]] | None:
         """Calibration without extra labels: ``K`` models, each trained on ``K-1`` folds of the labelled
-        set with the round's recipe for as many epochs as the round's model takes, predict their held-out fold
+        set with the round's recipe for as many steps (``calibration_fold_steps="round"``) or epochs as the round's
+        model takes, predict their held-out fold
         (cross-fitting) and the test set; for ``calibration="ensemble"`` their adapters wait in the round's
         staging folder for its checkpoint. Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
@@ -487,9 +495,12 @@ class ActiveLearningLoop:
         if c.calibration == "ensemble":
             self.ranks.writer(lambda: shutil.rmtree(staging, ignore_errors=True))
         initial_ids = {e.id for e in self.state.labelled_examples(max_round=0)}
-        # Fold models take the full model's number of epochs over their smaller sets, not its step floor.
-        fold_config = train_config.replace(epochs=train_config.epochs_for(len(labelled)), min_steps=None,
-                                           progress=False)
+        if c.calibration_fold_steps == "round":  # the round model's optimiser steps (and schedule) on 2/3 the labels
+            steps = train_config.steps_for(len(labelled))
+            fold_config = train_config.replace(min_steps=steps, max_steps=steps, progress=False)
+        else:  # the round model's epochs over the smaller sets: fewer steps
+            fold_config = train_config.replace(epochs=train_config.epochs_for(len(labelled)), min_steps=None,
+                                               progress=False)
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
         pairs, test_probs = [], []

@@ -47,7 +47,7 @@ loracle.active.ALConfig) from a YAML file; command-line flags override it.
 _PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
                  "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
                  "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibration_items",
-                 "calibrate_scores",
+                 "calibration_fold_steps", "calibrate_scores",
                  "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir", "answer_field",
                  "max_new_tokens", "stop_strings", "answer_mode", "answer_pattern", "prompt_template")
 #: ``al run`` flags where 0 means None ("all")
@@ -238,7 +238,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
     _option(g, "--calibration", field="calibration", choices=("temperature", "ensemble", "none"), metavar="NAME",
-            none="temperature for classification, none for the other task kinds",
+            none="ensemble for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
             "NLL and Brier before and after it; ensemble: keep the cross-fitting's fold models and report the "
             "mean of them and the round model as the calibrated predictions (their adapters are saved in the "
@@ -249,6 +249,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="initial: fit the temperature on the out-of-fold predictions of round 0's items only (a sample "
             "like the test set when the initial set is random); labelled: on every labelled item, queried ones "
             "included")
+    _option(g, "--calibration-fold-steps", field="calibration_fold_steps", choices=("round", "epochs"),
+            metavar="RULE", help="round: each fold model takes as many optimiser steps as the round's model; "
+            "epochs: as many epochs (fewer steps on its smaller set)")
     _option(g, "--calibrate-scores", action="store_true", field="calibrate_scores",
             help="strategies see temperature-scaled probabilities")
     _option(g, "--stop-set-size", field="stop_set_size", type=int, metavar="N",

@@ -218,13 +218,23 @@ class TrainConfig:
         """The epochs training runs on ``n_examples`` (one process): ``epochs``, or more when ``min_steps`` needs
         them (the training loop's rule; ``max_steps`` may still cut the last one short).
 
-        A model meant to mimic this one on a subset (a cross-fitting fold) should train this many epochs: with the
-        step floor alone it would take more passes over fewer labels, and come out more confident.
         """
         steps_per_epoch = math.ceil(math.ceil(max(n_examples, 1) / self.batch_size) / self.grad_accum)
         if self.min_steps is None:
             return self.epochs
         return max(self.epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+    def steps_for(self, n_examples: int) -> int:
+        """The optimiser steps training takes on ``n_examples`` (one process): :meth:`epochs_for` epochs of
+        ``ceil(ceil(n / batch_size) / grad_accum)`` steps, cut at ``max_steps``.
+
+        A model meant to stand for this one on a subset (a cross-fitting fold) can take exactly this many steps
+        (``replace(min_steps=s, max_steps=s)``): the same learning-rate schedule, a few more passes over fewer
+        labels.
+        """
+        steps_per_epoch = math.ceil(math.ceil(max(n_examples, 1) / self.batch_size) / self.grad_accum)
+        total = steps_per_epoch * self.epochs_for(n_examples)
+        return total if self.max_steps is None else min(total, self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""

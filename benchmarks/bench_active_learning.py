@@ -22,11 +22,13 @@ adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC 
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
 2-core box. The default strategy (``badge``) also trains the cross-fitting's fold models each round (3 folds, ``al
-run``'s default; ``--calibration-folds``), so its ECE is reported raw and calibrated: ``ece_calibrated`` with the
-temperature fitted on the round-0 (random) items' out-of-fold predictions (``al run``'s default),
-``ece_calibrated_labelled`` with it fitted on every labelled item's, ``ece_ensemble`` for the mean of the round model
-and its fold models (``--calibration ensemble``), and ``ece_best_temperature`` at the temperature fitted on the test
-set itself (no single temperature does better on NLL; a floor, not a method).
+run``'s default; ``--calibration-folds``), so its ECE is reported raw and calibrated: ``ece_calibrated`` by ``al
+run``'s default calibration (the mean of the round model and its fold models, ``ece_ensemble``),
+``ece_temperature_initial`` with the temperature fitted on the round-0 (random) items' out-of-fold predictions,
+``ece_temperature_labelled`` with it fitted on every labelled item's, and ``ece_best_temperature`` at the temperature
+fitted on the test set itself (no single temperature does better on NLL; a floor, not a method). Runs made before
+0.2 (temperature default, fold models for the round model's epochs) take their calibration numbers from
+``bench_calibration.py``'s refit of the same rounds under the current rule: ``--refit <runs>/calibration.jsonl``.
 
 Each seed runs its rounds in order (seed 0's runs all finish before seed 1's start) in two worker processes with
 one torch thread each (one dataset each), stop at ``--time-limit``, and resume when the script runs again. Writes
@@ -95,7 +97,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
         mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
-        calibration="temperature" if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
+        calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
         train={"class_weight": None if args.class_weight == "none" else args.class_weight})
@@ -127,16 +129,29 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
                 print(f"[worker] {key} seed {seed} round {t}: {status} in {last_cost[key]:.0f}s", flush=True)
 
 
+def _refits(path: str | None) -> dict[tuple[str, int, int], dict]:
+    """``bench_calibration.py``'s rows by (dataset, seed, labels): its fold models retrained under the current
+    fold rule on finished runs (``--refit``)."""
+    if not path:
+        return {}
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return {(r["dataset"], r["seed"], r["n_labels"]): r for r in rows}
+
+
 def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
     """``{strategy: {seed: the run's rounds}}``; each round's metrics gain ``ece_best_temperature``, the test ECE
     at the temperature fitted on the test set itself (the floor of any one temperature), where the run stored its
-    test probabilities, and each round ``labelled_per_class``, the labelled set's count per class after it."""
+    test probabilities, ``ece_temperature_initial`` / ``ece_temperature_labelled`` (the cross-fitted temperatures'
+    ECE whichever calibration the run used), and each round ``labelled_per_class``, the labelled set's count per
+    class after it. With ``--refit``, the default strategy's calibration numbers of a round come from the refit
+    (fold models retrained under the current rule, ``calibration`` = the ensemble) where it holds that round."""
     import numpy as np
 
     from loracle.active.state import RunState
     from loracle.evaluation.calibration import apply_temperature, fit_temperature
     from loracle.evaluation.metrics import expected_calibration_error
 
+    refits = _refits(args.refit)
     out: dict[str, dict[int, list[dict]]] = {}
     for name in STRATEGIES:
         for seed in seeds:
@@ -154,6 +169,20 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         log_probs = probs.clamp_min(1e-12).log()
                         best = apply_temperature(log_probs, fit_temperature(log_probs, labels))
                         row["metrics"]["ece_best_temperature"] = expected_calibration_error(best, labels)
+                    m = row["metrics"]
+                    ensemble_run = "ensemble_members" in m  # then ece_calibrated is the ensemble's
+                    if "ece_calibrated" in m:
+                        m["ece_temperature_initial"] = m.get("ece_calibrated_initial" if ensemble_run
+                                                             else "ece_calibrated")
+                        m["ece_temperature_labelled"] = m.get("ece_calibrated_labelled")
+                    refit = refits.get((dataset, seed, row["n_labels"])) if name == DEFAULT else None
+                    if refit:
+                        new = refit[refit["rule"]] if "rule" in refit else refit["round"]
+                        m.update(ece_calibrated=new["ece_ensemble"], ece_ensemble=new["ece_ensemble"],
+                                 accuracy_ensemble=new["accuracy_ensemble"],
+                                 macro_f1_ensemble=new["macro_f1_ensemble"],
+                                 ece_temperature_initial=new["ece_t_initial"],
+                                 ece_temperature_labelled=new["ece_t_labelled"], refit=1.0)
                 state.close()
                 if rounds:
                     out.setdefault(name, {})[seed] = rounds
@@ -168,7 +197,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
 
     result: dict = {"setting": {"model": args.model, "rounds": args.rounds, "pool_size": args.pool_size or "all",
                                 "test_size": args.test_size, "initial_labels": 100, "query_size": 100,
-                                "default_strategy": DEFAULT, "strategies": STRATEGIES},
+                                "default_strategy": DEFAULT, "strategies": STRATEGIES,
+                                "calibration_refit": args.refit},
                     "wall_seconds": round(wall, 1), "datasets": {}}
     summary: dict = {"default_strategy": DEFAULT, "seeds": {}, "datasets": {}}
     for dataset in DATASETS:
@@ -196,7 +226,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
 
             acc, f1, ece = series("accuracy"), series("macro_f1"), series("ece")
             ece_cal = series("ece_calibrated", np.nan)
-            ece_cal_all = series("ece_calibrated_labelled", np.nan)
+            ece_t = series("ece_temperature_initial", np.nan)
+            ece_t_all = series("ece_temperature_labelled", np.nan)
             ece_best = series("ece_best_temperature", np.nan)
             per_class = {c: np.mean([[r["labelled_per_class"][c] for r in runs[s][:rounds]] for s in seeds_done],
                                     0).round(1).tolist() for c in runs[seeds_done[0]][0]["labelled_per_class"]}
@@ -208,8 +239,10 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                  "macro_f1_mean": f1.mean(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
-                 "ece_calibrated_labelled_mean": None if np.isnan(ece_cal_all).all()
-                 else np.nanmean(ece_cal_all, 0).round(4).tolist(),
+                 "ece_temperature_initial_mean": None if np.isnan(ece_t).all()
+                 else np.nanmean(ece_t, 0).round(4).tolist(),
+                 "ece_temperature_labelled_mean": None if np.isnan(ece_t_all).all()
+                 else np.nanmean(ece_t_all, 0).round(4).tolist(),
                  "ece_best_temperature_mean": None if np.isnan(ece_best).all()
                  else np.nanmean(ece_best, 0).round(4).tolist(), **extra,
                  "labelled_per_class_mean": per_class,
@@ -258,7 +291,7 @@ def markdown(result: dict) -> str:
     for dataset, entry in result["datasets"].items():
         out += [f"`{dataset}`:", "",
                 "| strategy | seeds | accuracy at 100 / 200 / ... labels | macro-F1 at 100 / ... | AULC acc. | "
-                "gain acc. [95% CI] | gain macro-F1 [95% CI] | ECE: raw / T on round-0 items / T on all labels, "
+                "gain acc. [95% CI] | gain macro-F1 [95% CI] | ECE: raw / calibrated (the default: ensemble), "
                 "at 200 / 400 / last | labels to random's final acc. |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for name, e in entry["strategies"].items():
@@ -272,9 +305,8 @@ def markdown(result: dict) -> str:
             ece = []
             for i in picks:
                 parts = [f"{e['ece_mean'][i]:.3f}"]
-                for key in ("ece_calibrated_mean", "ece_calibrated_labelled_mean"):
-                    if e.get(key):
-                        parts.append(f"{e[key][i]:.3f}")
+                if e.get("ece_calibrated_mean"):
+                    parts.append(f"{e['ece_calibrated_mean'][i]:.3f}")
                 ece.append(" / ".join(parts))
             label = f"**{name} (default)**" if name == DEFAULT else name
             out.append(f"| {label} | {','.join(map(str, e['seeds']))} | "
@@ -286,13 +318,16 @@ def markdown(result: dict) -> str:
         d = entry["strategies"].get(DEFAULT, {})
         if d.get("ece_calibrated_mean") and d.get("ece_ensemble_mean"):
             out += [f"Calibration of the default strategy on `{dataset}` (mean test ECE over its seeds):", "",
-                    "| labels | raw | T on round-0 items (default) | T on all labels | best T (fitted on test) | "
-                    "ensemble of round + fold models | accuracy: model / ensemble |", "|---|---|---|---|---|---|---|"]
+                    "| labels | raw | ensemble of round + fold models (default) | T on round-0 items | "
+                    "T on all labels | best T (fitted on test) | accuracy: model / ensemble |",
+                    "|---|---|---|---|---|---|---|"]
+            # results written before 0.2 hold the temperatures under the run's calibration keys
+            t_initial = d.get("ece_temperature_initial_mean") or d["ece_calibrated_mean"]
+            t_all = d.get("ece_temperature_labelled_mean") or d["ece_calibrated_labelled_mean"]
             for i, n in enumerate(d["n_labels"]):
-                out.append(f"| {n} | {d['ece_mean'][i]:.3f} | {d['ece_calibrated_mean'][i]:.3f} | "
-                           f"{d['ece_calibrated_labelled_mean'][i]:.3f} | {d['ece_best_temperature_mean'][i]:.3f} | "
-                           f"{d['ece_ensemble_mean'][i]:.3f} | {d['accuracy_mean'][i]:.3f} / "
-                           f"{d['accuracy_ensemble_mean'][i]:.3f} |")
+                out.append(f"| {n} | {d['ece_mean'][i]:.3f} | {d['ece_ensemble_mean'][i]:.3f} | "
+                           f"{t_initial[i]:.3f} | {t_all[i]:.3f} | {d['ece_best_temperature_mean'][i]:.3f} | "
+                           f"{d['accuracy_mean'][i]:.3f} / {d['accuracy_ensemble_mean'][i]:.3f} |")
             out.append("")
     return "\n".join(out)
 
@@ -313,6 +348,9 @@ def main() -> None:
                              "per choice")
     parser.add_argument("--calibration-folds", type=int, default=3,
                         help="cross-fitting folds of the default strategy's temperature (`al run`'s default: 3)")
+    parser.add_argument("--refit", default=None,
+                        help="bench_calibration.py's rows (<runs>/calibration.jsonl) for runs made under an earlier "
+                             "calibration default: the default strategy's calibration numbers come from them")
     parser.add_argument("--results", default="active_learning.json",
                         help="file name of the results JSON under benchmarks/results")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds for all workers")

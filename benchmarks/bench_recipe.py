@@ -190,8 +190,8 @@ def summarise() -> dict:
     table = [{"dataset": d, "recipe": r, "n_labels": n, "seeds": sorted(x["seed"] for x in rows),
               **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
                  for m in ("accuracy", "macro_f1", "ece", "nll")},
-              **({"confidence_mean": round(statistics.mean(x["confidence"] for x in rows), 4)}
-                 if all("confidence" in x for x in rows) else {})}
+              **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
+                 for m in ("confidence", "accuracy_ensemble", "ece_ensemble") if all(m in x for x in rows)}}
              for (d, r, n), rows in sorted(groups.items())]
     out = {"setting": {"model": "minilm", "pool_size": 2000, "test_size": 1000}, "results": table}
     (RESULTS / "recipe.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -17,6 +17,12 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     assert config.calibration == "ensemble"  # the cross-fitted ensemble by default (ALConfig's docstring)
 
 
+def test_calibrated_scores_pick_the_temperature_unless_told_otherwise() -> None:
+    assert ALConfig(model="m", data="d", calibrate_scores=True).calibration == "temperature"
+    with pytest.raises(ValueError, match="calibrate_scores scales the strategies' probabilities"):
+        ALConfig(model="m", data="d", calibrate_scores=True, calibration="ensemble")
+
+
 @pytest.mark.parametrize("task_kind", ["multiple_choice", "generation"])
 def test_other_task_kinds_get_plain_cross_entropy(task_kind: str) -> None:
     config = ALConfig(model="m", data="d", task_kind=task_kind, strategy="random")

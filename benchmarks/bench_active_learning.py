@@ -62,6 +62,10 @@ STRATEGIES: dict[str, dict] = {
     "power_entropy": {"strategy": "power_entropy"},
     "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},
     "star_published": {"strategy": "star_published"},
+    "random_kmeans": {"strategy": "random", "initial_mode": "kmeans"},
+    "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
+    "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
+    "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
 DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
 
@@ -95,7 +99,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     data = args.data if dataset == "rotten_tomatoes" else str(Path(args.runs) / "data" / dataset)
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
-        initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
+        initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
         mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
@@ -149,11 +153,13 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
 
     from loracle.active.state import RunState
     from loracle.evaluation.calibration import apply_temperature, fit_temperature
-    from loracle.evaluation.metrics import expected_calibration_error
+    import torch
+
+    from loracle.evaluation.metrics import balanced_decision_metrics, expected_calibration_error
 
     refits = _refits(args.refit)
     out: dict[str, dict[int, list[dict]]] = {}
-    for name in STRATEGIES:
+    for name in [n for n in STRATEGIES if n in args.strategies.split(",")]:
         for seed in seeds:
             run_dir = Path(args.runs) / dataset / f"{name}-seed{seed}"
             if (run_dir / "state.sqlite").exists():
@@ -169,6 +175,9 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         log_probs = probs.clamp_min(1e-12).log()
                         best = apply_temperature(log_probs, fit_temperature(log_probs, labels))
                         row["metrics"]["ece_best_temperature"] = expected_calibration_error(best, labels)
+                        if "macro_f1_balanced" not in row["metrics"]:  # runs made before 0.2 recorded it
+                            train_labels = torch.tensor(list(state.labels(max_round=row["round"]).values()))
+                            row["metrics"].update(balanced_decision_metrics(probs, labels, train_labels))
                     m = row["metrics"]
                     ensemble_run = "ensemble_members" in m  # then ece_calibrated is the ensemble's
                     if "ece_calibrated" in m:
@@ -234,10 +243,14 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             extra = {f"{key}_mean": np.nanmean(v, 0).round(4).tolist()
                      for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature")
                      if not np.isnan(v := series(key, np.nan)).all()}
+            f1_balanced = series("macro_f1_balanced", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
-                          "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1]}
+                          "macro_f1": [area_under_curve(n_labels, a.tolist()) for a in f1],
+                          "macro_f1_balanced": [area_under_curve(n_labels, a.tolist()) for a in f1_balanced]}
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
-                 "macro_f1_mean": f1.mean(0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
+                 "macro_f1_mean": f1.mean(0).round(4).tolist(),
+                 "macro_f1_balanced_mean": f1_balanced.mean(0).round(4).tolist(),
+                 "accuracy_balanced_last": float(series("accuracy_balanced", np.nan)[:, -1].mean()), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
                  "ece_temperature_initial_mean": None if np.isnan(ece_t).all()
                  else np.nanmean(ece_t, 0).round(4).tolist(),
@@ -248,6 +261,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                  "labelled_per_class_mean": per_class,
                  "aulc_accuracy": float(np.mean(aulc[name]["accuracy"])),
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
+                 "aulc_macro_f1_balanced": float(np.mean(aulc[name]["macro_f1_balanced"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],
                  "seconds_per_round": float(np.mean([(r["train_seconds"] or 0) + (r["score_seconds"] or 0)
                                                      + r["metrics"].get("evaluate_seconds", 0)
@@ -261,9 +275,10 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             curves[name] = {"n_labels": n_labels, "accuracy": e["accuracy_mean"], "macro_f1": e["macro_f1_mean"],
                             "ece": e["ece_mean"]}
         for name in aulc:
-            base = [aulc["random"][metric_] for metric_ in ("accuracy", "macro_f1")]
+            compared = ("accuracy", "macro_f1", "macro_f1_balanced")
+            base = [aulc["random"][metric_] for metric_ in compared]
             index = [paired["random"].index(s) for s in paired[name]]
-            for metric, reference in zip(("accuracy", "macro_f1"), base):
+            for metric, reference in zip(compared, base):
                 diff, low, high = paired_bootstrap_ci(aulc[name][metric], [reference[i] for i in index], seed=0)
                 entry["strategies"][name][f"gain_{metric}"] = diff
                 entry["strategies"][name][f"gain_{metric}_ci95"] = [low, high]
@@ -315,6 +330,18 @@ def markdown(result: dict) -> str:
                        f"{ci('accuracy')} | {ci('macro_f1')} | {'; '.join(ece)} | "
                        f"{e['labels_to_reach_random_final_accuracy']} |")
         out.append("")
+        balanced = {name: e for name, e in entry["strategies"].items() if e.get("gain_macro_f1_balanced_ci95")}
+        if balanced:
+            out += [f"Macro-F1 on `{dataset}` under the balanced decision (each round model's probabilities with its "
+                    "labelled set's class prior divided out):", "",
+                    "| strategy | macro-F1 at 100 / 200 / ... labels | AULC | gain [95% CI] | accuracy at the last |",
+                    "|---|---|---|---|---|"]
+            for name, e in balanced.items():
+                low, high = e["gain_macro_f1_balanced_ci95"]
+                gain = "–" if name == "random" else f"{e['gain_macro_f1_balanced']:+.4f} [{low:+.4f}, {high:+.4f}]"
+                out.append(f"| {name} | {' / '.join(f'{a:.3f}' for a in e['macro_f1_balanced_mean'])} | "
+                           f"{e['aulc_macro_f1_balanced']:.4f} | {gain} | {e['accuracy_balanced_last']:.3f} |")
+            out.append("")
         d = entry["strategies"].get(DEFAULT, {})
         if d.get("ece_calibrated_mean") and d.get("ece_ensemble_mean"):
             out += [f"Calibration of the default strategy on `{dataset}` (mean test ECE over its seeds):", "",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from loracle.active.loop import ActiveLearningLoop, create_run, resume, run_active_learning
 from loracle.active.state import RunState
@@ -40,6 +41,15 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     assert all(e.label is None for e in state.pool_examples())
     if strategy == "star":
         assert state.get_signal("base_probs").shape[0] == state.pool_size()
+    # the balanced decision's metrics are those of the stored test predictions with the labels' prior divided out
+    from loracle.evaluation import balanced_decision_metrics
+
+    for r in rounds:
+        t = r["round"]
+        expected = balanced_decision_metrics(state.get_signal(f"test_probs/{t}"), state.get_signal("test_labels"),
+                                             torch.tensor(list(state.labels(max_round=t).values())))
+        assert r["metrics"]["macro_f1_balanced"] == pytest.approx(expected["macro_f1_balanced"])
+        assert r["metrics"]["accuracy_balanced"] == pytest.approx(expected["accuracy_balanced"])
     state.close()
 
 

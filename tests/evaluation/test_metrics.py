@@ -123,3 +123,25 @@ def test_per_class_recall_by_hand() -> None:
     assert {k: v for k, v in metrics.items() if k.startswith("recall_")} == {"recall_0": 0.5, "recall_1": 1.0,
                                                                               "recall_2": 0.5}
     assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_prior_corrected_divides_out_the_training_prior():
+    from loracle.evaluation import balanced_decision_metrics, prior_corrected
+
+    # training labels 3:1 -> prior (0.75, 0.25); p / prior renormalised
+    probs = torch.tensor([[0.70, 0.30], [0.90, 0.10]], dtype=torch.float64)
+    corrected = prior_corrected(probs, torch.tensor([0, 0, 0, 1]))
+    first = torch.tensor([0.70 / 0.75, 0.30 / 0.25], dtype=torch.float64)
+    second = torch.tensor([0.90 / 0.75, 0.10 / 0.25], dtype=torch.float64)
+    assert torch.allclose(corrected, torch.stack([first / first.sum(), second / second.sum()]))
+    # 0.30 of the rare class beats 0.70 of the common one once the 3:1 prior is out; 0.10 does not
+    assert corrected.argmax(-1).tolist() == [1, 0]
+    m = balanced_decision_metrics(probs, torch.tensor([1, 0]), torch.tensor([0, 0, 0, 1]))
+    assert m == {"accuracy_balanced": 1.0, "macro_f1_balanced": 1.0}
+    assert accuracy(probs, torch.tensor([1, 0])) == 0.5  # the plain argmax misses the rare item
+    # a balanced training set changes nothing; an absent class counts half an item
+    assert torch.allclose(prior_corrected(probs, torch.tensor([0, 1])), probs)
+    absent = prior_corrected(torch.tensor([[0.5, 0.5]]), torch.tensor([0, 0, 0]))
+    assert torch.allclose(absent, torch.tensor([[1 / 7, 6 / 7]]))  # shares 3/3.5 and 0.5/3.5 divided out
+    with pytest.raises(ValueError, match="train_labels"):
+        prior_corrected(probs, torch.tensor([0, 2]))

@@ -399,6 +399,12 @@ class ActiveLearningLoop:
             if record:  # for the answer-confidence reliability diagram of the report
                 state.put_signal(f"test_confidence/{t}", torch.stack([result["confidence"],
                                                                       result["correct"].float()], dim=1))
+        if self.answers is None and self.label_names is not None and "probs" in result:
+            from loracle.evaluation.metrics import balanced_decision_metrics
+
+            # the decision with the labelled set's class prior divided out (macro-F1 on imbalanced data)
+            metrics.update(balanced_decision_metrics(result["probs"].float(), result["labels"],
+                                                     torch.tensor([e.label for e in labelled])))
         if temperatures is not None:
             from loracle.evaluation.calibration import apply_temperature
             from loracle.evaluation.metrics import classification_metrics

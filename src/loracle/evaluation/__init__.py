@@ -3,12 +3,14 @@
 from loracle.evaluation.evaluate import evaluate
 from loracle.evaluation.metrics import (
     accuracy,
+    balanced_decision_metrics,
     brier_score,
     classification_metrics,
     confidence_calibration,
     expected_calibration_error,
     macro_f1,
     negative_log_likelihood,
+    prior_corrected,
     reliability_bins,
 )
 from loracle.evaluation.plots import answer_reliability_diagram, reliability_diagram
@@ -16,6 +18,7 @@ from loracle.evaluation.plots import answer_reliability_diagram, reliability_dia
 __all__ = [
     "accuracy",
     "answer_reliability_diagram",
+    "balanced_decision_metrics",
     "brier_score",
     "classification_metrics",
     "confidence_calibration",
@@ -23,6 +26,7 @@ __all__ = [
     "expected_calibration_error",
     "macro_f1",
     "negative_log_likelihood",
+    "prior_corrected",
     "reliability_bins",
     "reliability_diagram",
 ]

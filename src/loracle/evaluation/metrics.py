@@ -138,6 +138,35 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return ((probs - onehot) ** 2).sum(-1).mean().item()
 
 
+def prior_corrected(probs: torch.Tensor, train_labels: torch.Tensor) -> torch.Tensor:
+    """``p_c / π_c``, renormalised: the probabilities with the class shares ``π`` of the training labels divided
+    out (the post-hoc logit adjustment of Menon et al., arXiv 2007.07314 §4, with τ = 1). Their argmax is the
+    decision that maximises balanced accuracy when ``probs`` are calibrated for the training prior; it predicts a
+    rare class far more often than the plain argmax, which serves macro-F1 on imbalanced data and costs accuracy.
+    A class absent from ``train_labels`` counts half an item, so nothing is divided by 0.
+
+    Args:
+        probs: ``[N, C]`` probabilities (or ``[N, S, C]`` samples, averaged over ``S`` first).
+        train_labels: the integer labels the model was trained on, in ``0..C-1``.
+    """
+    probs = probs.mean(1) if probs.dim() == 3 else probs
+    labels = torch.as_tensor(train_labels, dtype=torch.long).reshape(-1)
+    if probs.dim() != 2 or not len(labels) or int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]:
+        raise ValueError(f"probs must be [N, C] and train_labels non-empty in 0..C-1; got probs "
+                         f"{tuple(probs.shape)} and {len(labels)} labels")
+    counts = torch.bincount(labels, minlength=probs.shape[1]).double().clamp_min(0.5)
+    corrected = probs.double() / (counts / counts.sum())
+    return (corrected / corrected.sum(-1, keepdim=True)).to(probs.dtype)
+
+
+def balanced_decision_metrics(probs: torch.Tensor, labels: torch.Tensor, train_labels: torch.Tensor
+                              ) -> dict[str, float]:
+    """``accuracy_balanced`` and ``macro_f1_balanced``: accuracy and macro-F1 of the argmax of
+    :func:`prior_corrected` probabilities (the class prior of ``train_labels`` divided out)."""
+    corrected = prior_corrected(probs, train_labels)
+    return {"accuracy_balanced": accuracy(corrected, labels), "macro_f1_balanced": macro_f1(corrected, labels)}
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
     """All of the above as flat floats: ``accuracy``, ``macro_f1``, ``ece``, ``nll``, ``brier``, and
     ``recall_<c>`` (:func:`per_class_recall`) for each class ``c`` that occurs in ``labels``."""

@@ -62,6 +62,7 @@ STRATEGIES: dict[str, dict] = {
     "power_entropy": {"strategy": "power_entropy"},
     "star_improved": {"strategy": "star", "strategy_options": {"schedule": "rounds", "base": "linear_probe"}},
     "star_published": {"strategy": "star_published"},
+    "badge_prior": {"strategy": "badge", "strategy_options": {"prior_correction": True}},
     "random_kmeans": {"strategy": "random", "initial_mode": "kmeans"},
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},

@@ -20,9 +20,11 @@ def final_labels(run_dir):
         state.close()
 
 
-@pytest.mark.parametrize("strategy", ["star", "kcenter"])
+@pytest.mark.parametrize("strategy", ["star", "kcenter", "badge_prior"])
 def test_run_labels_and_report(tmp_path, toy_data, strategy):
-    config = small_config(toy_data, strategy=strategy)
+    # badge_prior: BADGE with the labelled set's class prior divided out (the loop hands it the labels)
+    config = small_config(toy_data, strategy="badge", strategy_options={"prior_correction": True}) \
+        if strategy == "badge_prior" else small_config(toy_data, strategy=strategy)
     assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
     rows, rounds = final_labels(tmp_path / "run")
     assert len(rows) == 6 + 2 * 4 and len({r[0] for r in rows}) == len(rows)  # no duplicates
@@ -32,7 +34,7 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     assert all(0.0 <= r["metrics"]["accuracy"] <= 1.0 and "ece" in r["metrics"] for r in rounds)
     assert all((tmp_path / "run" / r["checkpoint"] / "loracle_adapter.safetensors").exists() for r in rounds)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["status"] == "done" and report["labels"] == 14 and report["strategy"] == strategy
+    assert report["status"] == "done" and report["labels"] == 14 and report["strategy"] in strategy
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
     assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000  # the last round's test predictions
     # Gold labels agree with the simulated answers; the pool table carries no label column.

@@ -155,6 +155,28 @@ def test_badge_by_hand_skips_duplicate_of_chosen():
     assert d2.tolist() == pytest.approx([1.28, 1.46])
 
 
+def test_badge_prior_correction_uses_the_balanced_decision():
+    # labelled 9:1 -> prior (0.9, 0.1). Item 0 p=(0.6, 0.4): plain u=(-0.4, 0.4), ‖u‖² 0.32; corrected
+    # (0.6/0.9, 0.4/0.1) -> (1/7, 6/7), u=(1/7, -1/7), ‖u‖² 0.041. Item 1 p=(0.8, 0.2): plain 0.08; corrected
+    # (0.8/0.9, 0.2/0.1) -> (4/13, 9/13), ‖u‖² 2·(4/13)² = 0.189. Unit features: ‖g‖² = ‖u‖².
+    probs = torch.tensor([[[0.6, 0.4]], [[0.8, 0.2]]], dtype=torch.float64)
+    emb = torch.eye(2, dtype=torch.float64)
+    skewed = torch.tensor([0] * 9 + [1])
+    plain = build_strategy("badge").select(Signals(0, 2, probs=probs, embeddings=emb), 1, rng())
+    corrected = build_strategy("badge", prior_correction=True).select(
+        Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=skewed), 1, rng())
+    assert plain[0].tolist() == [0] and plain[1].tolist() == pytest.approx([0.32])
+    assert corrected[0].tolist() == [1] and corrected[1].tolist() == pytest.approx([2 * (4 / 13) ** 2])
+    # balanced labels change nothing; the option needs the labelled set's labels
+    even = build_strategy("badge", prior_correction=True).select(
+        Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=torch.tensor([0, 1])), 1, rng())
+    assert even[0].tolist() == [0] and even[1].tolist() == pytest.approx([0.32])
+    with pytest.raises(ValueError, match="labelled_labels"):
+        build_strategy("badge", prior_correction=True).select(Signals(0, 2, probs=probs, embeddings=emb), 1, rng())
+    with pytest.raises(ValueError, match="prior_correction"):
+        build_strategy("badge", prior_correction="yes")
+
+
 # --- power sampling -----------------------------------------------------------------------------------------------
 
 def test_power_sampling_limits_and_frequencies():

@@ -704,6 +704,8 @@ class ActiveLearningLoop:
                     frozenset({"embeddings"}), built.model, built.task, part, 0)["embeddings"],
                     state.pool_examples(sorted(labels)))
         self._save_cache()
+        if "labelled_labels" in requires:
+            extra["labelled_labels"] = torch.tensor([labels[i] for i in sorted(labels)], dtype=torch.long)
         if self.config.calibrate_scores and "probs" in extra:
             temperature = next((r["metrics"].get("temperature") for r in state.rounds() if r["round"] == t), None)
             if temperature:

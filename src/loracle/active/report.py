@@ -121,7 +121,8 @@ def run_summary(state: RunState) -> dict[str, Any]:
         "n_labels": [r["n_labels"] for r in rounds],
         **{key: [r["metrics"].get(key) for r in rounds]
            for key in ("accuracy", "macro_f1", "ece", "nll", "brier", "ece_calibrated", "nll_calibrated",
-                       "brier_calibrated", "temperature", "accuracy_ensemble", "ece_ensemble")
+                       "brier_calibrated", "temperature", "accuracy_ensemble", "ece_ensemble", "macro_f1_balanced",
+                       "accuracy_balanced")
            if any(key in r["metrics"] for r in rounds)},
     }
     stopping = None

@@ -50,6 +50,8 @@ class Signals:
             :mod:`loracle.uncertainty.generation`), or None.
         base_answer_scores: generation: ``[N, 1, 2]`` the same for the base LM with adapters off (STAR's
             ``U_base``), or None.
+        labelled_labels: classification: ``[M]`` the class indices of the labelled set (what the model was
+            trained on; never a pool item's hidden label), or None.
     """
 
     round_index: int
@@ -60,6 +62,7 @@ class Signals:
     labelled_embeddings: torch.Tensor | None = None
     answer_scores: torch.Tensor | None = None
     base_answer_scores: torch.Tensor | None = None
+    labelled_labels: torch.Tensor | None = None
 
 
 class Strategy(ABC):

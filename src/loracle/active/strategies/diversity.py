@@ -63,10 +63,24 @@ class BadgeStrategy(Strategy):
     seeded ``rng``); each next is drawn with probability ``∝ min_{chosen c} ‖g_i − g_c‖²``; when every remaining
     candidate coincides with a chosen one, the next is uniform. Scores are ``‖g‖²`` for the first pick and the
     ``D²`` each later pick had when drawn.
+
+    Args:
+        prior_correction: compute ``p_i`` with the labelled set's class prior divided out
+            (:func:`loracle.evaluation.metrics.prior_corrected`, the post-hoc logit adjustment of arXiv 2007.07314)
+            before ``ŷ_i`` and ``u_i``: on imbalanced data a model trained on few rare-class labels seldom puts a
+            rare class on top, so plain BADGE's hypothetical labels are nearly all the common class; the
+            corrected ones are those of the balanced decision. With balanced labels it changes nothing.
     """
 
     name = "badge"
     requires = frozenset({"probs", "embeddings"})
+
+    def __init__(self, prior_correction: bool = False) -> None:
+        if not isinstance(prior_correction, bool):
+            raise ValueError(f"BadgeStrategy: prior_correction must be true or false, got {prior_correction!r}")
+        self.prior_correction = prior_correction
+        if prior_correction:
+            self.requires = frozenset({"probs", "embeddings", "labelled_labels"})
 
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         raise TypeError("BadgeStrategy samples a batch jointly; use select()")
@@ -88,7 +102,12 @@ class BadgeStrategy(Strategy):
 
     def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         check_request(self, signals, k)
-        u, h = self.gradient_factors(signals.probs, signals.embeddings)
+        probs = signals.probs
+        if self.prior_correction:
+            from loracle.evaluation.metrics import prior_corrected
+
+            probs = prior_corrected(probs.double().mean(1), signals.labelled_labels)[:, None, :]
+        u, h = self.gradient_factors(probs, signals.embeddings)
         sq_norm = (u * u).sum(1) * (h * h).sum(1)  # (N,) ‖g_i‖²
 
         def sq_dist_to(j: int) -> torch.Tensor:

@@ -117,7 +117,7 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
     runs = Path(args.runs)
     last_cost: dict[str, float] = {}
     for seed in seeds:
-        for t in range(args.rounds + 1):
+        for t in range(min(args.rounds, args.stop_after_round) + 1):
             for dataset, name in jobs:
                 run_dir = runs / dataset / f"{name}-seed{seed}"
                 key = f"{dataset}/{name}"
@@ -283,6 +283,27 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                 diff, low, high = paired_bootstrap_ci(aulc[name][metric], [reference[i] for i in index], seed=0)
                 entry["strategies"][name][f"gain_{metric}"] = diff
                 entry["strategies"][name][f"gain_{metric}_ci95"] = [low, high]
+        # The initial sets: round 0 of every strategy against random's, paired by seed (cold starts differ here)
+        entry["round0"] = {}
+        for name, runs in per_run.items():
+            both = sorted(set(runs) & set(per_run["random"]))
+            if not both:
+                continue
+            rows = {s: runs[s][0] for s in both}
+            acc = [rows[s]["metrics"]["accuracy"] for s in both]
+            f1 = [rows[s]["metrics"]["macro_f1"] for s in both]
+            gain, low, high = paired_bootstrap_ci(acc, [per_run["random"][s][0]["metrics"]["accuracy"] for s in both],
+                                                  seed=0)
+            gain_f1, low_f1, high_f1 = paired_bootstrap_ci(
+                f1, [per_run["random"][s][0]["metrics"]["macro_f1"] for s in both], seed=0)
+            entry["round0"][name] = {
+                "seeds": both, "accuracy_mean": round(float(np.mean(acc)), 4),
+                "macro_f1_mean": round(float(np.mean(f1)), 4),
+                "ece_mean": round(float(np.mean([rows[s]["metrics"]["ece"] for s in both])), 4),
+                "labelled_per_class_mean": {c: float(np.mean([rows[s]["labelled_per_class"][c] for s in both]))
+                                            for c in rows[both[0]]["labelled_per_class"]},
+                "gain_accuracy": gain, "gain_accuracy_ci95": [low, high],
+                "gain_macro_f1": gain_f1, "gain_macro_f1_ci95": [low_f1, high_f1]}
         result["datasets"][dataset] = entry
         if curves:
             learning_curve(curves, RESULTS / f"{Path(args.results).stem}_{dataset}.png")
@@ -385,6 +406,8 @@ def main() -> None:
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--aggregate-only", action="store_true")
+    parser.add_argument("--stop-after-round", type=int, default=10**6, metavar="T",
+                        help="train no round after T (0: the initial sets only, to compare cold starts)")
     parser.add_argument("--markdown", action="store_true", help="print the README tables of the results JSON")
     args = parser.parse_args()
     if args.markdown:

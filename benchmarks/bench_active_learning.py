@@ -16,7 +16,10 @@ Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the
 most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
 margins, β = 10 / 3, clustered by k-means on the model's features, the member nearest each centre); ``typiclust``
 (no uncertainty: the most typical point of each k-means cluster of the model's features that holds no label yet);
-``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic);
+``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic); ``badge_prior`` (BADGE with the
+labelled set's class prior divided out of its probabilities, ``prior_correction``; no calibration folds);
+``random_kmeans`` / ``random_typiclust`` (random queries after a cold-start initial set: compare their round 0 with
+``--stop-after-round 0``; the results' ``round0`` entries pair every strategy's initial set with random's);
 ``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,

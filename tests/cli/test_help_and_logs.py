@@ -335,3 +335,19 @@ def test_head_lr_and_validation_fraction_flags_reach_the_config(capsys):
     parser.print_help()
     text = " ".join(capsys.readouterr().out.split())
     assert "--head-lr" in text and "(default: 0.0001)" in text
+
+
+def test_prior_correction_flag_reaches_badge_and_is_refused_elsewhere():
+    from loracle.active.strategies import build_strategy
+    from loracle.cli.al import config_from_args
+
+    parser = subparser("al", "run")
+    config = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o",
+                                                 "--prior-correction"]))
+    assert config.strategy == "badge" and config.strategy_options == {"prior_correction": True}
+    assert build_strategy(config.strategy, **config.strategy_options).prior_correction is True
+    plain = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
+    assert "prior_correction" not in plain.strategy_options
+    with pytest.raises(ValueError, match="--prior-correction is an option of the badge strategy"):
+        config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--strategy",
+                                            "entropy", "--prior-correction"]))

@@ -137,13 +137,24 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
                 print(f"[worker] {key} seed {seed} round {t}: {status} in {last_cost[key]:.0f}s", flush=True)
 
 
-def _refits(path: str | None) -> dict[tuple[str, int, int], dict]:
-    """``bench_calibration.py``'s rows by (dataset, seed, labels): its fold models retrained under the current
-    fold rule on finished runs (``--refit``)."""
+def _auroc(score, positive) -> float:
+    """Area under the ROC curve: the chance that a random positive scores above a random negative (ties half)."""
+    import torch
+
+    pos, neg = score[positive].double(), score[~positive].double()
+    if not len(pos) or not len(neg):
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).double().mean() + 0.5 * (pos[:, None] == neg[None, :]).double().mean()
+    return float(above)
+
+
+def _refits(path: str | None) -> dict[tuple[str, str, int, int], dict]:
+    """``bench_calibration.py``'s rows by (strategy, dataset, seed, labels): its fold models retrained under the
+    current fold rule on finished runs (``--refit``; a row without ``strategy`` is the default's)."""
     if not path:
         return {}
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return {(r["dataset"], r["seed"], r["n_labels"]): r for r in rows}
+    return {(r.get("strategy", DEFAULT), r["dataset"], r["seed"], r["n_labels"]): r for r in rows}
 
 
 def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
@@ -179,6 +190,8 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         log_probs = probs.clamp_min(1e-12).log()
                         best = apply_temperature(log_probs, fit_temperature(log_probs, labels))
                         row["metrics"]["ece_best_temperature"] = expected_calibration_error(best, labels)
+                        if probs.shape[1] == 2:  # how well the model ranks the second class (label-free of any threshold)
+                            row["metrics"]["auroc"] = _auroc(probs[:, 1], labels == 1)
                         if "macro_f1_balanced" not in row["metrics"]:  # runs made before 0.2 recorded it
                             train_labels = torch.tensor(list(state.labels(max_round=row["round"]).values()))
                             row["metrics"].update(balanced_decision_metrics(probs, labels, train_labels))
@@ -188,7 +201,7 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         m["ece_temperature_initial"] = m.get("ece_calibrated_initial" if ensemble_run
                                                              else "ece_calibrated")
                         m["ece_temperature_labelled"] = m.get("ece_calibrated_labelled")
-                    refit = refits.get((dataset, seed, row["n_labels"])) if name == DEFAULT else None
+                    refit = refits.get((name, dataset, seed, row["n_labels"]))
                     if refit:
                         new = refit[refit["rule"]] if "rule" in refit else refit["round"]
                         m.update(ece_calibrated=new["ece_ensemble"], ece_ensemble=new["ece_ensemble"],
@@ -254,7 +267,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             e = {"seeds": seeds_done, "n_labels": n_labels, "accuracy_mean": acc.mean(0).round(4).tolist(),
                  "macro_f1_mean": f1.mean(0).round(4).tolist(),
                  "macro_f1_balanced_mean": f1_balanced.mean(0).round(4).tolist(),
-                 "accuracy_balanced_last": float(series("accuracy_balanced", np.nan)[:, -1].mean()), "ece_mean": ece.mean(0).round(4).tolist(),
+                 "accuracy_balanced_last": float(series("accuracy_balanced", np.nan)[:, -1].mean()),
+                 "auroc_mean": np.nanmean(series("auroc", np.nan), 0).round(4).tolist(), "ece_mean": ece.mean(0).round(4).tolist(),
                  "ece_calibrated_mean": None if np.isnan(ece_cal).all() else np.nanmean(ece_cal, 0).round(4).tolist(),
                  "ece_temperature_initial_mean": None if np.isnan(ece_t).all()
                  else np.nanmean(ece_t, 0).round(4).tolist(),

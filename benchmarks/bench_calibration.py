@@ -82,7 +82,7 @@ def worker(dataset: str, args: argparse.Namespace, deadline: float) -> None:
     from loracle.evaluation.metrics import classification_metrics
 
     out = Path(args.runs) / "calibration.jsonl"
-    done = {(r["dataset"], r["seed"], r["n_labels"]) for r in _rows(out)}
+    done = {(r.get("strategy", "badge"), r["dataset"], r["seed"], r["n_labels"]) for r in _rows(out)}
     stored_rule = OTHER_RULE[args.fold_steps]
     cost = 0.0
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -102,14 +102,12 @@ def worker(dataset: str, args: argparse.Namespace, deadline: float) -> None:
             labels = state.get_signal("test_labels")
             for r in state.rounds():
                 t = r["round"]
-                if r["n_labels"] < args.from_labels or (dataset, seed, r["n_labels"]) in done:
+                if r["n_labels"] < args.from_labels or (args.strategy, dataset, seed, r["n_labels"]) in done:
                     continue
                 if time.time() + cost > deadline:
                     print(f"[calibration] time limit: stop before {dataset} seed {seed} round {t}", flush=True)
                     return
-                stored = _stored(state, t)
-                if stored is None:
-                    continue
+                stored = _stored(state, t)  # None: a run without cross-fitting, refitted under the new rule only
                 start = time.time()
                 temperatures, oof = loop.cross_fit(t)
                 cost = time.time() - start
@@ -118,13 +116,15 @@ def worker(dataset: str, args: argparse.Namespace, deadline: float) -> None:
                 row = {"dataset": dataset, "seed": seed, "t": t, "n_labels": r["n_labels"],
                        "ece_raw": base["ece"], "accuracy": base["accuracy"], "macro_f1": base["macro_f1"],
                        "confidence": float(p.max(-1).values.mean()),
-                       stored_rule: _numbers(p, stored[1], stored[0], labels),
+                       **({stored_rule: _numbers(p, stored[1], stored[0], labels)} if stored else {}),
                        args.fold_steps: _numbers(p, oof["test_probs"], temperatures, labels), "seconds": cost}
+                if args.strategy != "badge":  # rows without the field are the default's (badge) runs
+                    row["strategy"] = args.strategy
                 with out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
+                before = f"{row[stored_rule]['ece_ensemble']:.3f} -> " if stored else ""
                 print(f"[calibration] {dataset} seed {seed} round {t}: ensemble ECE "
-                      f"{row[stored_rule]['ece_ensemble']:.3f} -> {row[args.fold_steps]['ece_ensemble']:.3f} "
-                      f"in {cost:.0f}s", flush=True)
+                      f"{before}{row[args.fold_steps]['ece_ensemble']:.3f} in {cost:.0f}s", flush=True)
         finally:
             state.close()
             shutil.rmtree(scratch, ignore_errors=True)
@@ -139,7 +139,7 @@ def _rows(path: Path) -> list[dict]:
 def aggregate(args: argparse.Namespace, wall: float) -> dict:
     import numpy as np
 
-    rows = _rows(Path(args.runs) / "calibration.jsonl")
+    rows = [r for r in _rows(Path(args.runs) / "calibration.jsonl") if r.get("strategy", "badge") == args.strategy]
     rules = ("epochs", "round")
     result: dict = {"setting": {"runs": str(args.runs), "strategy": args.strategy, "refit_rule": args.fold_steps,
                                 "seeds": sorted({r["seed"] for r in rows})},
@@ -151,14 +151,14 @@ def aggregate(args: argparse.Namespace, wall: float) -> dict:
             at = [r for r in mine if r["n_labels"] == n]
             entry = {"seeds": len(at), **{k: float(np.mean([r[k] for r in at]))
                                           for k in ("ece_raw", "accuracy", "macro_f1", "confidence")}}
-            for rule in rules:
-                entry[rule] = {k: float(np.mean([r[rule][k] for r in at])) for k in at[0][rule]}
+            for rule in (rule for rule in rules if all(rule in r for r in at)):  # a run without its own
+                entry[rule] = {k: float(np.mean([r[rule][k] for r in at])) for k in at[0][rule]}  # cross-fitting
             budgets[str(n)] = entry
         if not budgets:
             continue
         from_200 = [b for n, b in budgets.items() if int(n) >= 200]  # the budgets: 200 labels and up
         worst = {"ece_raw": max(b["ece_raw"] for b in from_200)} if from_200 else {}
-        for rule in rules if from_200 else ():
+        for rule in (rule for rule in rules if from_200 and all(rule in b for b in from_200)):
             worst[rule] = {m: max(b[rule][m] for b in from_200) for m in METHODS[1:]}
         result["datasets"][dataset] = {"budgets": budgets, "max_ece_from_200": worst}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -174,7 +174,8 @@ def markdown(result: dict) -> str:
                   "| labels | raw ECE | T (initial) | T (labelled) | ensemble | accuracy: round model / ensemble "
                   "| confidence: round model / fold models |", "|---|---|---|---|---|---|---|"]
         for n, b in d["budgets"].items():
-            e, s = b["epochs"], b["round"]
+            s = b["round"]
+            e = b.get("epochs") or {k: float("nan") for k in s}  # a run without its own cross-fitting
             lines.append(f"| {n} | {b['ece_raw']:.3f} | {e['ece_t_initial']:.3f} / {s['ece_t_initial']:.3f} | "
                          f"{e['ece_t_labelled']:.3f} / {s['ece_t_labelled']:.3f} | "
                          f"{e['ece_ensemble']:.3f} / {s['ece_ensemble']:.3f} | {b['accuracy']:.3f} / "

@@ -16,15 +16,18 @@ Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the
 most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
 margins, β = 10 / 3, clustered by k-means on the model's features, the member nearest each centre); ``typiclust``
 (no uncertainty: the most typical point of each k-means cluster of the model's features that holds no label yet);
-``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic); ``badge_prior`` (BADGE with the
-labelled set's class prior divided out of its probabilities, ``prior_correction``; no calibration folds);
+``bald`` (MC dropout); ``badge`` (gradient embeddings, k-means++, deterministic, ``prior_correction`` off: the
+previous default); ``badge_prior`` (BADGE with the labelled set's class prior divided out of its probabilities,
+``prior_correction`` on; no calibration folds); ``badge_auto`` (``al run``'s default: the correction on while the
+labelled set's rarest class holds under half an even share; where it has no runs of its own its curves are those
+of the spec it picks as on that dataset, ``same_picks_as``, whose rule ``same_picks_check`` checks);
 ``random_kmeans`` / ``random_typiclust`` (random queries after a cold-start initial set: compare their round 0 with
 ``--stop-after-round 0``; the results' ``round0`` entries pair every strategy's initial set with random's);
 ``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
-2-core box. The default strategy (``badge``) also trains the cross-fitting's fold models each round (3 folds, ``al
+2-core box. ``badge`` and ``badge_auto`` also train the cross-fitting's fold models each round (3 folds, ``al
 run``'s default; ``--calibration-folds``), so its ECE is reported raw and calibrated: ``ece_calibrated`` by ``al
 run``'s default calibration (the mean of the round model and its fold models, ``ece_ensemble``),
 ``ece_temperature_initial`` with the temperature fitted on the round-0 (random) items' out-of-fold predictions,
@@ -51,11 +54,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT = "badge"
+DEFAULT = "badge_auto"
 
 STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random"},
-    "badge": {"strategy": "badge", "calibrate": True},
+    "badge": {"strategy": "badge", "calibrate": True, "strategy_options": {"prior_correction": False}},
+    # al run's default: BADGE whose prior correction switches itself on when the labelled set is imbalanced. On these
+    # two datasets it picks what "badge" picks on the balanced one (its labelled shares stay >= 42%) and what
+    # "badge_prior" picks on the imbalanced one (<= 14% `rotten`): the results' same_picks_check confirms the rule
+    # at every query of those runs, so its curves reuse their folders where it has none of its own.
+    "badge_auto": {"strategy": "badge", "calibrate": True, "strategy_options": {"prior_correction": "auto"},
+                   "same_picks_as": {"rotten_tomatoes": "badge", "rotten_tomatoes_imbalanced": "badge_prior"}},
     "entropy": {"strategy": "entropy"},
     "margin": {"strategy": "margin"},
     "diverse_margin": {"strategy": "diverse_margin"},
@@ -154,7 +163,7 @@ def _refits(path: str | None) -> dict[tuple[str, str, int, int], dict]:
     if not path:
         return {}
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return {(r.get("strategy", DEFAULT), r["dataset"], r["seed"], r["n_labels"]): r for r in rows}
+    return {(r.get("strategy", "badge"), r["dataset"], r["seed"], r["n_labels"]): r for r in rows}
 
 
 def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[str, dict[int, list[dict]]]:
@@ -176,7 +185,10 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
     out: dict[str, dict[int, list[dict]]] = {}
     for name in [n for n in STRATEGIES if n in args.strategies.split(",")]:
         for seed in seeds:
-            run_dir = Path(args.runs) / dataset / f"{name}-seed{seed}"
+            source = name  # a spec that picks as another one on this dataset reuses its runs (``same_picks_as``)
+            if not (Path(args.runs) / dataset / f"{name}-seed{seed}" / "state.sqlite").exists():
+                source = STRATEGIES[name].get("same_picks_as", {}).get(dataset, name)
+            run_dir = Path(args.runs) / dataset / f"{source}-seed{seed}"
             if (run_dir / "state.sqlite").exists():
                 state = RunState.open(run_dir)
                 rounds = state.rounds()
@@ -201,7 +213,7 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         m["ece_temperature_initial"] = m.get("ece_calibrated_initial" if ensemble_run
                                                              else "ece_calibrated")
                         m["ece_temperature_labelled"] = m.get("ece_calibrated_labelled")
-                    refit = refits.get((name, dataset, seed, row["n_labels"]))
+                    refit = refits.get((source, dataset, seed, row["n_labels"]))
                     if refit:
                         new = refit[refit["rule"]] if "rule" in refit else refit["round"]
                         m.update(ece_calibrated=new["ece_ensemble"], ece_ensemble=new["ece_ensemble"],
@@ -212,6 +224,42 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                 state.close()
                 if rounds:
                     out.setdefault(name, {})[seed] = rounds
+    return out
+
+
+def same_picks(args: argparse.Namespace, seeds: list[int]) -> dict:
+    """For every spec with ``same_picks_as``: whether, at every query of the runs it stands in for, its strategy
+    would have made the same choice as theirs (for ``badge_auto``: switch the prior correction on exactly where
+    ``badge_prior`` has it on and off where ``badge`` has it off), given the labelled set each query saw. Then it is
+    the same algorithm on those runs. ``{spec: {dataset: {seed: {"as": source, "queries": n, "same_rule": bool}}}}``.
+    """
+    import torch
+
+    from loracle.active.state import RunState
+    from loracle.active.strategies import build_strategy
+
+    out: dict = {}
+    for name, spec in STRATEGIES.items():
+        for dataset, source in spec.get("same_picks_as", {}).items():
+            ours = build_strategy(spec["strategy"], **spec.get("strategy_options", {}))
+            theirs = build_strategy(STRATEGIES[source]["strategy"], **STRATEGIES[source].get("strategy_options", {}))
+            for seed in seeds:
+                run_dir = Path(args.runs) / dataset / f"{source}-seed{seed}"
+                if not (run_dir / "state.sqlite").exists():
+                    continue
+                state = RunState.open(run_dir)
+                try:
+                    classes = len(state.label_names or [])
+                    queried = [row["round"] for row in state.rounds()][:-1]  # each but the last round's model queried
+                    same = all(ours.corrects(torch.tensor(list(state.labels(max_round=t).values())), classes)
+                               == theirs.corrects(torch.tensor(list(state.labels(max_round=t).values())), classes)
+                               for t in queried)
+                finally:
+                    state.close()
+                out.setdefault(name, {}).setdefault(dataset, {})[seed] = {"as": source, "queries": len(queried),
+                                                                          "same_rule": same}
+                if not same:
+                    print(f"[same picks] {dataset} {name} seed {seed}: NOT the rule of {source}", flush=True)
     return out
 
 
@@ -333,6 +381,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                 "max_ece_calibrated_from_200": max(cal) if cal else None}
         for name in entry["strategies"]:
             summary["seeds"].setdefault(name, {})[dataset] = paired[name]
+    result["same_picks_check"] = same_picks(args, seeds)
     result = {"summary": summary, **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / args.results).write_text(json.dumps(result, indent=2) + "\n")

@@ -92,6 +92,7 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    base_probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
                    embeddings=torch.randn(n, d, generator=g),
                    labelled_embeddings=torch.randn(m, d, generator=g),
+                   labelled_labels=torch.arange(m) % c,
                    answer_scores=torch.rand(n, s, 2, generator=g) * 3,
                    base_answer_scores=torch.rand(n, 1, 2, generator=g) * 3)
 
@@ -134,7 +135,7 @@ def test_badge_first_pick_is_largest_gradient_and_d2_matches_explicit_embeddings
     probs = torch.softmax(torch.randn(30, 4, 3, generator=g), -1)
     emb = torch.randn(30, 6, generator=g)
     grads = explicit_gradient_embeddings(probs, emb)
-    idx, d2 = build_strategy("badge").select(Signals(0, 30, probs=probs, embeddings=emb), 6, rng(2))
+    idx, d2 = build_strategy("badge", prior_correction=False).select(Signals(0, 30, probs=probs, embeddings=emb), 6, rng(2))
     norms = grads.norm(dim=1) ** 2
     assert idx[0] == int(norms.argmax()) and d2[0] == pytest.approx(float(norms.max()))
     for j in range(1, 6):  # each D² is the squared distance to the nearest earlier pick in the C·D space
@@ -147,10 +148,10 @@ def test_badge_by_hand_skips_duplicate_of_chosen():
     probs = torch.tensor([[[0.6, 0.4]], [[0.6, 0.4]], [[0.3, 0.7]]])
     emb = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
     # ‖g‖² = ‖u‖²‖h‖²: 0.32 · 4 = 1.28 for items 0 and 1 (tie), 0.18 · 1 = 0.18 for item 2
-    picks = {tuple(build_strategy("badge").select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(s))[0])
+    picks = {tuple(build_strategy("badge", prior_correction=False).select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(s))[0])
              for s in range(20)}
     assert picks == {(0, 2), (1, 2)}  # tie on the first pick broken by the seed; the duplicate has D² = 0
-    _, d2 = build_strategy("badge").select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(0))
+    _, d2 = build_strategy("badge", prior_correction=False).select(Signals(0, 3, probs=probs, embeddings=emb), 2, rng(0))
     # ‖g_0 − g_2‖² = 1.28 + 0.18 − 2 (u_0·u_2)(h_0·h_2) = 1.46 (orthogonal features)
     assert d2.tolist() == pytest.approx([1.28, 1.46])
 
@@ -162,7 +163,7 @@ def test_badge_prior_correction_uses_the_balanced_decision():
     probs = torch.tensor([[[0.6, 0.4]], [[0.8, 0.2]]], dtype=torch.float64)
     emb = torch.eye(2, dtype=torch.float64)
     skewed = torch.tensor([0] * 9 + [1])
-    plain = build_strategy("badge").select(Signals(0, 2, probs=probs, embeddings=emb), 1, rng())
+    plain = build_strategy("badge", prior_correction=False).select(Signals(0, 2, probs=probs, embeddings=emb), 1, rng())
     corrected = build_strategy("badge", prior_correction=True).select(
         Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=skewed), 1, rng())
     assert plain[0].tolist() == [0] and plain[1].tolist() == pytest.approx([0.32])
@@ -175,6 +176,27 @@ def test_badge_prior_correction_uses_the_balanced_decision():
         build_strategy("badge", prior_correction=True).select(Signals(0, 2, probs=probs, embeddings=emb), 1, rng())
     with pytest.raises(ValueError, match="prior_correction"):
         build_strategy("badge", prior_correction="yes")
+
+
+def test_badge_auto_prior_correction_follows_the_labelled_shares():
+    # The default "auto" divides the prior out when the rarest class holds under half an even share (2 classes:
+    # under 25%): the 9:1 set of the test above picks as prior_correction=True, a 3:1 set (25%) as plain BADGE.
+    probs = torch.tensor([[[0.6, 0.4]], [[0.8, 0.2]]], dtype=torch.float64)
+    emb = torch.eye(2, dtype=torch.float64)
+    auto = build_strategy("badge")
+    assert auto.prior_correction == "auto" and "labelled_labels" in auto.requires
+    skewed = auto.select(Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=torch.tensor([0] * 9 + [1])),
+                         1, rng())
+    assert skewed[0].tolist() == [1] and skewed[1].tolist() == pytest.approx([2 * (4 / 13) ** 2])
+    quarter = auto.select(Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=torch.tensor([0, 0, 0, 1])),
+                          1, rng())
+    assert quarter[0].tolist() == [0] and quarter[1].tolist() == pytest.approx([0.32])
+    # 4 classes: an even share is 25%, half of it 12.5%; 2 of 20 labels (10%) is under, 3 of 20 (15%) is not
+    assert auto.corrects(torch.tensor([0] * 6 + [1] * 6 + [2] * 6 + [3] * 2), 4)
+    assert not auto.corrects(torch.tensor([0] * 6 + [1] * 6 + [2] * 5 + [3] * 3), 4)
+    assert auto.corrects(torch.tensor([0, 0, 1]), 3)  # a class with no label at all
+    off = build_strategy("badge", prior_correction=False)
+    assert "labelled_labels" not in off.requires and not off.corrects(torch.tensor([0] * 9 + [1]), 2)
 
 
 # --- power sampling -----------------------------------------------------------------------------------------------

@@ -348,6 +348,13 @@ def test_prior_correction_flag_reaches_badge_and_is_refused_elsewhere():
     assert build_strategy(config.strategy, **config.strategy_options).prior_correction is True
     plain = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert "prior_correction" not in plain.strategy_options
+    assert build_strategy(plain.strategy, **plain.strategy_options).prior_correction == "auto"  # the default
+    for value, option in (("auto", "auto"), ("on", True), ("off", False)):
+        chosen = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o",
+                                                     "--prior-correction", value]))
+        assert chosen.strategy_options == {"prior_correction": option}
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--prior-correction", "yes"])
     with pytest.raises(ValueError, match="--prior-correction is an option of the badge strategy"):
         config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--strategy",
                                             "entropy", "--prior-correction"]))

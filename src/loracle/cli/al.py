@@ -175,9 +175,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                 help="star: the fine-tuned model's share of the uncertainty grows as "
                                 "min(1, slope * (round + 1))"),
                  lambda: _strategy_default("schedule"))
-    g.add_argument("--prior-correction", action="store_true", default=None,
+    g.add_argument("--prior-correction", nargs="?", const="on", choices=("auto", "on", "off"), default=None,
+                   metavar="auto|on|off",
                    help="badge: hypothetical labels and gradients from the probabilities with the labelled set's "
-                   "class prior divided out (the balanced decision; for imbalanced classes)")
+                   "class prior divided out (the balanced decision): auto when the rarest class holds under half an "
+                   "even share of the labels, on (the bare flag) always, off never (default: auto)")
     _option(g, "--initial-size", field="initial_size", type=int, metavar="N",
             help="labels before the first query (round 0 trains on them)")
     _option(g, "--initial-mode", field="initial_mode", choices=INITIAL_MODES + COLD_START_NAMES, metavar="MODE",
@@ -328,11 +330,11 @@ def config_from_args(args: argparse.Namespace):
         options["score"] = args.score
     if args.schedule_slope is not None:
         options["schedule"] = args.schedule_slope
-    if getattr(args, "prior_correction", None):
+    if getattr(args, "prior_correction", None) is not None:
         if data.get("strategy", "badge") != "badge":
             raise ValueError(f"--prior-correction is an option of the badge strategy, not of "
                              f"{data['strategy']!r}; drop it or use --strategy badge")
-        options["prior_correction"] = True
+        options["prior_correction"] = {"auto": "auto", "on": True, "off": False}[args.prior_correction]
     if options:
         data["strategy_options"] = options
     adapter = {"adapter_method": "method", "rank": "rank", "alpha": "alpha", "lora_dropout": "dropout"}

@@ -27,7 +27,7 @@ import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
 SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings", "answer_scores",
-                          "base_answer_scores"})
+                          "base_answer_scores", "labelled_labels"})
 #: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
 ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
 

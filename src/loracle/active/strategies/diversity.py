@@ -10,6 +10,8 @@ from loracle.active.strategies.base import Signals, Strategy, check_request, reg
 from loracle.active.strategies.kmeans import d2_seeding, kmeans, squared_distances
 from loracle.uncertainty.scores import SCORES, get_score
 
+AUTO_PRIOR_SHARE = 0.5  # prior_correction="auto": the rarest class under this fraction of an even share 1/C
+
 
 class KCenterGreedy(Strategy):
     """k-center greedy (core-set, Sener & Savarese, arXiv 1708.00489) on the model's features.
@@ -69,18 +71,34 @@ class BadgeStrategy(Strategy):
             (:func:`loracle.evaluation.metrics.prior_corrected`, the post-hoc logit adjustment of arXiv 2007.07314)
             before ``ŷ_i`` and ``u_i``: on imbalanced data a model trained on few rare-class labels seldom puts a
             rare class on top, so plain BADGE's hypothetical labels are nearly all the common class; the
-            corrected ones are those of the balanced decision. With balanced labels it changes nothing.
+            corrected ones are those of the balanced decision. ``True`` always, ``False`` never, ``"auto"`` (the
+            default) when the labelled set is imbalanced: its rarest class holds less than half of an even share
+            (``AUTO_PRIOR_SHARE / C`` of the labels; under 25% with two classes, the rule of
+            ``head_init="auto"``). Measured in the README ("BADGE with the labelled set's class prior divided
+            out"): on a 10%-minority set the correction raises the macro-F1 AULC gain over random from +0.011 to
+            +0.032; on balanced labels it moves nothing beyond the seed spread, and the 200-label models' ensemble
+            ECE was 0.056 against plain BADGE's 0.041, so ``"auto"`` leaves balanced sets alone.
     """
 
     name = "badge"
     requires = frozenset({"probs", "embeddings"})
 
-    def __init__(self, prior_correction: bool = False) -> None:
-        if not isinstance(prior_correction, bool):
-            raise ValueError(f"BadgeStrategy: prior_correction must be true or false, got {prior_correction!r}")
+    def __init__(self, prior_correction: bool | str = "auto") -> None:
+        if not (isinstance(prior_correction, bool) or prior_correction == "auto"):
+            raise ValueError(f"BadgeStrategy: prior_correction must be true, false or 'auto', got "
+                             f"{prior_correction!r}")
         self.prior_correction = prior_correction
-        if prior_correction:
+        if prior_correction is not False:
             self.requires = frozenset({"probs", "embeddings", "labelled_labels"})
+
+    def corrects(self, labelled_labels: torch.Tensor | None, num_classes: int) -> bool:
+        """Whether this selection divides the prior out (for ``"auto"``: the labelled set is imbalanced)."""
+        if self.prior_correction != "auto":
+            return bool(self.prior_correction)
+        if labelled_labels is None or not len(labelled_labels):
+            return False
+        counts = torch.bincount(torch.as_tensor(labelled_labels).reshape(-1).long(), minlength=num_classes)
+        return float(counts.min()) / float(counts.sum()) < AUTO_PRIOR_SHARE / num_classes
 
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         raise TypeError("BadgeStrategy samples a batch jointly; use select()")
@@ -103,7 +121,7 @@ class BadgeStrategy(Strategy):
     def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         check_request(self, signals, k)
         probs = signals.probs
-        if self.prior_correction:
+        if self.corrects(signals.labelled_labels, probs.shape[-1]):
             from loracle.evaluation.metrics import prior_corrected
 
             probs = prior_corrected(probs.double().mean(1), signals.labelled_labels)[:, None, :]

@@ -77,6 +77,8 @@ STRATEGIES: dict[str, dict] = {
     "badge_prior": {"strategy": "badge", "strategy_options": {"prior_correction": True}},
     "random_kmeans": {"strategy": "random", "initial_mode": "kmeans"},
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
+    # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
+    "density_margin": {"strategy": "density_margin", "calibrate": True},
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
@@ -113,7 +115,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
-        mc_samples=4 if spec["strategy"] not in ("random", "badge") else 0,
+        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,

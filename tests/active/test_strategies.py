@@ -92,6 +92,7 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    base_probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
                    embeddings=torch.randn(n, d, generator=g),
                    labelled_embeddings=torch.randn(m, d, generator=g),
+                   base_embeddings=torch.randn(n, d + 2, generator=g),
                    labelled_labels=torch.arange(m) % c,
                    answer_scores=torch.rand(n, s, 2, generator=g) * 3,
                    base_answer_scores=torch.rand(n, 1, 2, generator=g) * 3)
@@ -382,3 +383,74 @@ def test_diverse_margin_fills_in_when_features_coincide_and_checks_options():
         build_strategy("diverse_margin", beta=0.5)
     with pytest.raises(ValueError, match="unknown uncertainty score"):
         strategy_class("diverse_margin")(score="nope")
+
+
+# --- density-weighted margin --------------------------------------------------------------------------------------
+
+def test_knn_density_by_hand():
+    from loracle.active.strategies.density import knn_density
+
+    x = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 1.0], [-1.0, 0.0]])
+    # cosine similarities: 0-1: 1, 0-2 and 1-2: 1/√2, 3 with 0 and 1: -1, 3-2: -1/√2
+    r = 2 ** -0.5
+    assert knn_density(x, 1).tolist() == pytest.approx([1.0, 1.0, r, 0.0])  # item 3's best is -1/√2, clamped
+    assert knn_density(x, 2).tolist() == pytest.approx([(1 + r) / 2, (1 + r) / 2, r, 0.0])
+    assert knn_density(x, 2, chunk=1).tolist() == pytest.approx(knn_density(x, 2).tolist())  # chunking
+    assert knn_density(x, 10).tolist() == pytest.approx([(1 + r - 1) / 3, (1 + r - 1) / 3, (2 * r - r) / 3, 0.0])
+    assert knn_density(x[:1], 5).tolist() == [1.0]  # no neighbour at all
+
+
+def test_density_margin_prefers_the_uncertain_item_of_a_crowd():
+    # items 0-2 are a tight crowd, item 3 an outlier; item 3 is the most uncertain (margin 0), item 1 nearly so.
+    p = torch.tensor([[[0.9, 0.1]], [[0.55, 0.45]], [[0.8, 0.2]], [[0.5, 0.5]]])
+    feats = torch.tensor([[1.0, 0.1], [1.0, 0.0], [1.0, -0.1], [-1.0, 3.0]])
+    signals = Signals(0, 4, probs=p, base_embeddings=feats, labelled_labels=torch.tensor([0, 1, 0, 1]))
+    assert build_strategy("margin").select(Signals(0, 4, probs=p), 1, rng())[0].tolist() == [3]
+    strategy = build_strategy("density_margin", neighbours=2)
+    idx, scores = strategy.select(signals, 2, rng())
+    assert idx.tolist() == [1, 2]
+    from loracle.active.strategies.density import knn_density
+
+    density = knn_density(feats, 2)
+    assert scores.tolist() == pytest.approx([0.9 * float(density[1]), 0.4 * float(density[2])])
+    # beta = 0 is margin sampling; a larger beta leans further on density
+    assert build_strategy("density_margin", beta=0).select(signals, 1, rng())[0].tolist() == [3]
+    assert build_strategy("density_margin", neighbours=2, beta=2.0).scores(signals, rng())[1] == pytest.approx(
+        0.9 * float(density[1]) ** 2)
+
+
+def test_density_margin_prior_correction_follows_the_labelled_shares():
+    # with 1 rare-class label in 10, p / prior turns item 0 (0.9, 0.1) into a near tie and item 1 (0.5, 0.5) into a
+    # confident rare-class call: the corrected margin prefers item 0.
+    p = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]])
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # equal density
+    imbalanced = torch.tensor([0] * 9 + [1])
+    balanced = torch.tensor([0, 1] * 5)
+    auto = build_strategy("density_margin", neighbours=1)
+    assert auto.select(Signals(0, 2, probs=p, base_embeddings=feats, labelled_labels=imbalanced), 1,
+                       rng())[0].tolist() == [0]
+    assert auto.select(Signals(0, 2, probs=p, base_embeddings=feats, labelled_labels=balanced), 1,
+                       rng())[0].tolist() == [1]
+    corrected = 0.9 / 0.9, 0.1 / 0.1  # p / prior with prior (0.9, 0.1): a tie, margin 0
+    assert corrected[0] == pytest.approx(corrected[1])
+    assert auto.scores(Signals(0, 2, probs=p, base_embeddings=feats, labelled_labels=imbalanced),
+                       rng())[0] == pytest.approx(1.0)
+    off = build_strategy("density_margin", neighbours=1, prior_correction=False)
+    assert off.requires == {"probs", "base_embeddings"}
+    assert off.select(Signals(0, 2, probs=p, base_embeddings=feats), 1, rng())[0].tolist() == [1]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"neighbours": 0}, "neighbours must be an integer >= 1"),
+    ({"neighbours": 2.5}, "neighbours must be an integer >= 1"),
+    ({"beta": -1}, "beta must be a number >= 0"),
+    ({"prior_correction": "sometimes"}, "prior_correction must be true, false or 'auto'"),
+    ({"k": 3}, "does not take options"),
+])
+def test_density_margin_rejects_bad_options(options, message):
+    with pytest.raises(ValueError, match=message):
+        build_strategy("density_margin", **options)
+    with pytest.raises(ValueError, match="same N"):
+        build_strategy("density_margin").scores(
+            Signals(0, 2, probs=torch.full((2, 1, 2), 0.5), base_embeddings=torch.ones(3, 4),
+                    labelled_labels=torch.tensor([0, 1])), rng())

@@ -695,6 +695,9 @@ class ActiveLearningLoop:
             extra: dict[str, Any] = {}
             if "base_probs" in requires:
                 extra["base_probs"] = self._base_probs(built)[torch.as_tensor(unlabelled_idx, dtype=torch.long)]
+            if "base_embeddings" in requires:
+                extra["base_embeddings"] = self._base_features(built)[torch.as_tensor(unlabelled_idx,
+                                                                                      dtype=torch.long)]
             extra.update(self._measure(t, built, unlabelled_idx, requires))
             if self.answers is not None:  # generation: the model's own answers, scored (active/generation.py)
                 extra.update(self.answers.measure(t, built, unlabelled_idx, requires,

@@ -7,6 +7,7 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.uncertainty`: ``entropy``, ``least_confidence``, ``margin``, ``bald``;
 - :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``, ``diverse_margin`` (uncertain, then clustered);
+- :mod:`.density`: ``density_margin`` (margin weighted by k-NN density in the base model's feature space);
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
 - :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set);
 - :mod:`.answers`: ``sequence_nll``, ``token_entropy``, ``nll_variance``, ``star_generation`` (generation tasks).
@@ -28,6 +29,7 @@ from loracle.active.strategies.base import (
     top_k,
 )
 from loracle.active.strategies.cold_start import ClusterStrategy, KMeansCentroidStrategy, TypiClustStrategy
+from loracle.active.strategies.density import DensityMarginStrategy
 from loracle.active.strategies.diversity import BadgeStrategy, DiverseUncertaintyStrategy, KCenterGreedy
 from loracle.active.strategies.random import RandomStrategy
 from loracle.active.strategies.star import PublishedStarStrategy, StarStrategy
@@ -41,6 +43,7 @@ __all__ = [
     "AnswerUncertaintyStrategy",
     "BadgeStrategy",
     "ClusterStrategy",
+    "DensityMarginStrategy",
     "DiverseUncertaintyStrategy",
     "KCenterGreedy",
     "KMeansCentroidStrategy",

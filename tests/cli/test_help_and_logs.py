@@ -355,6 +355,9 @@ def test_prior_correction_flag_reaches_badge_and_is_refused_elsewhere():
         assert chosen.strategy_options == {"prior_correction": option}
     with pytest.raises(SystemExit):  # argparse: invalid choice
         parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--prior-correction", "yes"])
-    with pytest.raises(ValueError, match="--prior-correction is an option of the badge strategy"):
+    density = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--strategy",
+                                                  "density_margin", "--prior-correction", "off"]))
+    assert density.strategy_options == {"prior_correction": False}
+    with pytest.raises(ValueError, match="--prior-correction is an option of the badge and density_margin strategies"):
         config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--strategy",
                                             "entropy", "--prior-correction"]))

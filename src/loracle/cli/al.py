@@ -177,9 +177,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  lambda: _strategy_default("schedule"))
     g.add_argument("--prior-correction", nargs="?", const="on", choices=("auto", "on", "off"), default=None,
                    metavar="auto|on|off",
-                   help="badge: hypothetical labels and gradients from the probabilities with the labelled set's "
-                   "class prior divided out (the balanced decision): auto when the rarest class holds under half an "
-                   "even share of the labels, on (the bare flag) always, off never (default: auto)")
+                   help="badge, density_margin: hypothetical labels and gradients (density_margin: the margin) from "
+                   "the probabilities with the labelled set's class prior divided out (the balanced decision): auto "
+                   "when the rarest class holds under half an even share of the labels, on (the bare flag) always, "
+                   "off never (default: auto)")
     _option(g, "--initial-size", field="initial_size", type=int, metavar="N",
             help="labels before the first query (round 0 trains on them)")
     _option(g, "--initial-mode", field="initial_mode", choices=INITIAL_MODES + COLD_START_NAMES, metavar="MODE",
@@ -331,9 +332,16 @@ def config_from_args(args: argparse.Namespace):
     if args.schedule_slope is not None:
         options["schedule"] = args.schedule_slope
     if getattr(args, "prior_correction", None) is not None:
-        if data.get("strategy", "badge") != "badge":
-            raise ValueError(f"--prior-correction is an option of the badge strategy, not of "
-                             f"{data['strategy']!r}; drop it or use --strategy badge")
+        import inspect
+
+        from loracle.active.strategies import STRATEGIES, strategy_class
+
+        takes = sorted(name for name in STRATEGIES
+                       if "prior_correction" in inspect.signature(strategy_class(name)).parameters)
+        strategy = data.get("strategy", "badge")
+        if strategy not in takes:
+            raise ValueError(f"--prior-correction is an option of the {' and '.join(takes)} strategies, not of "
+                             f"{strategy!r}; drop it or use --strategy {takes[0]}")
         options["prior_correction"] = {"auto": "auto", "on": True, "off": False}[args.prior_correction]
     if options:
         data["strategy_options"] = options

@@ -54,7 +54,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT = "badge_auto"
+DEFAULT = "auto"
 
 STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random"},
@@ -78,7 +78,11 @@ STRATEGIES: dict[str, dict] = {
     "random_kmeans": {"strategy": "random", "initial_mode": "kmeans"},
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
     # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
-    "density_margin": {"strategy": "density_margin", "calibrate": True},
+    "density_margin": {"strategy": "density_margin"},
+    # al run's default: density_margin while the labelled set is balanced, BADGE with the prior correction on once it
+    # is not. On the balanced set its labelled shares stay balanced, so it picks what density_margin picks (checked
+    # by same_picks_check) and reuses those runs; on the imbalanced one it has runs of its own.
+    "auto": {"strategy": "auto", "same_picks_as": {"rotten_tomatoes": "density_margin"}},
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
@@ -115,7 +119,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
-        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin") else 0,
+        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
@@ -229,6 +233,19 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
     return out
 
 
+def _same_rule(ours, theirs, labels, classes: int) -> bool:
+    """Whether strategy ``ours`` selects by the same rule as ``theirs`` given the labelled set's ``labels``: for
+    ``auto``, its branch for these labels is the same class with the same options as ``theirs``; for a
+    ``prior_correction="auto"`` strategy, it corrects exactly when ``theirs`` does."""
+    from loracle.active.strategies import ImbalanceSwitchStrategy
+    from loracle.active.strategies.diversity import is_imbalanced
+
+    if isinstance(ours, ImbalanceSwitchStrategy):
+        branch = ours.imbalanced if is_imbalanced(labels, classes) else ours.balanced
+        return type(branch) is type(theirs) and vars(branch) == vars(theirs)
+    return ours.corrects(labels, classes) == theirs.corrects(labels, classes)
+
+
 def same_picks(args: argparse.Namespace, seeds: list[int]) -> dict:
     """For every spec with ``same_picks_as``: whether, at every query of the runs it stands in for, its strategy
     would have made the same choice as theirs (for ``badge_auto``: switch the prior correction on exactly where
@@ -253,9 +270,8 @@ def same_picks(args: argparse.Namespace, seeds: list[int]) -> dict:
                 try:
                     classes = len(state.label_names or [])
                     queried = [row["round"] for row in state.rounds()][:-1]  # each but the last round's model queried
-                    same = all(ours.corrects(torch.tensor(list(state.labels(max_round=t).values())), classes)
-                               == theirs.corrects(torch.tensor(list(state.labels(max_round=t).values())), classes)
-                               for t in queried)
+                    same = all(_same_rule(ours, theirs, torch.tensor(list(state.labels(max_round=t).values())),
+                                          classes) for t in queried)
                 finally:
                     state.close()
                 out.setdefault(name, {}).setdefault(dataset, {})[seed] = {"as": source, "queries": len(queried),
@@ -460,6 +476,8 @@ def main() -> None:
                         help="seeded pool subset of the training split (0: all of it, `al run`'s default)")
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--datasets", default=",".join(DATASETS),
+                        help="comma-separated: run these datasets' jobs only (every dataset is aggregated)")
     parser.add_argument("--class-weight", choices=("none", "balanced"), default="none",
                         help="training loss weights (default: none, `al run`'s default recipe); keep one runs folder "
                              "per choice")
@@ -487,10 +505,11 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown strategies {unknown}; valid: {sorted(STRATEGIES)}")
     build_imbalanced(Path(args.data), Path(args.runs) / "data" / "rotten_tomatoes_imbalanced")
-    jobs = [(d, n) for n in names for d in DATASETS]
-    # Two workers, each with half of the (dataset, strategy) runs: one dataset each, so every strategy's cost
-    # falls on both.
-    groups = (jobs[0::2], jobs[1::2])
+    datasets = [d for d in DATASETS if d in args.datasets.split(",")]
+    # A spec that picks as another one on a dataset (``same_picks_as``) has no runs of its own there.
+    jobs = [(d, n) for n in names for d in datasets if d not in STRATEGIES[n].get("same_picks_as", {})]
+    # One worker per dataset, so every strategy's cost falls on both.
+    groups = [[job for job in jobs if job[0] == d] for d in DATASETS]
     if args.worker is not None:
         worker(groups[args.worker], seeds, args, args.deadline)
         return
@@ -500,7 +519,7 @@ def main() -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1"}
         procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", str(i), "--deadline",
-                                   str(deadline)], env=env) for i in range(2) if groups[i]]
+                                   str(deadline)], env=env) for i in range(len(groups)) if groups[i]]
         for proc in procs:
             proc.wait()
     wall_file = Path(args.runs) / "wall_seconds.json"  # summed over every invocation, so a resumed run states it

@@ -454,3 +454,35 @@ def test_density_margin_rejects_bad_options(options, message):
         build_strategy("density_margin").scores(
             Signals(0, 2, probs=torch.full((2, 1, 2), 0.5), base_embeddings=torch.ones(3, 4),
                     labelled_labels=torch.tensor([0, 1])), rng())
+
+
+# --- auto: density_margin on balanced labels, prior-corrected BADGE on imbalanced ones --------------------------
+
+def test_auto_switches_on_the_labelled_class_shares():
+    signals = all_signals(c=2, m=10)
+    auto = build_strategy("auto")
+    assert auto.requires == {"probs", "embeddings", "base_embeddings", "labelled_labels"}
+    for labels, same_as in ((torch.tensor([0, 1] * 5), build_strategy("density_margin")),
+                            (torch.tensor([0] * 9 + [1]), build_strategy("badge", prior_correction=True))):
+        signals.labelled_labels = labels
+        idx, sc = auto.select(signals, 7, rng(3))
+        expected, expected_sc = same_as.select(signals, 7, rng(3))
+        assert idx.tolist() == expected.tolist() and np.allclose(sc, expected_sc)
+    # 2 of 10 labels in the rare class (20% < 25%) is imbalanced, 3 of 10 is not
+    from loracle.active.strategies.diversity import is_imbalanced
+
+    assert is_imbalanced(torch.tensor([0] * 8 + [1] * 2), 2) and not is_imbalanced(torch.tensor([0] * 7 + [1] * 3), 2)
+    assert is_imbalanced(torch.tensor([0, 1, 1, 1]), 3)  # class 2 absent
+    assert not is_imbalanced(None, 2) and not is_imbalanced(torch.tensor([], dtype=torch.long), 2)
+
+
+def test_auto_options_and_errors():
+    custom = build_strategy("auto", balanced="margin", imbalanced="density_margin",
+                            imbalanced_options={"neighbours": 5})
+    assert custom.imbalanced.neighbours == 5 and custom.mc_samples == 8  # margin wants MC samples
+    with pytest.raises(ValueError, match="valid strategies"):
+        build_strategy("auto", balanced="nope")
+    with pytest.raises(ValueError, match="training overrides"):
+        build_strategy("auto", balanced="star_published")
+    with pytest.raises(ValueError, match="does not take options"):
+        build_strategy("auto", balanced_options={"neighbours": 5}, balanced="entropy")

@@ -8,6 +8,7 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``, ``diverse_margin`` (uncertain, then clustered);
 - :mod:`.density`: ``density_margin`` (margin weighted by k-NN density in the base model's feature space);
+- :mod:`.switch`: ``auto`` (one strategy while the labelled classes are balanced, another once they are not);
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
 - :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set);
 - :mod:`.answers`: ``sequence_nll``, ``token_entropy``, ``nll_variance``, ``star_generation`` (generation tasks).
@@ -34,6 +35,7 @@ from loracle.active.strategies.diversity import BadgeStrategy, DiverseUncertaint
 from loracle.active.strategies.random import RandomStrategy
 from loracle.active.strategies.star import PublishedStarStrategy, StarStrategy
 from loracle.active.strategies.stochastic import PowerStrategy
+from loracle.active.strategies.switch import ImbalanceSwitchStrategy
 from loracle.active.strategies.uncertainty import UncertaintyStrategy
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "ClusterStrategy",
     "DensityMarginStrategy",
     "DiverseUncertaintyStrategy",
+    "ImbalanceSwitchStrategy",
     "KCenterGreedy",
     "KMeansCentroidStrategy",
     "PowerStrategy",

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from loracle.active.strategies.base import Signals, Strategy, register_strategy
-from loracle.active.strategies.diversity import AUTO_PRIOR_SHARE
+from loracle.active.strategies.diversity import is_imbalanced
 
 
 def knn_density(features: torch.Tensor, neighbours: int, chunk: int = 2048) -> torch.Tensor:
@@ -78,10 +78,7 @@ class DensityMarginStrategy(Strategy):
         """Whether this selection divides the prior out (for ``"auto"``: the labelled set is imbalanced)."""
         if self.prior_correction != "auto":
             return bool(self.prior_correction)
-        if labelled_labels is None or not len(labelled_labels):
-            return False
-        counts = torch.bincount(torch.as_tensor(labelled_labels).reshape(-1).long(), minlength=num_classes)
-        return float(counts.min()) / float(counts.sum()) < AUTO_PRIOR_SHARE / num_classes
+        return is_imbalanced(labelled_labels, num_classes)
 
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         probs, features = signals.probs, signals.base_embeddings

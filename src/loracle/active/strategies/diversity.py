@@ -13,6 +13,16 @@ from loracle.uncertainty.scores import SCORES, get_score
 AUTO_PRIOR_SHARE = 0.5  # prior_correction="auto": the rarest class under this fraction of an even share 1/C
 
 
+def is_imbalanced(labelled_labels: torch.Tensor | None, num_classes: int) -> bool:
+    """True when the labelled set's rarest class holds less than ``AUTO_PRIOR_SHARE`` of an even share ``1/C``
+    (under 25% of the labels with two classes): the rule of every ``prior_correction="auto"``. False without
+    labels."""
+    if labelled_labels is None or not len(labelled_labels):
+        return False
+    counts = torch.bincount(torch.as_tensor(labelled_labels).reshape(-1).long(), minlength=num_classes)
+    return float(counts.min()) / float(counts.sum()) < AUTO_PRIOR_SHARE / num_classes
+
+
 class KCenterGreedy(Strategy):
     """k-center greedy (core-set, Sener & Savarese, arXiv 1708.00489) on the model's features.
 
@@ -95,10 +105,7 @@ class BadgeStrategy(Strategy):
         """Whether this selection divides the prior out (for ``"auto"``: the labelled set is imbalanced)."""
         if self.prior_correction != "auto":
             return bool(self.prior_correction)
-        if labelled_labels is None or not len(labelled_labels):
-            return False
-        counts = torch.bincount(torch.as_tensor(labelled_labels).reshape(-1).long(), minlength=num_classes)
-        return float(counts.min()) / float(counts.sum()) < AUTO_PRIOR_SHARE / num_classes
+        return is_imbalanced(labelled_labels, num_classes)
 
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         raise TypeError("BadgeStrategy samples a batch jointly; use select()")

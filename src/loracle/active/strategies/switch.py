@@ -1,0 +1,71 @@
+"""One strategy while the labelled classes are balanced, another once they are not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from loracle.active.strategies.base import Signals, Strategy, build_strategy, check_request, register_strategy
+from loracle.active.strategies.diversity import is_imbalanced
+
+
+class ImbalanceSwitchStrategy(Strategy):
+    """Select with ``balanced`` while the labelled set is balanced and with ``imbalanced`` once it is not.
+
+    The two regimes want different things from a batch. With balanced classes the errors that labels fix are at the
+    decision boundary where much of the pool lies, which a density-weighted margin finds
+    (:class:`~loracle.active.strategies.density.DensityMarginStrategy`); density weighting there favours the common
+    class when one class is rare, so with imbalanced labels the batch should instead seek the rare class, which
+    BADGE with the labelled set's prior divided out does (its hypothetical labels are those of the balanced
+    decision). Which regime holds is decided at each query from the labelled set's class shares
+    (:func:`~loracle.active.strategies.diversity.is_imbalanced`): an observable of the run, never a pool item's hidden label.
+
+    ``requires`` is the union of both strategies' signals plus ``labelled_labels``; ``mc_samples`` is the larger of
+    theirs. The scores returned are the chosen strategy's.
+
+    Args:
+        balanced: registered name of the strategy for balanced labels.
+        imbalanced: registered name of the strategy for imbalanced labels.
+        balanced_options / imbalanced_options: constructor options of each.
+
+    Raises:
+        ValueError: for an unknown name or options (as :func:`build_strategy`), or a strategy that brings a
+            training recipe of its own (the run trains one recipe whichever strategy picks).
+    """
+
+    name = "auto"
+
+    def __init__(self, balanced: str = "density_margin", imbalanced: str = "badge",
+                 balanced_options: dict[str, Any] | None = None,
+                 imbalanced_options: dict[str, Any] | None = None) -> None:
+        imbalanced_options = {"prior_correction": True} if imbalanced_options is None and imbalanced == "badge" \
+            else dict(imbalanced_options or {})
+        self.balanced = build_strategy(balanced, **dict(balanced_options or {}))
+        self.imbalanced = build_strategy(imbalanced, **imbalanced_options)
+        for part in (self.balanced, self.imbalanced):
+            if part.train_overrides:
+                raise ValueError(f"ImbalanceSwitchStrategy: {part!r} brings training overrides "
+                                 f"{part.train_overrides}; choose strategies that train on the run's recipe")
+        self.requires = self.balanced.requires | self.imbalanced.requires | {"labelled_labels"}
+        self.mc_samples = max(self.balanced.mc_samples, self.imbalanced.mc_samples)
+
+    def chosen(self, signals: Signals) -> Strategy:
+        """The strategy this query uses (by the labelled set's class shares)."""
+        num_classes = signals.probs.shape[-1] if signals.probs is not None else \
+            int(torch.as_tensor(signals.labelled_labels).max()) + 1
+        return self.imbalanced if is_imbalanced(signals.labelled_labels, num_classes) else self.balanced
+
+    def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
+        return self.chosen(signals).scores(signals, rng)
+
+    def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        check_request(self, signals, k)
+        return self.chosen(signals).select(signals, k, rng)
+
+    def __repr__(self) -> str:
+        return f"ImbalanceSwitchStrategy(balanced={self.balanced!r}, imbalanced={self.imbalanced!r})"
+
+
+register_strategy("auto", ImbalanceSwitchStrategy)

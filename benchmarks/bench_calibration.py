@@ -191,6 +191,7 @@ def main() -> None:
                         help="a finished bench_active_learning.py runs folder")
     parser.add_argument("--strategy", default="badge", help="the runs that hold cross-fitting (the default's)")
     parser.add_argument("--seeds", default="0,1,2,3,4", help="comma-separated")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: refit these datasets' runs")
     parser.add_argument("--fold-steps", choices=("round", "epochs"), default="round",
                         help="the rule to refit with (the runs hold the other)")
     parser.add_argument("--from-labels", type=int, default=100, help="refit the rounds from this many labels on")
@@ -214,7 +215,8 @@ def main() -> None:
                "TRANSFORMERS_OFFLINE": "1"}
         deadline = start + args.time_limit
         procs = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", d, "--deadline",
-                                   str(deadline)], env=env) for d in DATASETS]
+                                   str(deadline)], env=env) for d in DATASETS
+                 if d in args.datasets.split(",")]
         for proc in procs:
             proc.wait()
     wall_file = Path(args.runs) / "calibration_wall_seconds.json"  # summed over invocations

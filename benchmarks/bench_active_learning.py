@@ -54,7 +54,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT = "auto"
+DEFAULT = "badge_auto"
 
 STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random"},
@@ -79,7 +79,7 @@ STRATEGIES: dict[str, dict] = {
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
     # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
     "density_margin": {"strategy": "density_margin"},
-    # al run's default: density_margin while the labelled set is balanced, BADGE with the prior correction on once it
+    # density_margin while the labelled set is balanced, BADGE with the prior correction on once it
     # is not. On the balanced set its labelled shares stay balanced, so it picks what density_margin picks (checked
     # by same_picks_check) and reuses those runs; on the imbalanced one it has runs of its own.
     "auto": {"strategy": "auto", "same_picks_as": {"rotten_tomatoes": "density_margin"}},

@@ -200,8 +200,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="seeds the pool subset, initial set, adapters, training, MC passes and selection")
     g = run.add_argument_group("uncertainty")
     _option(g, "--mc-samples", field="mc_samples", type=int, metavar="N",
-            none="the strategy's choice: 8 for entropy, margin, bald, diverse, power and star strategies, 0 for badge, "
-                 "kcenter, random",
+            none="the strategy's choice: 8 for entropy, margin, bald, diverse, power and star strategies, 0 for auto, "
+                 "badge, density_margin, kcenter, random",
             help="stochastic passes per scored item; 0 = one deterministic pass")
     _option(g, "--no-mc-dropout", dest="mc_dropout", action="store_false", field="mc_dropout", sets=False,
             help="score without MC dropout through the adapters' dropout")
@@ -338,7 +338,7 @@ def config_from_args(args: argparse.Namespace):
 
         takes = sorted(name for name in STRATEGIES
                        if "prior_correction" in inspect.signature(strategy_class(name)).parameters)
-        strategy = data.get("strategy", "badge")
+        strategy = data.get("strategy", _default("strategy"))
         if strategy not in takes:
             raise ValueError(f"--prior-correction is an option of the {' and '.join(takes)} strategies, not of "
                              f"{strategy!r}; drop it or use --strategy {takes[0]}")

@@ -83,6 +83,9 @@ STRATEGIES: dict[str, dict] = {
     # is not. On the balanced set its labelled shares stay balanced, so it picks what density_margin picks (checked
     # by same_picks_check) and reuses those runs; on the imbalanced one it has runs of its own.
     "auto": {"strategy": "auto", "same_picks_as": {"rotten_tomatoes": "density_margin"}},
+    # Fill the labelled set's rare classes with a base-feature probe's likeliest members, the rest by the probe's
+    # margin (the imbalanced branch candidate for auto).
+    "class_balance": {"strategy": "class_balance"},
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
@@ -119,7 +122,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
-        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto") else 0,
+        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto", "class_balance") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,

@@ -20,7 +20,7 @@ def final_labels(run_dir):
         state.close()
 
 
-@pytest.mark.parametrize("strategy", ["star", "kcenter", "badge_prior", "density_margin", "auto"])
+@pytest.mark.parametrize("strategy", ["star", "kcenter", "badge_prior", "density_margin", "auto", "class_balance"])
 def test_run_labels_and_report(tmp_path, toy_data, strategy):
     # badge_prior: BADGE with the labelled set's class prior divided out (the loop hands it the labels)
     config = small_config(toy_data, strategy="badge", strategy_options={"prior_correction": True}) \
@@ -43,7 +43,7 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     assert all(e.label is None for e in state.pool_examples())
     if strategy == "star":
         assert state.get_signal("base_probs").shape[0] == state.pool_size()
-    if strategy in ("density_margin", "auto"):  # the frozen features, measured once for the whole pool
+    if strategy in ("density_margin", "auto", "class_balance"):  # the frozen features, measured once for the whole pool
         assert state.get_signal("base_features").shape[0] == state.pool_size()
     # the balanced decision's metrics are those of the stored test predictions with the labels' prior divided out
     from loracle.evaluation import balanced_decision_metrics

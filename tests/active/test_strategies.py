@@ -93,6 +93,7 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    embeddings=torch.randn(n, d, generator=g),
                    labelled_embeddings=torch.randn(m, d, generator=g),
                    base_embeddings=torch.randn(n, d + 2, generator=g),
+                   labelled_base_embeddings=torch.randn(m, d + 2, generator=g),
                    labelled_labels=torch.arange(m) % c,
                    answer_scores=torch.rand(n, s, 2, generator=g) * 3,
                    base_answer_scores=torch.rand(n, 1, 2, generator=g) * 3)
@@ -486,3 +487,75 @@ def test_auto_options_and_errors():
         build_strategy("auto", balanced="star_published")
     with pytest.raises(ValueError, match="does not take options"):
         build_strategy("auto", balanced_options={"neighbours": 5}, balanced="entropy")
+
+
+# --- class_balance: the rare classes' deficit filled by a base-feature probe ----------------------------------------
+
+def test_balancing_quota_water_fills_the_classes_below_the_mean():
+    from loracle.active.strategies.balance import balancing_quota
+
+    assert balancing_quota(torch.tensor([10, 90]), 100).tolist() == [80, 0]  # up to the largest class, no further
+    assert balancing_quota(torch.tensor([10, 90]), 30).tolist() == [30, 0]
+    assert balancing_quota(torch.tensor([2, 5, 20]), 10).tolist() == [7, 3, 0]  # 2->9, 5->8 (ties: lower index)
+    assert balancing_quota(torch.tensor([0, 3, 3]), 4).tolist() == [3, 0, 0]  # the unseen class up to the others
+    assert balancing_quota(torch.tensor([5, 5]), 10).tolist() == [0, 0]  # balanced: no quota
+    assert balancing_quota(torch.tensor([4, 6]), 0).tolist() == [0, 0]
+
+
+def two_clusters(n_rare=3, n_common=9, seed=0):
+    """Base features of two well separated classes: class 1 near +e0, class 0 near -e0."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.zeros(4)
+    centre[0] = 3.0
+    rare = centre + 0.3 * torch.randn(n_rare, 4, generator=g)
+    common = -centre + 0.3 * torch.randn(n_common, 4, generator=g)
+    return rare, common
+
+
+def test_class_balance_seeks_the_rare_class_then_the_probe_margin():
+    from loracle.active.strategies import ClassBalanceStrategy
+
+    rare, common = two_clusters()
+    labelled = torch.cat([rare[:1], common[:5]])  # 1 rare, 5 common: imbalanced
+    labels = torch.tensor([1, 0, 0, 0, 0, 0])
+    boundary = torch.zeros(1, 4)  # equidistant from both classes: the probe's most uncertain candidate
+    candidates = torch.cat([common[5:], rare[1:], boundary])  # 4 common, 2 rare, 1 boundary
+    signals = Signals(0, 7, base_embeddings=candidates, labelled_base_embeddings=labelled, labelled_labels=labels)
+    strategy = ClassBalanceStrategy()
+    idx, scores = strategy.select(signals, 3, rng())
+    # quota: the rare class gets min(3, 5 - 1) = 3, so the three likeliest rare: the two rare ones, then the
+    # boundary point (more rare-looking than any common one)
+    assert sorted(idx[:2].tolist()) == [4, 5] and idx[2] == 6
+    q = strategy.probe(signals)
+    assert np.allclose(scores, q[idx, 1].numpy()) and scores[2] > float(q[:4, 1].max())
+    idx, scores = strategy.select(signals, 6, rng())  # quota 4; the last 2 by the probe's margin
+    assert {4, 5, 6} < set(idx[:4].tolist()) and len(set(idx.tolist())) == 6
+
+
+def test_class_balance_on_balanced_labels_is_probe_margin_sampling():
+    from loracle.active.pool import linear_probe_probs
+    from loracle.active.strategies import ClassBalanceStrategy
+
+    g = torch.Generator().manual_seed(3)
+    labelled, candidates = torch.randn(8, 5, generator=g), torch.randn(30, 5, generator=g)
+    labels = torch.tensor([0, 1] * 4)
+    signals = Signals(0, 30, base_embeddings=candidates, labelled_base_embeddings=labelled, labelled_labels=labels)
+    idx, scores = ClassBalanceStrategy(l2=0.5).select(signals, 5, rng())
+    q = linear_probe_probs(labelled, labels, candidates, 2, l2=0.5)[:, 0, :].double()
+    expected = 1.0 - (q[:, 0] - q[:, 1]).abs()
+    assert idx.tolist() == torch.argsort(expected, descending=True)[:5].tolist()
+    assert np.allclose(scores, expected[idx].numpy())
+
+
+def test_class_balance_errors():
+    from loracle.active.strategies import ClassBalanceStrategy
+
+    for bad in (-1.0, "x", True):
+        with pytest.raises(ValueError, match="l2 must be a number >= 0"):
+            build_strategy("class_balance", l2=bad)
+    with pytest.raises(ValueError, match=r"class_balance needs base_embeddings \[N, D\]"):
+        ClassBalanceStrategy().select(Signals(0, 3, base_embeddings=torch.ones(3, 4),
+                                              labelled_base_embeddings=torch.ones(2, 5),
+                                              labelled_labels=torch.tensor([0, 1])), 1, rng())
+    with pytest.raises(TypeError, match="use select"):
+        ClassBalanceStrategy().scores(Signals(0, 1), rng())

@@ -698,6 +698,9 @@ class ActiveLearningLoop:
             if "base_embeddings" in requires:
                 extra["base_embeddings"] = self._base_features(built)[torch.as_tensor(unlabelled_idx,
                                                                                       dtype=torch.long)]
+            if "labelled_base_embeddings" in requires:  # rows in the order of labelled_labels
+                extra["labelled_base_embeddings"] = self._base_features(built)[torch.as_tensor(sorted(labels),
+                                                                                               dtype=torch.long)]
             extra.update(self._measure(t, built, unlabelled_idx, requires))
             if self.answers is not None:  # generation: the model's own answers, scored (active/generation.py)
                 extra.update(self.answers.measure(t, built, unlabelled_idx, requires,

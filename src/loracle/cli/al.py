@@ -201,7 +201,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     g = run.add_argument_group("uncertainty")
     _option(g, "--mc-samples", field="mc_samples", type=int, metavar="N",
             none="the strategy's choice: 8 for entropy, margin, bald, diverse, power and star strategies, 0 for auto, "
-                 "badge, density_margin, kcenter, random",
+                 "badge, class_balance, density_margin, kcenter, random",
             help="stochastic passes per scored item; 0 = one deterministic pass")
     _option(g, "--no-mc-dropout", dest="mc_dropout", action="store_false", field="mc_dropout", sets=False,
             help="score without MC dropout through the adapters' dropout")

@@ -8,6 +8,7 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``, ``diverse_margin`` (uncertain, then clustered);
 - :mod:`.density`: ``density_margin`` (margin weighted by k-NN density in the base model's feature space);
+- :mod:`.balance`: ``class_balance`` (fill the rare classes' deficit with a base-feature probe's likeliest members);
 - :mod:`.switch`: ``auto`` (one strategy while the labelled classes are balanced, another once they are not);
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
 - :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set);
@@ -17,6 +18,7 @@ A new strategy is a class behind :class:`Strategy` plus one :func:`register_stra
 """
 
 from loracle.active.strategies.answers import AnswerStarStrategy, AnswerUncertaintyStrategy
+from loracle.active.strategies.balance import ClassBalanceStrategy
 from loracle.active.strategies.base import (
     ANSWER_SIGNALS,
     STRATEGIES,
@@ -44,6 +46,7 @@ __all__ = [
     "AnswerStarStrategy",
     "AnswerUncertaintyStrategy",
     "BadgeStrategy",
+    "ClassBalanceStrategy",
     "ClusterStrategy",
     "DensityMarginStrategy",
     "DiverseUncertaintyStrategy",

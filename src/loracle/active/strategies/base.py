@@ -3,7 +3,8 @@
 A strategy is a pure function from pool signals to the indices to label next; it never sees the model. It declares
 which signals it ``requires`` (``"probs"``: MC predictions of the current model ``[N, S, C]``; ``"base_probs"``: the
 base model's predictions; ``"embeddings"``: ``[N, D]`` candidate and ``[M, D]`` labelled-set features;
-``"base_embeddings"``: the frozen base model's features of the candidates; for
+``"base_embeddings"`` / ``"labelled_base_embeddings"``: the frozen base model's features of the candidates and of
+the labelled set; for
 generation ``"answer_scores"`` / ``"base_answer_scores"``: scores of the model's own greedy answer). The loop
 computes what is required and calls :meth:`Strategy.select`; it never asks which strategy it holds.
 
@@ -28,6 +29,7 @@ import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
 SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings", "base_embeddings",
+                          "labelled_base_embeddings",
                           "answer_scores", "base_answer_scores", "labelled_labels"})
 #: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
 ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
@@ -48,6 +50,8 @@ class Signals:
         labelled_embeddings: ``[M, D]`` features of the labelled set, or None.
         base_embeddings: ``[N, D']`` features of the frozen, adapter-free base model (its last hidden states
             mean-pooled; :func:`loracle.active.pool.base_features`), the same every round, or None.
+        labelled_base_embeddings: ``[M, D']`` the same base-model features of the labelled set (rows in the order
+            of ``labelled_labels``), or None.
         answer_scores: generation: ``[N, S, 2]`` scores of the current model's greedy answer under ``S``
             stochastic passes (length-normalised NLL, mean token entropy; see
             :mod:`loracle.uncertainty.generation`), or None.
@@ -64,6 +68,7 @@ class Signals:
     embeddings: torch.Tensor | None = None
     labelled_embeddings: torch.Tensor | None = None
     base_embeddings: torch.Tensor | None = None
+    labelled_base_embeddings: torch.Tensor | None = None
     answer_scores: torch.Tensor | None = None
     base_answer_scores: torch.Tensor | None = None
     labelled_labels: torch.Tensor | None = None

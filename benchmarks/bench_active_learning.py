@@ -225,7 +225,10 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                     refit = refits.get((source, dataset, seed, row["n_labels"]))
                     if refit:
                         new = refit[refit["rule"]] if "rule" in refit else refit["round"]
-                        m.update(ece_calibrated=new["ece_ensemble"], ece_ensemble=new["ece_ensemble"],
+                        # ece_calibrated: the ensemble moved to the pool's class prior where the queried labels'
+                        # shares departed from round 0's (al run's calibration since 0.3); refits before: the ensemble
+                        m.update(ece_calibrated=new.get("ece_calibrated", new["ece_ensemble"]),
+                                 ece_ensemble=new["ece_ensemble"],
                                  accuracy_ensemble=new["accuracy_ensemble"],
                                  macro_f1_ensemble=new["macro_f1_ensemble"],
                                  ece_temperature_initial=new["ece_t_initial"],

@@ -37,20 +37,25 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
-METHODS = ("ece_raw", "ece_t_initial", "ece_t_labelled", "ece_ensemble")
+METHODS = ("ece_raw", "ece_t_initial", "ece_t_labelled", "ece_ensemble", "ece_calibrated")
 OTHER_RULE = {"round": "epochs", "epochs": "round"}
 
 
-def _numbers(p, fold_test, temperatures, labels) -> dict:
-    """The compared numbers of one round for one fold rule (``p``: the round model's test probabilities)."""
+def _numbers(p, fold_test, temperatures, labels, to_pool) -> dict:
+    """The compared numbers of one round for one fold rule (``p``: the round model's test probabilities;
+    ``to_pool``: the round's map to the pool's class prior, ``ActiveLearningLoop._pool_prior_shift``)."""
     import torch
 
     from loracle.evaluation.calibration import apply_temperature
     from loracle.evaluation.metrics import classification_metrics
 
     log_p = p.clamp_min(1e-12).log()
-    ensemble = classification_metrics(torch.cat([p[None], fold_test]).mean(0), labels)
-    return {"ece_t_initial": classification_metrics(apply_temperature(log_p, temperatures["initial"]), labels)["ece"],
+    mean = torch.cat([p[None], fold_test]).mean(0)
+    ensemble = classification_metrics(mean, labels)
+    calibrated = classification_metrics(to_pool(mean), labels)  # what ``al run`` reports as calibrated
+    return {"ece_calibrated": calibrated["ece"], "accuracy_calibrated": calibrated["accuracy"],
+            "macro_f1_calibrated": calibrated["macro_f1"], "pool_shift": to_pool.prior is not None,
+            "ece_t_initial": classification_metrics(apply_temperature(log_p, temperatures["initial"]), labels)["ece"],
             "ece_t_labelled": classification_metrics(apply_temperature(log_p, temperatures["labelled"]),
                                                      labels)["ece"],
             "ece_ensemble": ensemble["ece"], "accuracy_ensemble": ensemble["accuracy"],
@@ -112,19 +117,22 @@ def worker(dataset: str, args: argparse.Namespace, deadline: float) -> None:
                 temperatures, oof = loop.cross_fit(t)
                 cost = time.time() - start
                 p = state.get_signal(f"test_probs/{t}").float()
+                to_pool = loop._pool_prior_shift(t, state.labelled_examples(max_round=t))
                 base = classification_metrics(p, labels)
                 row = {"dataset": dataset, "seed": seed, "t": t, "n_labels": r["n_labels"],
                        "ece_raw": base["ece"], "accuracy": base["accuracy"], "macro_f1": base["macro_f1"],
                        "confidence": float(p.max(-1).values.mean()),
-                       **({stored_rule: _numbers(p, stored[1], stored[0], labels)} if stored else {}),
-                       args.fold_steps: _numbers(p, oof["test_probs"], temperatures, labels), "seconds": cost}
+                       **({stored_rule: _numbers(p, stored[1], stored[0], labels, to_pool)} if stored else {}),
+                       args.fold_steps: _numbers(p, oof["test_probs"], temperatures, labels, to_pool),
+                       "seconds": cost}
                 if args.strategy != "badge":  # rows without the field are the default's (badge) runs
                     row["strategy"] = args.strategy
                 with out.open("a", encoding="utf-8") as f:
                     f.write(json.dumps(row) + "\n")
                 before = f"{row[stored_rule]['ece_ensemble']:.3f} -> " if stored else ""
                 print(f"[calibration] {dataset} seed {seed} round {t}: ensemble ECE "
-                      f"{before}{row[args.fold_steps]['ece_ensemble']:.3f} in {cost:.0f}s", flush=True)
+                      f"{before}{row[args.fold_steps]['ece_ensemble']:.3f}, in the pool's prior "
+                      f"{row[args.fold_steps]['ece_calibrated']:.3f} in {cost:.0f}s", flush=True)
         finally:
             state.close()
             shutil.rmtree(scratch, ignore_errors=True)
@@ -152,14 +160,16 @@ def aggregate(args: argparse.Namespace, wall: float) -> dict:
             entry = {"seeds": len(at), **{k: float(np.mean([r[k] for r in at]))
                                           for k in ("ece_raw", "accuracy", "macro_f1", "confidence")}}
             for rule in (rule for rule in rules if all(rule in r for r in at)):  # a run without its own
-                entry[rule] = {k: float(np.mean([r[rule][k] for r in at])) for k in at[0][rule]}  # cross-fitting
+                entry[rule] = {k: float(np.mean([r[rule][k] for r in at])) for k in at[0][rule]  # cross-fitting
+                               if all(k in r[rule] for r in at)}
             budgets[str(n)] = entry
         if not budgets:
             continue
         from_200 = [b for n, b in budgets.items() if int(n) >= 200]  # the issue's budgets: 200 labels and up
         worst = {"ece_raw": max(b["ece_raw"] for b in from_200)} if from_200 else {}
         for rule in (rule for rule in rules if from_200 and all(rule in b for b in from_200)):
-            worst[rule] = {m: max(b[rule][m] for b in from_200) for m in METHODS[1:]}
+            worst[rule] = {m: max(b[rule][m] for b in from_200) for m in METHODS[1:]
+                           if all(m in b[rule] for b in from_200)}  # refits before 0.3: no ece_calibrated
         result["datasets"][dataset] = {"budgets": budgets, "max_ece_from_200": worst}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / args.results).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -73,6 +73,49 @@ def _checkpoint_model(run_dir, t):
     return state, loop, loop.builder.load(run_dir / "rounds" / f"{t:03d}")
 
 
+def pool_prior_shift(state, t, metrics):
+    """The round's map to the pool's prior, rebuilt from what the run stored (checked against the recorded
+    ``pool_prior_<c>``, present exactly when the queried labels' shares differ from round 0's)."""
+    from loracle.evaluation.label_shift import shares_differ, shift_prior
+
+    classes = len(state.label_names)
+    sample = torch.bincount(torch.tensor(list(state.labels(max_round=0).values())), minlength=classes).double()
+    labelled = torch.bincount(torch.tensor(list(state.labels(max_round=t).values())), minlength=classes).double()
+    if not shares_differ(sample, labelled - sample):
+        assert not any(k.startswith("pool_prior_") for k in metrics)
+        return lambda p: p
+    prior = (sample + 0.5) / (sample + 0.5).sum()
+    assert [metrics[f"pool_prior_{c}"] for c in range(classes)] == pytest.approx(prior.tolist(), abs=1e-9)
+    return lambda p: shift_prior(p, labelled.clamp_min(0.5), prior)
+
+
+def test_pool_prior_shift_applies_when_the_queried_shares_depart(calibrated_run):
+    """Queried labels far from the round-0 sample's shares: the calibrated predictions move from the labelled
+    prior to the round-0 sample's (smoothed); the same shares: they stay; calibration_prior="labelled": they stay."""
+    from loracle.data.examples import Example
+    from loracle.evaluation.label_shift import shift_prior
+
+    state = opened(calibrated_run)
+    try:
+        loop = ActiveLearningLoop(state, tiny_factory)
+        initial = state.labelled_examples(max_round=0)
+        sample = torch.bincount(torch.tensor([e.label for e in initial]), minlength=2).double()
+        skewed = initial + [Example(id=f"x{i}", text="x", label=1) for i in range(60)]
+        p = torch.tensor([[0.3, 0.7], [0.9, 0.1]])
+        to_pool = loop._pool_prior_shift(1, skewed)
+        source = torch.bincount(torch.tensor([e.label for e in skewed]), minlength=2).double()
+        expected_prior = (sample + 0.5) / (sample + 0.5).sum()
+        torch.testing.assert_close(to_pool.prior, expected_prior)
+        torch.testing.assert_close(to_pool(p), shift_prior(p, source, expected_prior))
+        assert float(to_pool(p)[0, 1]) < 0.7  # class 1 was over-sampled: its probability comes down
+        same = loop._pool_prior_shift(1, initial + initial)
+        assert same.prior is None and same(p) is p
+        loop.config.calibration_prior = "labelled"
+        assert loop._pool_prior_shift(1, skewed).prior is None
+    finally:
+        state.close()
+
+
 def test_calibration_metrics_every_round(calibrated_run):
     state = opened(calibrated_run)
     rounds = state.rounds()
@@ -88,8 +131,12 @@ def test_calibration_metrics_every_round(calibrated_run):
                           return_probs=True)
         state.close()
         assert result["nll"] == pytest.approx(m["nll"], abs=1e-5)
-        calibrated = classification_metrics(apply_temperature(result["probs"].clamp_min(1e-12).log(),
-                                                              m["temperature"]), result["labels"])
+        # ... moved to the pool's estimated class prior (calibration_prior="pool", the default)
+        state = opened(calibrated_run)
+        to_pool = pool_prior_shift(state, t, m)
+        state.close()
+        calibrated = classification_metrics(to_pool(apply_temperature(result["probs"].clamp_min(1e-12).log(),
+                                                                      m["temperature"])), result["labels"])
         for key in ("ece", "nll", "brier"):
             assert m[f"{key}_calibrated"] == pytest.approx(calibrated[key], abs=1e-5), key
         info = read_adapter_info(calibrated_run / row["checkpoint"])
@@ -148,9 +195,11 @@ def test_ensemble_calibration_saves_the_fold_models(tmp_path, toy_data):
                                       return_probs=True)["probs"])
             labels = torch.tensor([e.label for e in test])
             ensemble = classification_metrics(torch.stack(probs).mean(0), labels)
-            for key in ("ece", "nll", "brier"):
-                assert m[f"{key}_calibrated"] == pytest.approx(ensemble[key], abs=1e-4), key
-                assert m[f"{key}_calibrated"] == m[f"{key}_ensemble"]
+            calibrated = classification_metrics(pool_prior_shift(state, row["round"], m)(torch.stack(probs).mean(0)),
+                                                labels)
+            for key in ("ece", "nll", "brier"):  # the ensemble as it is, and moved to the pool's prior
+                assert m[f"{key}_ensemble"] == pytest.approx(ensemble[key], abs=1e-4), key
+                assert m[f"{key}_calibrated"] == pytest.approx(calibrated[key], abs=1e-4), key
         assert not list((tmp_path / "run" / "rounds").glob(".folds-*"))  # every staging folder moved in
     finally:
         state.close()

@@ -54,7 +54,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-DEFAULT = "badge_auto"
+DEFAULT = "auto"
 
 STRATEGIES: dict[str, dict] = {
     "random": {"strategy": "random"},
@@ -79,12 +79,16 @@ STRATEGIES: dict[str, dict] = {
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
     # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
     "density_margin": {"strategy": "density_margin"},
-    # density_margin while the labelled set is balanced, BADGE with the prior correction on once it
-    # is not. On the balanced set its labelled shares stay balanced, so it picks what density_margin picks (checked
-    # by same_picks_check) and reuses those runs; on the imbalanced one it has runs of its own.
-    "auto": {"strategy": "auto", "same_picks_as": {"rotten_tomatoes": "density_margin"}},
-    # Fill the labelled set's rare classes with a base-feature probe's likeliest members, the rest by the probe's
-    # margin (the imbalanced branch candidate for auto).
+    # al run's default since 0.3: density_margin on a task whose round-0 sample is balanced, class_balance on one
+    # whose is not. It picks what those two pick on each dataset (checked at every query by same_picks_check) and
+    # reuses their runs.
+    "auto": {"strategy": "auto",
+             "same_picks_as": {"rotten_tomatoes": "density_margin", "rotten_tomatoes_imbalanced": "class_balance"}},
+    # auto as in 0.2's measurements: BADGE with the prior correction on for the imbalanced task.
+    "density_badge": {"strategy": "auto", "strategy_options": {"imbalanced": "badge"},
+                      "same_picks_as": {"rotten_tomatoes": "density_margin"}},
+    # Fill the labelled set's under-represented classes with the likeliest members by a linear probe on the frozen
+    # encoder's features, the rest of the batch by that probe's margin.
     "class_balance": {"strategy": "class_balance"},
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
@@ -239,15 +243,16 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
     return out
 
 
-def _same_rule(ours, theirs, labels, classes: int) -> bool:
-    """Whether strategy ``ours`` selects by the same rule as ``theirs`` given the labelled set's ``labels``: for
-    ``auto``, its branch for these labels is the same class with the same options as ``theirs``; for a
-    ``prior_correction="auto"`` strategy, it corrects exactly when ``theirs`` does."""
+def _same_rule(ours, theirs, labels, initial, classes: int) -> bool:
+    """Whether strategy ``ours`` selects by the same rule as ``theirs`` given the labelled set's ``labels`` and the
+    round-0 ``initial`` labels: for ``auto``, its branch for this task (the round-0 shares) is the same class with
+    the same options as ``theirs``; for a ``prior_correction="auto"`` strategy, it corrects exactly when ``theirs``
+    does."""
     from loracle.active.strategies import ImbalanceSwitchStrategy
     from loracle.active.strategies.diversity import is_imbalanced
 
     if isinstance(ours, ImbalanceSwitchStrategy):
-        branch = ours.imbalanced if is_imbalanced(labels, classes) else ours.balanced
+        branch = ours.imbalanced if is_imbalanced(initial, classes) else ours.balanced
         return type(branch) is type(theirs) and vars(branch) == vars(theirs)
     return ours.corrects(labels, classes) == theirs.corrects(labels, classes)
 
@@ -276,8 +281,9 @@ def same_picks(args: argparse.Namespace, seeds: list[int]) -> dict:
                 try:
                     classes = len(state.label_names or [])
                     queried = [row["round"] for row in state.rounds()][:-1]  # each but the last round's model queried
+                    initial = torch.tensor(list(state.labels(max_round=0).values()))
                     same = all(_same_rule(ours, theirs, torch.tensor(list(state.labels(max_round=t).values())),
-                                          classes) for t in queried)
+                                          initial, classes) for t in queried)
                 finally:
                     state.close()
                 out.setdefault(name, {}).setdefault(dataset, {})[seed] = {"as": source, "queries": len(queried),

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the main job: active learning with `loracle al run`'s defaults (BADGE queries,
+# Set up (scripts/setup.sh) and run the main job: active learning with `loracle al run`'s defaults (`auto` queries:
+# a density-weighted margin on a balanced task, class-balanced selection on an imbalanced one,
 # LoRA on the top two blocks of the MiniLM encoder from PyPI, the whole rotten_tomatoes pool scored every round,
 # stopping criteria). Writes runs/main/: state.sqlite (resumable with
 # `loracle al resume runs/main`), one adapter per round, report.json, learning_curve.png and reliability.png.

@@ -95,6 +95,7 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    base_embeddings=torch.randn(n, d + 2, generator=g),
                    labelled_base_embeddings=torch.randn(m, d + 2, generator=g),
                    labelled_labels=torch.arange(m) % c,
+                   initial_labels=torch.arange(m // 2) % c,
                    answer_scores=torch.rand(n, s, 2, generator=g) * 3,
                    base_answer_scores=torch.rand(n, 1, 2, generator=g) * 3)
 
@@ -457,18 +458,33 @@ def test_density_margin_rejects_bad_options(options, message):
                     labelled_labels=torch.tensor([0, 1])), rng())
 
 
-# --- auto: density_margin on balanced labels, prior-corrected BADGE on imbalanced ones --------------------------
+# --- auto: density_margin on a balanced task, class_balance on an imbalanced one ---------------------------------
 
-def test_auto_switches_on_the_labelled_class_shares():
+def test_auto_switches_on_the_initial_class_shares():
     signals = all_signals(c=2, m=10)
     auto = build_strategy("auto")
-    assert auto.requires == {"probs", "embeddings", "base_embeddings", "labelled_labels"}
-    for labels, same_as in ((torch.tensor([0, 1] * 5), build_strategy("density_margin")),
-                            (torch.tensor([0] * 9 + [1]), build_strategy("badge", prior_correction=True))):
-        signals.labelled_labels = labels
+    assert auto.requires == {"probs", "base_embeddings", "labelled_base_embeddings", "labelled_labels",
+                             "initial_labels"}
+    balanced, skewed = torch.tensor([0, 1] * 5), torch.tensor([0] * 9 + [1])
+    for initial, labelled, same_as in ((balanced, balanced, build_strategy("density_margin")),
+                                       (skewed, skewed, build_strategy("class_balance")),
+                                       # the labelled set's shares do not flip the choice, the round-0 sample's do
+                                       (skewed, balanced, build_strategy("class_balance")),
+                                       (balanced, skewed, build_strategy("density_margin"))):
+        signals.initial_labels, signals.labelled_labels = initial, labelled
         idx, sc = auto.select(signals, 7, rng(3))
         expected, expected_sc = same_as.select(signals, 7, rng(3))
         assert idx.tolist() == expected.tolist() and np.allclose(sc, expected_sc)
+    with pytest.raises(ValueError, match="needs signals"):
+        auto.select(Signals(0, 40, probs=signals.probs, base_embeddings=signals.base_embeddings,
+                            labelled_base_embeddings=signals.labelled_base_embeddings,
+                            labelled_labels=balanced), 3, rng())
+    # the rule of loracle 0.2's auto: prior-corrected BADGE on the imbalanced branch
+    old = build_strategy("auto", imbalanced="badge")
+    assert old.imbalanced.prior_correction is True
+    signals.initial_labels = signals.labelled_labels = skewed
+    assert old.select(signals, 5, rng(1))[0].tolist() == \
+        build_strategy("badge", prior_correction=True).select(signals, 5, rng(1))[0].tolist()
     # 2 of 10 labels in the rare class (20% < 25%) is imbalanced, 3 of 10 is not
     from loracle.active.strategies.diversity import is_imbalanced
 

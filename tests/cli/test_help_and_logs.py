@@ -342,16 +342,19 @@ def test_prior_correction_flag_reaches_badge_and_is_refused_elsewhere():
     from loracle.cli.al import config_from_args
 
     parser = subparser("al", "run")
-    config = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o",
-                                                 "--prior-correction"]))
+    badge = ["--model", "m", "--data", "d", "--output", "o", "--strategy", "badge"]
+    config = config_from_args(parser.parse_args([*badge, "--prior-correction"]))
     assert config.strategy == "badge" and config.strategy_options == {"prior_correction": True}
     assert build_strategy(config.strategy, **config.strategy_options).prior_correction is True
-    plain = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
+    plain = config_from_args(parser.parse_args(badge))
     assert "prior_correction" not in plain.strategy_options
-    assert build_strategy(plain.strategy, **plain.strategy_options).prior_correction == "auto"  # the default
+    assert build_strategy(plain.strategy, **plain.strategy_options).prior_correction == "auto"  # badge's default
+    default = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
+    assert default.strategy == "auto" and default.strategy_options == {}
+    with pytest.raises(ValueError, match="--prior-correction is an option of the badge and density_margin"):
+        config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--prior-correction"]))
     for value, option in (("auto", "auto"), ("on", True), ("off", False)):
-        chosen = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o",
-                                                     "--prior-correction", value]))
+        chosen = config_from_args(parser.parse_args([*badge, "--prior-correction", value]))
         assert chosen.strategy_options == {"prior_correction": option}
     with pytest.raises(SystemExit):  # argparse: invalid choice
         parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--prior-correction", "yes"])

@@ -116,7 +116,10 @@ class ALConfig:
             ``answer_mode``.
         prompt_template: generation: ``str.format`` template with ``{question}`` (None: ``"Question:
             {question}\nAnswer:"``).
-        strategy: a name in :data:`loracle.active.strategies.STRATEGIES`.
+        strategy: a name in :data:`loracle.active.strategies.STRATEGIES`. Default ``auto``
+            (:class:`~loracle.active.strategies.switch.ImbalanceSwitchStrategy`): a density-weighted margin on a task
+            whose round-0 labels are balanced, class-balanced selection on one whose are not (README, "Class-balanced
+            selection"; before 0.3 the default was ``badge``).
         strategy_options: keyword options of the strategy (``{"score": "bald"}``, ``{"schedule": 0.2}``...).
         initial_size: size of the initial labelled set.
         initial_mode: ``random`` or ``stratified`` (proportional to the classes of the hidden gold labels).
@@ -209,7 +212,7 @@ class ALConfig:
     answer_mode: str = "number"
     answer_pattern: str | None = None
     prompt_template: str | None = None
-    strategy: str = "badge"
+    strategy: str = "auto"
     strategy_options: dict[str, Any] = field(default_factory=dict)
     initial_size: int = 100
     initial_mode: str = "random"

@@ -753,6 +753,9 @@ class ActiveLearningLoop:
         self._save_cache()
         if "labelled_labels" in requires:
             extra["labelled_labels"] = torch.tensor([labels[i] for i in sorted(labels)], dtype=torch.long)
+        if "initial_labels" in requires:
+            initial = state.labels(max_round=0)
+            extra["initial_labels"] = torch.tensor([initial[i] for i in sorted(initial)], dtype=torch.long)
         if self.config.calibrate_scores and "probs" in extra:
             temperature = next((r["metrics"].get("temperature") for r in state.rounds() if r["round"] == t), None)
             if temperature:

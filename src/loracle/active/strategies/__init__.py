@@ -9,7 +9,7 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``, ``diverse_margin`` (uncertain, then clustered);
 - :mod:`.density`: ``density_margin`` (margin weighted by k-NN density in the base model's feature space);
 - :mod:`.balance`: ``class_balance`` (fill the rare classes' deficit with a base-feature probe's likeliest members);
-- :mod:`.switch`: ``auto`` (one strategy while the labelled classes are balanced, another once they are not);
+- :mod:`.switch`: ``auto`` (density_margin on a balanced task, class_balance on an imbalanced one);
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
 - :mod:`.cold_start`: ``typiclust``, ``kmeans`` (feature-only, usable for the initial set);
 - :mod:`.answers`: ``sequence_nll``, ``token_entropy``, ``nll_variance``, ``star_generation`` (generation tasks).

@@ -42,9 +42,11 @@ class ClassBalanceStrategy(Strategy):
     the batch by uncertainty.
 
     With few labels of a rare class a fine-tuned model learns little about it, and uncertainty sampling rarely
-    finds it: on a task with 10% of one class its prior-corrected BADGE picks were 13% rare. A linear probe on the
-    frozen base model's features, fitted on the labelled set at each query, ranks the rare class far better than
-    the fine-tuned model does with the same labels (README, "Class-balanced selection"). So:
+    finds it: on rotten_tomatoes with 10% `rotten`, prior-corrected BADGE's picks were 14% rare. A linear probe on
+    the frozen base model's features, fitted on the labelled set at each query, ranks the rare class better than
+    the fine-tuned model does with the same labels (AUROC 0.70-0.80 on the pool against the round model's
+    0.61-0.72 on the test set at 100-600 labels), and 35-59% of its 100 likeliest candidates were rare (README,
+    "Class-balanced selection"). So:
 
     1. ``quota = balancing_quota(counts, k)``: labels per class that bring the counts closest to even; only
        classes below the mean count get any.

@@ -29,7 +29,7 @@ import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
 SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings", "base_embeddings",
-                          "labelled_base_embeddings",
+                          "labelled_base_embeddings", "initial_labels",
                           "answer_scores", "base_answer_scores", "labelled_labels"})
 #: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
 ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
@@ -59,6 +59,9 @@ class Signals:
             ``U_base``), or None.
         labelled_labels: classification: ``[M]`` the class indices of the labelled set (what the model was
             trained on; never a pool item's hidden label), or None.
+        initial_labels: classification: ``[M0]`` the class indices of the round-0 labels (with ``initial_mode``
+            ``random`` a sample of the pool, so their shares say whether the task is imbalanced, which no strategy's
+            picks change), or None.
     """
 
     round_index: int
@@ -72,6 +75,7 @@ class Signals:
     answer_scores: torch.Tensor | None = None
     base_answer_scores: torch.Tensor | None = None
     labelled_labels: torch.Tensor | None = None
+    initial_labels: torch.Tensor | None = None
 
 
 class Strategy(ABC):

@@ -1,4 +1,4 @@
-"""One strategy while the labelled classes are balanced, another once they are not."""
+"""One strategy for a task whose classes are balanced, another for one whose are not."""
 
 from __future__ import annotations
 
@@ -12,22 +12,26 @@ from loracle.active.strategies.diversity import is_imbalanced
 
 
 class ImbalanceSwitchStrategy(Strategy):
-    """Select with ``balanced`` while the labelled set is balanced and with ``imbalanced`` once it is not.
+    """Select with ``balanced`` on a task whose classes are balanced and with ``imbalanced`` on one whose are not.
 
     The two regimes want different things from a batch. With balanced classes the errors that labels fix are at the
     decision boundary where much of the pool lies, which a density-weighted margin finds
     (:class:`~loracle.active.strategies.density.DensityMarginStrategy`); density weighting there favours the common
-    class when one class is rare, so with imbalanced labels the batch should instead seek the rare class, which
-    BADGE with the labelled set's prior divided out does (its hypothetical labels are those of the balanced
-    decision). Which regime holds is decided at each query from the labelled set's class shares
-    (:func:`~loracle.active.strategies.diversity.is_imbalanced`): an observable of the run, never a pool item's hidden label.
+    class when one class is rare, and so does uncertainty of a model that has seen few rare items, so on an
+    imbalanced task the batch should instead seek the rare class
+    (:class:`~loracle.active.strategies.balance.ClassBalanceStrategy`). Which regime holds is decided from the
+    round-0 labels (``initial_labels``; :func:`~loracle.active.strategies.diversity.is_imbalanced`): a random
+    sample of the pool with ``initial_mode="random"``, which no strategy's picks change, so the choice holds for
+    the whole run (the labelled set's own shares would flip it once the rare class has been sought). Never a pool
+    item's hidden label.
 
-    ``requires`` is the union of both strategies' signals plus ``labelled_labels``; ``mc_samples`` is the larger of
+    ``requires`` is the union of both strategies' signals plus ``initial_labels``; ``mc_samples`` is the larger of
     theirs. The scores returned are the chosen strategy's.
 
     Args:
-        balanced: registered name of the strategy for balanced labels.
-        imbalanced: registered name of the strategy for imbalanced labels.
+        balanced: registered name of the strategy for balanced tasks.
+        imbalanced: registered name of the strategy for imbalanced tasks (``"badge"`` without options: with the
+            prior correction on, the rule of loracle 0.2's ``auto``).
         balanced_options / imbalanced_options: constructor options of each.
 
     Raises:
@@ -37,7 +41,7 @@ class ImbalanceSwitchStrategy(Strategy):
 
     name = "auto"
 
-    def __init__(self, balanced: str = "density_margin", imbalanced: str = "badge",
+    def __init__(self, balanced: str = "density_margin", imbalanced: str = "class_balance",
                  balanced_options: dict[str, Any] | None = None,
                  imbalanced_options: dict[str, Any] | None = None) -> None:
         imbalanced_options = {"prior_correction": True} if imbalanced_options is None and imbalanced == "badge" \
@@ -48,14 +52,15 @@ class ImbalanceSwitchStrategy(Strategy):
             if part.train_overrides:
                 raise ValueError(f"ImbalanceSwitchStrategy: {part!r} brings training overrides "
                                  f"{part.train_overrides}; choose strategies that train on the run's recipe")
-        self.requires = self.balanced.requires | self.imbalanced.requires | {"labelled_labels"}
+        self.requires = self.balanced.requires | self.imbalanced.requires | {"initial_labels"}
         self.mc_samples = max(self.balanced.mc_samples, self.imbalanced.mc_samples)
 
     def chosen(self, signals: Signals) -> Strategy:
-        """The strategy this query uses (by the labelled set's class shares)."""
+        """The strategy this query uses (by the round-0 labels' class shares)."""
+        known = [torch.as_tensor(x) for x in (signals.initial_labels, signals.labelled_labels) if x is not None]
         num_classes = signals.probs.shape[-1] if signals.probs is not None else \
-            int(torch.as_tensor(signals.labelled_labels).max()) + 1
-        return self.imbalanced if is_imbalanced(signals.labelled_labels, num_classes) else self.balanced
+            int(max(int(x.max()) for x in known if len(x))) + 1
+        return self.imbalanced if is_imbalanced(signals.initial_labels, num_classes) else self.balanced
 
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         return self.chosen(signals).scores(signals, rng)

@@ -232,6 +232,8 @@ def _curves(args: argparse.Namespace, dataset: str, seeds: list[int]) -> dict[st
                         # ece_calibrated: the ensemble moved to the pool's class prior where the queried labels'
                         # shares departed from round 0's (al run's calibration since 0.3); refits before: the ensemble
                         m.update(ece_calibrated=new.get("ece_calibrated", new["ece_ensemble"]),
+                                 accuracy_calibrated=new.get("accuracy_calibrated", new["accuracy_ensemble"]),
+                                 macro_f1_calibrated=new.get("macro_f1_calibrated", new["macro_f1_ensemble"]),
                                  ece_ensemble=new["ece_ensemble"],
                                  accuracy_ensemble=new["accuracy_ensemble"],
                                  macro_f1_ensemble=new["macro_f1_ensemble"],
@@ -336,7 +338,8 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
             per_class = {c: np.mean([[r["labelled_per_class"][c] for r in runs[s][:rounds]] for s in seeds_done],
                                     0).round(1).tolist() for c in runs[seeds_done[0]][0]["labelled_per_class"]}
             extra = {f"{key}_mean": np.nanmean(v, 0).round(4).tolist()
-                     for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature")
+                     for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature",
+                                 "accuracy_calibrated", "macro_f1_calibrated")
                      if not np.isnan(v := series(key, np.nan)).all()}
             f1_balanced = series("macro_f1_balanced", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],
@@ -463,16 +466,22 @@ def markdown(result: dict) -> str:
         d = entry["strategies"].get(DEFAULT, {})
         if d.get("ece_calibrated_mean") and d.get("ece_ensemble_mean"):
             out += [f"Calibration of the default strategy on `{dataset}` (mean test ECE over its seeds):", "",
-                    "| labels | raw | ensemble of round + fold models (default) | T on round-0 items | "
-                    "T on all labels | best T (fitted on test) | accuracy: model / ensemble |",
-                    "|---|---|---|---|---|---|---|"]
+                    "| labels | raw | ensemble of round + fold models | calibrated (default: the ensemble, in the "
+                    "pool's prior where the queried shares departed) | T on round-0 items | T on all labels | best T "
+                    "(fitted on test) | accuracy: model / ensemble / calibrated | macro-F1: model / calibrated |",
+                    "|---|---|---|---|---|---|---|---|---|"]
             # results written before 0.2 hold the temperatures under the run's calibration keys
             t_initial = d.get("ece_temperature_initial_mean") or d["ece_calibrated_mean"]
             t_all = d.get("ece_temperature_labelled_mean") or d["ece_calibrated_labelled_mean"]
             for i, n in enumerate(d["n_labels"]):
+                nan = [float("nan")] * len(d["n_labels"])  # results written before 0.3: no calibrated accuracy
+                acc_cal = d.get("accuracy_calibrated_mean") or nan
+                f1_cal = d.get("macro_f1_calibrated_mean") or nan
                 out.append(f"| {n} | {d['ece_mean'][i]:.3f} | {d['ece_ensemble_mean'][i]:.3f} | "
+                           f"{d['ece_calibrated_mean'][i]:.3f} | "
                            f"{t_initial[i]:.3f} | {t_all[i]:.3f} | {d['ece_best_temperature_mean'][i]:.3f} | "
-                           f"{d['accuracy_mean'][i]:.3f} / {d['accuracy_ensemble_mean'][i]:.3f} |")
+                           f"{d['accuracy_mean'][i]:.3f} / {d['accuracy_ensemble_mean'][i]:.3f} / "
+                           f"{acc_cal[i]:.3f} | {d['macro_f1_mean'][i]:.3f} / {f1_cal[i]:.3f} |")
             out.append("")
     return "\n".join(out)
 

@@ -158,6 +158,18 @@ def test_human_oracle_sees_the_model_answer_and_types_the_right_one(tmp_path):
     state.close()
 
 
+def test_default_strategy_follows_the_task_kind(tmp_path):
+    """No strategy named: random for generation (nothing measured beat it there), badge for multiple choice,
+    auto for classification; a composed strategy (auto) is refused for generation before anything runs, with the
+    strategies that fit."""
+    data = write_sums(tmp_path / "data")
+    assert gen_config(data, strategy=None).strategy == "random"
+    assert ALConfig(data=str(data), task_kind="multiple_choice").strategy == "badge"
+    assert ALConfig(data=str(data)).strategy == "auto"
+    with pytest.raises(ValueError, match="strategy 'auto' does not apply to task_kind 'generation'.*sequence_nll"):
+        gen_config(data, strategy="auto")
+
+
 def test_generation_config_errors(tmp_path):
     data = write_sums(tmp_path / "data")
     with pytest.raises(ValueError, match="does not apply to task_kind 'generation'.*sequence_nll"):

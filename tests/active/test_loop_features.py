@@ -86,14 +86,14 @@ def pool_prior_shift(state, t, metrics):
         return lambda p: p
     prior = (sample + 0.5) / (sample + 0.5).sum()
     assert [metrics[f"pool_prior_{c}"] for c in range(classes)] == pytest.approx(prior.tolist(), abs=1e-9)
-    return lambda p: shift_prior(p, labelled.clamp_min(0.5), prior)
+    return lambda p: shift_prior(p, labelled + 0.5, prior)  # plain cross-entropy: the labelled shares, smoothed
 
 
 def test_pool_prior_shift_applies_when_the_queried_shares_depart(calibrated_run):
     """Queried labels far from the round-0 sample's shares: the calibrated predictions move from the labelled
-    prior to the round-0 sample's (smoothed); the same shares: they stay; calibration_prior="labelled": they stay."""
+    prior to the round-0 sample's (both smoothed by half an item); the same shares: they stay;
+    calibration_prior="labelled": they stay; a balanced loss carries a uniform prior, not the labelled one."""
     from loracle.data.examples import Example
-    from loracle.evaluation.label_shift import shift_prior
 
     state = opened(calibrated_run)
     try:
@@ -101,17 +101,49 @@ def test_pool_prior_shift_applies_when_the_queried_shares_depart(calibrated_run)
         initial = state.labelled_examples(max_round=0)
         sample = torch.bincount(torch.tensor([e.label for e in initial]), minlength=2).double()
         skewed = initial + [Example(id=f"x{i}", text="x", label=1) for i in range(60)]
-        p = torch.tensor([[0.3, 0.7], [0.9, 0.1]])
-        to_pool = loop._pool_prior_shift(1, skewed)
-        source = torch.bincount(torch.tensor([e.label for e in skewed]), minlength=2).double()
-        expected_prior = (sample + 0.5) / (sample + 0.5).sum()
-        torch.testing.assert_close(to_pool.prior, expected_prior)
-        torch.testing.assert_close(to_pool(p), shift_prior(p, source, expected_prior))
-        assert float(to_pool(p)[0, 1]) < 0.7  # class 1 was over-sampled: its probability comes down
-        same = loop._pool_prior_shift(1, initial + initial)
-        assert same.prior is None and same(p) is p
+        labelled = torch.bincount(torch.tensor([e.label for e in skewed]), minlength=2).double()
+        source, target = loop._pool_prior(skewed, loop.config.train)
+        torch.testing.assert_close(target, (sample + 0.5) / (sample + 0.5).sum())
+        torch.testing.assert_close(source, (labelled + 0.5) / (labelled + 0.5).sum())
+        assert float(source[1]) > float(target[1])  # class 1 was over-sampled: the shift brings it down
+        assert loop._pool_prior(initial + initial, loop.config.train) is None
+        balanced, target_too = loop._pool_prior(skewed, loop.config.train.replace(class_weight="balanced"))
+        torch.testing.assert_close(balanced, torch.tensor([0.5, 0.5], dtype=torch.float64))
+        torch.testing.assert_close(target_too, target)
         loop.config.calibration_prior = "labelled"
-        assert loop._pool_prior_shift(1, skewed).prior is None
+        assert loop._pool_prior(skewed, loop.config.train) is None
+    finally:
+        state.close()
+
+
+def test_a_run_whose_queried_shares_depart_reports_shifted_calibration(tmp_path, toy_data, monkeypatch):
+    """End to end with the gate held open: each round records the pool prior (round 0's smoothed shares), and its
+    calibrated metrics are the stored ensemble members' mean moved from the labelled shares to that prior."""
+    from loracle.evaluation.label_shift import shift_prior
+
+    monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
+    config = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    try:
+        labels = state.get_signal("test_labels")
+        sample = torch.bincount(torch.tensor(list(state.labels(max_round=0).values())), minlength=2).double()
+        target = (sample + 0.5) / (sample + 0.5).sum()
+        moved = []
+        for row in state.rounds():
+            t, m = row["round"], row["metrics"]
+            assert [m["pool_prior_0"], m["pool_prior_1"]] == pytest.approx(target.tolist(), abs=1e-9)
+            counts = torch.bincount(torch.tensor(list(state.labels(max_round=t).values())), minlength=2).double()
+            members = torch.cat([state.get_signal(f"test_probs/{t}")[None],
+                                 state.get_signal(f"calibration_oof/{t}/test_probs")])
+            shifted = shift_prior(members.mean(0), (counts + 0.5) / (counts + 0.5).sum(), target)
+            expected = classification_metrics(shifted, labels)
+            for key in ("ece", "nll", "brier"):
+                assert m[f"{key}_calibrated"] == pytest.approx(expected[key], abs=1e-4), key
+            unshifted = classification_metrics(members.mean(0), labels)
+            assert m["nll_ensemble"] == pytest.approx(unshifted["nll"], abs=1e-4)
+            moved.append(abs(expected["nll"] - unshifted["nll"]))
+        assert max(moved) > 1e-3  # round 1's queried labels changed the shares: the shift is not the identity
     finally:
         state.close()
 

@@ -183,21 +183,24 @@ def test_badge_prior_correction_uses_the_balanced_decision():
 
 def test_badge_auto_prior_correction_follows_the_labelled_shares():
     # The default "auto" divides the prior out when the rarest class holds under half an even share (2 classes:
-    # under 25%): the 9:1 set of the test above picks as prior_correction=True, a 3:1 set (25%) as plain BADGE.
+    # under 25%) and the shares are uneven beyond chance: a 9:1 set of 20 picks as prior_correction=True, a 3:1 set
+    # (25%) as plain BADGE.
     probs = torch.tensor([[[0.6, 0.4]], [[0.8, 0.2]]], dtype=torch.float64)
     emb = torch.eye(2, dtype=torch.float64)
     auto = build_strategy("badge")
     assert auto.prior_correction == "auto" and "labelled_labels" in auto.requires
-    skewed = auto.select(Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=torch.tensor([0] * 9 + [1])),
-                         1, rng())
+    skewed = auto.select(Signals(0, 2, probs=probs, embeddings=emb,
+                                 labelled_labels=torch.tensor([0] * 18 + [1] * 2)), 1, rng())
     assert skewed[0].tolist() == [1] and skewed[1].tolist() == pytest.approx([2 * (4 / 13) ** 2])
     quarter = auto.select(Signals(0, 2, probs=probs, embeddings=emb, labelled_labels=torch.tensor([0, 0, 0, 1])),
                           1, rng())
     assert quarter[0].tolist() == [0] and quarter[1].tolist() == pytest.approx([0.32])
-    # 4 classes: an even share is 25%, half of it 12.5%; 2 of 20 labels (10%) is under, 3 of 20 (15%) is not
-    assert auto.corrects(torch.tensor([0] * 6 + [1] * 6 + [2] * 6 + [3] * 2), 4)
-    assert not auto.corrects(torch.tensor([0] * 6 + [1] * 6 + [2] * 5 + [3] * 3), 4)
-    assert auto.corrects(torch.tensor([0, 0, 1]), 3)  # a class with no label at all
+    # 4 classes: an even share is 25%, half of it 12.5%; 10 of 100 labels (10%) is under (chi-square 12, p 0.007),
+    # 15 of 100 is not; 2 of 20 is under but could be chance (chi-square 2.4)
+    assert auto.corrects(torch.tensor([0] * 30 + [1] * 30 + [2] * 30 + [3] * 10), 4)
+    assert not auto.corrects(torch.tensor([0] * 30 + [1] * 30 + [2] * 25 + [3] * 15), 4)
+    assert not auto.corrects(torch.tensor([0] * 6 + [1] * 6 + [2] * 6 + [3] * 2), 4)
+    assert auto.corrects(torch.tensor([0] * 10 + [1] * 10), 3)  # a class with no label at all (chi-square 10)
     off = build_strategy("badge", prior_correction=False)
     assert "labelled_labels" not in off.requires and not off.corrects(torch.tensor([0] * 9 + [1]), 2)
 
@@ -422,12 +425,12 @@ def test_density_margin_prefers_the_uncertain_item_of_a_crowd():
 
 
 def test_density_margin_prior_correction_follows_the_labelled_shares():
-    # with 1 rare-class label in 10, p / prior turns item 0 (0.9, 0.1) into a near tie and item 1 (0.5, 0.5) into a
+    # with 2 rare-class labels in 20, p / prior turns item 0 (0.9, 0.1) into a near tie and item 1 (0.5, 0.5) into a
     # confident rare-class call: the corrected margin prefers item 0.
     p = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]])
     feats = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # equal density
-    imbalanced = torch.tensor([0] * 9 + [1])
-    balanced = torch.tensor([0, 1] * 5)
+    imbalanced = torch.tensor([0] * 18 + [1] * 2)
+    balanced = torch.tensor([0, 1] * 10)
     auto = build_strategy("density_margin", neighbours=1)
     assert auto.select(Signals(0, 2, probs=p, base_embeddings=feats, labelled_labels=imbalanced), 1,
                        rng())[0].tolist() == [0]
@@ -461,11 +464,11 @@ def test_density_margin_rejects_bad_options(options, message):
 # --- auto: density_margin on a balanced task, class_balance on an imbalanced one ---------------------------------
 
 def test_auto_switches_on_the_initial_class_shares():
-    signals = all_signals(c=2, m=10)
+    signals = all_signals(c=2, m=20)
     auto = build_strategy("auto")
     assert auto.requires == {"probs", "base_embeddings", "labelled_base_embeddings", "labelled_labels",
                              "initial_labels"}
-    balanced, skewed = torch.tensor([0, 1] * 5), torch.tensor([0] * 9 + [1])
+    balanced, skewed = torch.tensor([0, 1] * 10), torch.tensor([0] * 18 + [1] * 2)
     for initial, labelled, same_as in ((balanced, balanced, build_strategy("density_margin")),
                                        (skewed, skewed, build_strategy("class_balance")),
                                        # the labelled set's shares do not flip the choice, the round-0 sample's do
@@ -485,11 +488,20 @@ def test_auto_switches_on_the_initial_class_shares():
     signals.initial_labels = signals.labelled_labels = skewed
     assert old.select(signals, 5, rng(1))[0].tolist() == \
         build_strategy("badge", prior_correction=True).select(signals, 5, rng(1))[0].tolist()
-    # 2 of 10 labels in the rare class (20% < 25%) is imbalanced, 3 of 10 is not
     from loracle.active.strategies.diversity import is_imbalanced
 
-    assert is_imbalanced(torch.tensor([0] * 8 + [1] * 2), 2) and not is_imbalanced(torch.tensor([0] * 7 + [1] * 3), 2)
-    assert is_imbalanced(torch.tensor([0, 1, 1, 1]), 3)  # class 2 absent
+    # the rarest class under half an even share (< 25% with two) and the shares uneven beyond chance (chi-square, 1%):
+    # 20 of 100 is both (statistic 36); 30 of 100 is not rare enough; 2 of 10 is rare but could be chance
+    # (statistic 3.6, p = 0.058)
+    assert is_imbalanced(torch.tensor([0] * 80 + [1] * 20), 2)
+    assert not is_imbalanced(torch.tensor([0] * 70 + [1] * 30), 2)
+    assert not is_imbalanced(torch.tensor([0] * 8 + [1] * 2), 2)
+    assert is_imbalanced(torch.tensor([0] * 20 + [1] * 20), 3)  # class 2 absent: statistic 20, p = 4.5e-5
+    # 14 even classes, 100 labels with one class at 3 (under half its share of 7.1) and the rest as a random
+    # sample gives them: chi-square 4.2 on 13 degrees of freedom, chance
+    fourteen = torch.tensor([3, 8, 7, 6, 9, 7, 8, 6, 7, 9, 8, 7, 8, 7])
+    assert int(fourteen.sum()) == 100
+    assert not is_imbalanced(torch.repeat_interleave(torch.arange(14), fourteen), 14)
     assert not is_imbalanced(None, 2) and not is_imbalanced(torch.tensor([], dtype=torch.long), 2)
 
 
@@ -546,6 +558,29 @@ def test_class_balance_seeks_the_rare_class_then_the_probe_margin():
     assert np.allclose(scores, q[idx, 1].numpy()) and scores[2] > float(q[:4, 1].max())
     idx, scores = strategy.select(signals, 6, rng())  # quota 4; the last 2 by the probe's margin
     assert {4, 5, 6} < set(idx[:4].tolist()) and len(set(idx.tolist())) == 6
+
+
+def test_class_balance_seeks_no_class_it_has_no_label_of():
+    """Labels of classes 0 and 2 only (2 and 5): the quota goes to class 0 alone, never to class 1's probe column,
+    fitted on no positives; the batch's rest is the probe's margin."""
+    from loracle.active.strategies import ClassBalanceStrategy
+
+    g = torch.Generator().manual_seed(5)
+    labelled, candidates = torch.randn(7, 4, generator=g), torch.randn(20, 4, generator=g)
+    labelled[:2, 0] -= 3.0  # class 0 apart from class 2 along the first feature
+    labels = torch.tensor([0, 0, 2, 2, 2, 2, 2])
+    signals = Signals(0, 20, base_embeddings=candidates, labelled_base_embeddings=labelled, labelled_labels=labels)
+    strategy = ClassBalanceStrategy()
+    q = strategy.probe(signals).double()
+    assert q.shape == (20, 3)
+    idx, scores = strategy.select(signals, 5, rng())
+    # quota: class 0 from 2 up to class 2's 5, i.e. 3, its likeliest candidates; then 2 by margin
+    assert idx[:3].tolist() == torch.argsort(q[:, 0], descending=True)[:3].tolist()
+    assert np.allclose(scores[:3], q[idx[:3], 0].numpy())
+    top2 = q.topk(2, dim=-1).values
+    margin = 1.0 - (top2[:, 0] - top2[:, 1])
+    margin[torch.as_tensor(idx[:3])] = -float("inf")
+    assert idx[3:].tolist() == torch.argsort(margin, descending=True)[:2].tolist()
 
 
 def test_class_balance_on_balanced_labels_is_probe_margin_sampling():

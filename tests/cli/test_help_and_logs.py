@@ -134,10 +134,14 @@ def test_al_run_defaults_are_alconfig_defaults(monkeypatch):
     blocks = option_help(subparser("al", "run"))
     for flag, field in (("--epochs", "train.epochs"), ("--lr", "train.lr"), ("--batch-size", "train.batch_size"),
                         ("--rank", "adapter.rank"), ("--alpha", "adapter.alpha"), ("--seed", "seed"),
-                        ("--oracle", "oracle"), ("--task-kind", "task_kind"), ("--strategy", "strategy"),
-                        ("--adapter", "adapter.method")):
+                        ("--oracle", "oracle"), ("--task-kind", "task_kind"), ("--adapter", "adapter.method")):
         assert f"(default: {_default(field)}" in blocks[flag], blocks[flag]
     assert _default("mc_samples") is None and "(default: the strategy's choice" in blocks["--mc-samples"]
+    from loracle.active.config import default_strategy  # None: resolved per task kind
+
+    assert _default("strategy") is None and blocks["--strategy"].endswith(
+        f"(default: {default_strategy('classification')} for classification, {default_strategy('multiple_choice')} "
+        f"for multiple choice, {default_strategy('generation')} for generation)")
     assert blocks["--no-progress"].endswith("(default: off)")
     assert blocks["--score-subset"].endswith(
         f"(default: {_default('score_subset') or 'all of the unlabelled pool'})")
@@ -351,7 +355,8 @@ def test_prior_correction_flag_reaches_badge_and_is_refused_elsewhere():
     assert build_strategy(plain.strategy, **plain.strategy_options).prior_correction == "auto"  # badge's default
     default = config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o"]))
     assert default.strategy == "auto" and default.strategy_options == {}
-    with pytest.raises(ValueError, match="--prior-correction is an option of the badge and density_margin"):
+    with pytest.raises(ValueError, match="--prior-correction is an option of the badge and density_margin "
+                                         "strategies, not of 'auto'"):
         config_from_args(parser.parse_args(["--model", "m", "--data", "d", "--output", "o", "--prior-correction"]))
     for value, option in (("auto", "auto"), ("on", True), ("off", False)):
         chosen = config_from_args(parser.parse_args([*badge, "--prior-correction", value]))

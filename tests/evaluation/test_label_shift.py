@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from loracle.evaluation.label_shift import shares_differ, shift_prior
+from loracle.evaluation.label_shift import pool_prior_shift, shares_differ, shift_prior, training_prior
 
 
 def test_shift_prior_by_hand_and_back():
@@ -35,3 +35,31 @@ def test_label_shift_errors():
         shift_prior(torch.ones(3, 2) / 2, torch.tensor([1.0, -1.0]), torch.tensor([0.5, 0.5]))
     with pytest.raises(ValueError, match="target must be 2"):
         shift_prior(torch.ones(3, 2) / 2, torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_training_prior_by_hand():
+    counts = torch.tensor([1, 3])  # smoothed 1.5 / 3.5: shares 0.3 / 0.7
+    torch.testing.assert_close(training_prior(counts), torch.tensor([0.3, 0.7], dtype=torch.float64))
+    # logit adjustment τ carries π^(1-τ): τ = 0.5 gives sqrt(0.3) : sqrt(0.7), τ = 1 a uniform prior
+    half = torch.tensor([0.3 ** 0.5, 0.7 ** 0.5], dtype=torch.float64)
+    torch.testing.assert_close(training_prior(counts, logit_adjustment=0.5), half / half.sum())
+    torch.testing.assert_close(training_prior(counts, logit_adjustment=1.0), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # the balanced loss divides by π: uniform alone, π^(-τ) ∝ [1/0.3, 1/0.7] = [0.7, 0.3] with τ = 1
+    torch.testing.assert_close(training_prior(counts, "balanced"), torch.tensor([0.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(training_prior(counts, "balanced", 1.0), torch.tensor([0.7, 0.3], dtype=torch.float64))
+    # a class without labels keeps half an item's share
+    torch.testing.assert_close(training_prior(torch.tensor([0, 4, 5])), torch.tensor([0.05, 0.45, 0.55], dtype=torch.float64)
+                               / 1.05)
+
+
+def test_pool_prior_shift_gate_and_priors():
+    # 100 initial labels, 10 / 90; 200 queried since, 70 / 130: far apart (p < 0.01)
+    source, target = pool_prior_shift(torch.tensor([10, 90]), torch.tensor([80, 220]))
+    torch.testing.assert_close(target, torch.tensor([10.5, 90.5], dtype=torch.float64) / 101)
+    torch.testing.assert_close(source, torch.tensor([80.5, 220.5], dtype=torch.float64) / 301)
+    source, _ = pool_prior_shift(torch.tensor([10, 90]), torch.tensor([80, 220]), class_weight="balanced")
+    torch.testing.assert_close(source, torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # queried shares like the sample's (21 / 179 against 10 / 90): no shift
+    assert pool_prior_shift(torch.tensor([10, 90]), torch.tensor([31, 269])) is None
+    with pytest.raises(ValueError, match="must include the initial counts"):
+        pool_prior_shift(torch.tensor([10, 90]), torch.tensor([5, 200]))

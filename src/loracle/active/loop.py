@@ -405,7 +405,13 @@ class ActiveLearningLoop:
             # the decision with the labelled set's class prior divided out (macro-F1 on imbalanced data)
             metrics.update(balanced_decision_metrics(result["probs"].float(), result["labels"],
                                                      torch.tensor([e.label for e in labelled])))
-        to_pool = self._pool_prior_shift(t, labelled) if fitted is not None else None
+        shift = self._pool_prior(labelled, train_config) if fitted is not None else None
+
+        def to_pool(p: torch.Tensor) -> torch.Tensor:  # calibrated predictions in the pool's class prior
+            from loracle.evaluation.label_shift import shift_prior
+
+            return p if shift is None else shift_prior(p, *shift)
+
         if temperatures is not None:
             from loracle.evaluation.calibration import apply_temperature
             from loracle.evaluation.metrics import classification_metrics
@@ -428,8 +434,8 @@ class ActiveLearningLoop:
                 calibrated = classification_metrics(to_pool(members.mean(0)), result["labels"])
                 metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "nll", "brier")})
                 metrics["ensemble_members"] = len(members)
-        if to_pool is not None and to_pool.prior is not None:
-            metrics.update({f"pool_prior_{i}": float(v) for i, v in enumerate(to_pool.prior)})
+        if shift is not None:
+            metrics.update({f"pool_prior_{i}": float(v) for i, v in enumerate(shift[1])})
         metrics["evaluate_seconds"] = evaluate_seconds
 
         def save() -> None:
@@ -551,42 +557,27 @@ class ActiveLearningLoop:
         rng = np.random.default_rng(derived_seed(c.seed, 0, "stop"))
         return sorted(rng.choice(n, min(c.stop_set_size, n), replace=False).tolist())
 
-    def _pool_prior_shift(self, t: int, labelled: list[Example]) -> Any:
-        """The map that moves calibrated predictions from the labelled set's class prior to the pool's
-        (``calibration_prior="pool"``; :mod:`loracle.evaluation.label_shift`), with the pool's estimated prior as
-        its ``prior`` attribute; the identity (``prior`` None) where no shift applies.
+    def _pool_prior(self, labelled: list[Example], train_config: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``(source, target)`` class priors that move the round's calibrated predictions from the prior its
+        training carried to the pool's (``calibration_prior="pool"``;
+        :func:`~loracle.evaluation.label_shift.pool_prior_shift`), or None where no shift applies.
 
         The pool's prior is estimated by the class shares of the round-0 labels, a random sample of the pool when
-        ``initial_mode`` is ``random`` or ``stratified`` (counts smoothed by half an item). The shift applies only
-        when the labels queried since differ from that sample in class shares beyond chance
-        (:func:`~loracle.evaluation.label_shift.shares_differ`, 1% level): random sampling and a strategy that
-        keeps the shares are left as they are, so the estimate's noise is not added to them."""
-        from loracle.evaluation.label_shift import shares_differ, shift_prior
+        ``initial_mode`` is ``random`` or ``stratified``; the shift applies only when the labels queried since
+        differ from that sample in class shares beyond chance (1% level)."""
+        from loracle.evaluation.label_shift import pool_prior_shift
 
-        def identity(p: torch.Tensor) -> torch.Tensor:
-            return p
-
-        identity.prior = None  # type: ignore[attr-defined]
         c = self.config
         classes = len(self.label_names or [])
         if c.calibration_prior != "pool" or classes < 2 or c.initial_mode not in ("random", "stratified"):
-            return identity
-        initial = self.state.labels(max_round=0)
+            return None
 
         def counts(labels: list[int]) -> torch.Tensor:
             return torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=classes).double()
 
-        sample = counts([int(y) for y in initial.values()])
-        queried = counts([int(e.label) for e in labelled]) - sample
-        if not shares_differ(sample, queried):
-            return identity
-        source, prior = counts([int(e.label) for e in labelled]).clamp_min(0.5), sample + 0.5
-
-        def to_pool(p: torch.Tensor) -> torch.Tensor:
-            return shift_prior(p, source, prior)
-
-        to_pool.prior = prior / prior.sum()  # type: ignore[attr-defined]
-        return to_pool
+        return pool_prior_shift(counts([int(y) for y in self.state.labels(max_round=0).values()]),
+                                counts([int(e.label) for e in labelled]), train_config.class_weight,
+                                train_config.logit_adjustment)
 
     def _stop_set_probs(self, t: int, built: Built, temperature: float | None) -> torch.Tensor | None:
         """Deterministic predictions on the fixed stop set (temperature-scaled when calibrated)."""

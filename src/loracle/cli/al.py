@@ -166,6 +166,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="prompt with {question}")
     g = run.add_argument_group("active learning")
     _option(g, "--strategy", field="strategy", choices=STRATEGY_NAMES, metavar="NAME",
+            none="auto for classification, badge for multiple choice, random for generation",
             help=f"query strategy: {', '.join(STRATEGY_NAMES)}")
     show_default(g.add_argument("--score", choices=SCORE_NAMES + ANSWER_SCORE_NAMES, metavar="NAME",
                                 help=f"star: the uncertainty measure ({', '.join(SCORE_NAMES)}); star_generation: "
@@ -179,7 +180,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                    metavar="auto|on|off",
                    help="badge, density_margin: hypothetical labels and gradients (density_margin: the margin) from "
                    "the probabilities with the labelled set's class prior divided out (the balanced decision): auto "
-                   "when the rarest class holds under half an even share of the labels, on (the bare flag) always, "
+                   "when the rarest class holds under half an even share of the labels (beyond chance), on (the bare flag) "
+                   "always, "
                    "off never (default: auto)")
     _option(g, "--initial-size", field="initial_size", type=int, metavar="N",
             help="labels before the first query (round 0 trains on them)")
@@ -343,7 +345,9 @@ def config_from_args(args: argparse.Namespace):
 
         takes = sorted(name for name in STRATEGIES
                        if "prior_correction" in inspect.signature(strategy_class(name)).parameters)
-        strategy = data.get("strategy", _default("strategy"))
+        from loracle.active.config import default_strategy
+
+        strategy = data.get("strategy") or default_strategy(data.get("task_kind") or "classification")
         if strategy not in takes:
             raise ValueError(f"--prior-correction is an option of the {' and '.join(takes)} strategies, not of "
                              f"{strategy!r}; drop it or use --strategy {takes[0]}")

@@ -46,7 +46,7 @@ class ClassBalanceStrategy(Strategy):
     the frozen base model's features, fitted on the labelled set at each query, ranks the rare class better than
     the fine-tuned model does with the same labels (AUROC 0.70-0.80 on the pool against the round model's
     0.61-0.72 on the test set at 100-600 labels), and 35-59% of its 100 likeliest candidates were rare (README,
-    "Class-balanced selection"). So:
+    "The default is now `auto`"). So:
 
     1. ``quota = balancing_quota(counts, k)``: labels per class that bring the counts closest to even; only
        classes below the mean count get any.
@@ -55,7 +55,7 @@ class ClassBalanceStrategy(Strategy):
     3. Fill the rest of ``k`` with the remaining candidates of smallest probe margin (``1 − (q_(1) − q_(2))``).
 
     On a balanced labelled set there is no quota and this is margin sampling of the probe. A class with no label
-    cannot be sought (the probe knows nothing of it). Scores are ``q_c`` for quota picks and ``1 − margin`` for
+    cannot be sought (the probe knows nothing of it): the quota is shared among the classes the labels hold. Scores are ``q_c`` for quota picks and ``1 − margin`` for
     the rest.
 
     Args:
@@ -94,7 +94,9 @@ class ClassBalanceStrategy(Strategy):
         check_request(self, signals, k)
         q = self.probe(signals).double()
         counts = torch.bincount(torch.as_tensor(signals.labelled_labels).long(), minlength=q.shape[1])
-        quota = balancing_quota(counts, k)
+        seen = counts > 0  # a class without labels has a probe column fitted on no positives: nothing to seek by
+        quota = torch.zeros_like(counts)
+        quota[seen] = torch.as_tensor(balancing_quota(counts[seen], k), dtype=counts.dtype)
         free = np.ones(signals.n, dtype=bool)
         chosen: list[int] = []
         picked: list[float] = []

@@ -4,8 +4,9 @@ A strategy is a pure function from pool signals to the indices to label next; it
 which signals it ``requires`` (``"probs"``: MC predictions of the current model ``[N, S, C]``; ``"base_probs"``: the
 base model's predictions; ``"embeddings"``: ``[N, D]`` candidate and ``[M, D]`` labelled-set features;
 ``"base_embeddings"`` / ``"labelled_base_embeddings"``: the frozen base model's features of the candidates and of
-the labelled set; for
-generation ``"answer_scores"`` / ``"base_answer_scores"``: scores of the model's own greedy answer). The loop
+the labelled set; ``"labelled_labels"`` / ``"initial_labels"``: the class indices of the labelled set and of the
+round-0 labels; for generation ``"answer_scores"`` / ``"base_answer_scores"``: scores of the model's own greedy
+answer). A strategy that composes others (``auto``) sets ``requires`` on the instance. The loop
 computes what is required and calls :meth:`Strategy.select`; it never asks which strategy it holds.
 
 A strategy with ``cold_start = True`` can pick the initial set before any label exists and without a trained model:

@@ -23,7 +23,9 @@ class ImbalanceSwitchStrategy(Strategy):
     round-0 labels (``initial_labels``; :func:`~loracle.active.strategies.diversity.is_imbalanced`): a random
     sample of the pool with ``initial_mode="random"``, which no strategy's picks change, so the choice holds for
     the whole run (the labelled set's own shares would flip it once the rare class has been sought). Never a pool
-    item's hidden label.
+    item's hidden label. After a ``kmeans`` or ``typiclust`` cold start the round-0 labels are a diverse sample,
+    not a random one, and the regime is read from that sample's shares. On a multiple-choice task the "classes"
+    are answer positions.
 
     ``requires`` is the union of both strategies' signals plus ``initial_labels``; ``mc_samples`` is the larger of
     theirs. The scores returned are the chosen strategy's.
@@ -31,7 +33,8 @@ class ImbalanceSwitchStrategy(Strategy):
     Args:
         balanced: registered name of the strategy for balanced tasks.
         imbalanced: registered name of the strategy for imbalanced tasks (``"badge"`` without options: with the
-            prior correction on, the rule of loracle 0.2's ``auto``).
+            prior correction on, the branch loracle 0.2's ``auto`` took; 0.2 decided the regime from the labelled
+            set at each query, this class from the round-0 labels).
         balanced_options / imbalanced_options: constructor options of each.
 
     Raises:

@@ -10,7 +10,9 @@ the run; the same labelled set, recipe, folds and seeds) and compares both rules
 
 - ``ece_raw``: the round model as trained (the same for both rules);
 - ``ece_t_initial``: at the temperature fitted on the round-0 items' out-of-fold predictions (``al run``'s default
-  ``calibration_items="initial"``), ``ece_t_labelled`` on every labelled item's;
+  ``calibration_items="initial"``), ``ece_t_labelled`` on every labelled item's; like ``ece_calibrated`` (the
+  ensemble), moved to the pool's class prior where the round moves its predictions (``pool_shift``; rows written
+  before 0.3's review fixes hold those two unmoved, the round-0 temperature fitted without the prior's offset);
 - ``ece_ensemble``: the mean of the round model and its ``K`` fold models (``--calibration ensemble``), with its
   ``accuracy_ensemble`` / ``macro_f1_ensemble`` beside the round model's ``accuracy`` / ``macro_f1``;
 - ``fold_confidence``: the fold models' mean top probability on the test set beside the round model's
@@ -41,22 +43,28 @@ METHODS = ("ece_raw", "ece_t_initial", "ece_t_labelled", "ece_ensemble", "ece_ca
 OTHER_RULE = {"round": "epochs", "epochs": "round"}
 
 
-def _numbers(p, fold_test, temperatures, labels, to_pool) -> dict:
+def _numbers(p, fold_test, temperatures, labels, shift) -> dict:
     """The compared numbers of one round for one fold rule (``p``: the round model's test probabilities;
-    ``to_pool``: the round's map to the pool's class prior, ``ActiveLearningLoop._pool_prior_shift``)."""
+    ``shift``: the round's ``(train prior, pool prior)`` or None, ``ActiveLearningLoop._pool_prior``), every
+    calibrated prediction moved to the pool's prior as ``al run`` reports it."""
     import torch
 
     from loracle.evaluation.calibration import apply_temperature
+    from loracle.evaluation.label_shift import shift_prior
     from loracle.evaluation.metrics import classification_metrics
+
+    def to_pool(q):
+        return q if shift is None else shift_prior(q, *shift)
 
     log_p = p.clamp_min(1e-12).log()
     mean = torch.cat([p[None], fold_test]).mean(0)
     ensemble = classification_metrics(mean, labels)
     calibrated = classification_metrics(to_pool(mean), labels)  # what ``al run`` reports as calibrated
     return {"ece_calibrated": calibrated["ece"], "accuracy_calibrated": calibrated["accuracy"],
-            "macro_f1_calibrated": calibrated["macro_f1"], "pool_shift": to_pool.prior is not None,
-            "ece_t_initial": classification_metrics(apply_temperature(log_p, temperatures["initial"]), labels)["ece"],
-            "ece_t_labelled": classification_metrics(apply_temperature(log_p, temperatures["labelled"]),
+            "macro_f1_calibrated": calibrated["macro_f1"], "pool_shift": shift is not None,
+            "ece_t_initial": classification_metrics(to_pool(apply_temperature(log_p, temperatures["initial"])),
+                                                    labels)["ece"],
+            "ece_t_labelled": classification_metrics(to_pool(apply_temperature(log_p, temperatures["labelled"])),
                                                      labels)["ece"],
             "ece_ensemble": ensemble["ece"], "accuracy_ensemble": ensemble["accuracy"],
             "macro_f1_ensemble": ensemble["macro_f1"],
@@ -64,8 +72,9 @@ def _numbers(p, fold_test, temperatures, labels, to_pool) -> dict:
             "t_initial": temperatures["initial"], "t_labelled": temperatures["labelled"]}
 
 
-def _stored(state, t: int) -> tuple[dict[str, float], object] | None:
-    """The run's own cross-fitting of round ``t``: its two temperatures and fold-model test probabilities."""
+def _stored(state, t: int, shift) -> tuple[dict[str, float], object] | None:
+    """The run's own cross-fitting of round ``t``: its two temperatures (the round-0 items' fitted in the pool's
+    prior where ``shift`` moves the predictions, as ``al run`` fits it) and fold-model test probabilities."""
     from loracle.evaluation.calibration import fit_temperature
 
     oof = state.get_signal(f"calibration_oof/{t}/log_probs")
@@ -73,7 +82,9 @@ def _stored(state, t: int) -> tuple[dict[str, float], object] | None:
         return None
     labels = state.get_signal(f"calibration_oof/{t}/labels")
     initial = state.get_signal(f"calibration_oof/{t}/initial").bool()
-    return ({"initial": fit_temperature(oof[initial], labels[initial]), "labelled": fit_temperature(oof, labels)},
+    offset = None if shift is None else (shift[1] / shift[0]).log()
+    return ({"initial": fit_temperature(oof[initial], labels[initial], offset),
+             "labelled": fit_temperature(oof, labels)},
             state.get_signal(f"calibration_oof/{t}/test_probs").float())
 
 
@@ -112,18 +123,18 @@ def worker(dataset: str, args: argparse.Namespace, deadline: float) -> None:
                 if time.time() + cost > deadline:
                     print(f"[calibration] time limit: stop before {dataset} seed {seed} round {t}", flush=True)
                     return
-                stored = _stored(state, t)  # None: a run without cross-fitting, refitted under the new rule only
+                shift = loop._pool_prior(state.labelled_examples(max_round=t), loop._train_config(t))
+                stored = _stored(state, t, shift)  # None: a run without cross-fitting, refitted under the new rule
                 start = time.time()
                 temperatures, oof = loop.cross_fit(t)
                 cost = time.time() - start
                 p = state.get_signal(f"test_probs/{t}").float()
-                to_pool = loop._pool_prior_shift(t, state.labelled_examples(max_round=t))
                 base = classification_metrics(p, labels)
                 row = {"dataset": dataset, "seed": seed, "t": t, "n_labels": r["n_labels"],
                        "ece_raw": base["ece"], "accuracy": base["accuracy"], "macro_f1": base["macro_f1"],
                        "confidence": float(p.max(-1).values.mean()),
-                       **({stored_rule: _numbers(p, stored[1], stored[0], labels, to_pool)} if stored else {}),
-                       args.fold_steps: _numbers(p, oof["test_probs"], temperatures, labels, to_pool),
+                       **({stored_rule: _numbers(p, stored[1], stored[0], labels, shift)} if stored else {}),
+                       args.fold_steps: _numbers(p, oof["test_probs"], temperatures, labels, shift),
                        "seconds": cost}
                 if args.strategy != "badge":  # rows without the field are the default's (badge) runs
                     row["strategy"] = args.strategy

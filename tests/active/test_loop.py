@@ -57,8 +57,11 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     state.close()
 
 
-def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data):
-    config = small_config(toy_data, strategy="entropy", rounds=2)
+@pytest.mark.parametrize("strategy", ["entropy", "auto", "class_balance"])
+def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data, strategy):
+    """A crash while scoring, and a run paused round by round, end with the labels of an uninterrupted run (auto and
+    class_balance read the frozen features and round-0 labels from the run's state on resume)."""
+    config = small_config(toy_data, strategy=strategy, rounds=2)
     run_active_learning(config, tmp_path / "a", tiny_factory)
     # Second run: crash while scoring after round 1 was trained (labels and rounds 0-1 committed).
     state, builder = create_run(config, tmp_path / "b", tiny_factory)

@@ -119,6 +119,7 @@ def test_pool_prior_shift_applies_when_the_queried_shares_depart(calibrated_run)
 def test_a_run_whose_queried_shares_depart_reports_shifted_calibration(tmp_path, toy_data, monkeypatch):
     """End to end with the gate held open: each round records the pool prior (round 0's smoothed shares), and its
     calibrated metrics are the stored ensemble members' mean moved from the labelled shares to that prior."""
+    from loracle.evaluation.calibration import fit_temperature
     from loracle.evaluation.label_shift import shift_prior
 
     monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
@@ -143,6 +144,16 @@ def test_a_run_whose_queried_shares_depart_reports_shifted_calibration(tmp_path,
             unshifted = classification_metrics(members.mean(0), labels)
             assert m["nll_ensemble"] == pytest.approx(unshifted["nll"], abs=1e-4)
             moved.append(abs(expected["nll"] - unshifted["nll"]))
+            # the round-0 items' temperature is fitted on the moved predictions, all labels' on the unmoved ones
+            source = (counts + 0.5) / (counts + 0.5).sum()
+            z, y = state.get_signal(f"calibration_oof/{t}/log_probs"), state.get_signal(f"calibration_oof/{t}/labels")
+            first = state.get_signal(f"calibration_oof/{t}/initial")
+            assert m["temperature_initial"] == pytest.approx(
+                fit_temperature(z[first], y[first], offset=(target / source).log()), rel=1e-6)
+            assert m["temperature_labelled"] == pytest.approx(fit_temperature(z, y), rel=1e-6)
+            extra = read_adapter_info(tmp_path / "run" / row["checkpoint"])["extra"]
+            assert extra["pool_prior"] == pytest.approx(target.tolist()) and \
+                extra["train_prior"] == pytest.approx(source.tolist())
         assert max(moved) > 1e-3  # round 1's queried labels changed the shares: the shift is not the identity
     finally:
         state.close()
@@ -250,7 +261,7 @@ def test_temperature_fitted_on_initial_items_or_every_label(tmp_path, toy_data, 
 
     calls = []
 
-    def fake_fit(folds):  # a temperature that says how many predictions it saw
+    def fake_fit(folds, offset=None):  # a temperature that says how many predictions it saw
         n = sum(len(y) for _, y in folds)
         calls.append(n)
         return n / 10

@@ -35,6 +35,31 @@ def test_recovers_overconfidence_factor_and_ece_drops():
         torch.softmax(over, 1), labels)
 
 
+def test_offset_fits_the_temperature_of_shifted_predictions():
+    """Labels drawn from softmax(true + b) (a model under another class prior): given the offset b, the fit
+    recovers an over-confidence factor of 3 that the fit without it misses; the result is the exact NLL minimum
+    of softmax(z / T + b), and a zero offset changes nothing."""
+    g = torch.Generator().manual_seed(4)
+    true = 1.5 * torch.randn(6000, 3, generator=g, dtype=torch.float64)
+    b = torch.tensor([1.2, -0.4, -0.8], dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(true + b, 1), 1, generator=g)[:, 0]
+    over = 3.0 * true
+    t = fit_temperature(over, labels, offset=b)
+    assert t == pytest.approx(3.0, rel=0.1)
+    assert abs(fit_temperature(over, labels) - 3.0) > 0.3
+
+    def nll(temp):
+        return negative_log_likelihood(torch.softmax(over / temp + b, 1), labels)
+
+    assert nll(t) <= min(nll(t * 1.01), nll(t / 1.01))
+    assert fit_temperature(over, labels, offset=torch.zeros(3)) == pytest.approx(fit_temperature(over, labels),
+                                                                                 rel=1e-9)
+    assert fit_temperature_from_folds([(over[:3000], labels[:3000]), (over[3000:], labels[3000:])],
+                                      b) == pytest.approx(t, rel=1e-9)
+    with pytest.raises(ValueError, match="offset must be 3 finite numbers"):
+        fit_temperature(over, labels, offset=torch.zeros(2))
+
+
 def test_calibrated_data_keeps_t_near_one_and_minimum_is_exact():
     true, labels = synthetic(seed=1)
     t = fit_temperature(true, labels)

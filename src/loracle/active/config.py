@@ -197,7 +197,7 @@ class ALConfig:
             the class prior the model was trained under (the labelled set's shares; uniform with
             ``class_weight="balanced"``; ``π^(1−τ)`` with ``logit_adjustment=τ``) to the pool's, estimated by that
             sample's shares (:mod:`loracle.evaluation.label_shift`; needs ``initial_mode`` ``random`` or
-            ``stratified``; the checkpoint is not shifted, its metrics ``pool_prior_<c>`` say to what). A strategy that seeks a rare class trains the
+            ``stratified``; the checkpoint is not shifted: its ``train_prior`` and ``pool_prior`` say from what to what). A strategy that seeks a rare class trains the
             model on far more of it than the pool holds (``class_balance``: about 32% against 10%, round-model
             test ECE 0.07-0.11); ``labelled``: keep the labelled set's prior (the rule before 0.3).
         calibrate_scores: strategies see temperature-scaled probabilities (with ``calibration`` left to its

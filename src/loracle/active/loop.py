@@ -444,8 +444,12 @@ class ActiveLearningLoop:
             for leftover in (tmp, final):  # a killed earlier attempt: its folder has no committed row
                 if leftover.exists():
                     shutil.rmtree(leftover)
+            # train_prior / pool_prior: where the reported calibration moved the predictions (p · pool / train,
+            # renormalised, after the temperature or the ensemble mean); None where it moved nothing
             save_adapter(built.model, tmp, extra={"round": t, "n_labels": len(labelled),
                                                   "label_names": self.label_names, "temperature": temperature,
+                                                  "train_prior": None if shift is None else shift[0].tolist(),
+                                                  "pool_prior": None if shift is None else shift[1].tolist(),
                                                   "train_config": train_config.to_dict()})
             if ensemble_mode and self._folds_staging(t).exists():
                 os.replace(self._folds_staging(t), tmp / "folds")
@@ -495,7 +499,8 @@ class ActiveLearningLoop:
         (cross-fitting) and the test set; for ``calibration="ensemble"`` their adapters wait in the round's
         staging folder for its checkpoint. Returns one temperature per
         choice of ``calibration_items``: fitted on every out-of-fold prediction (``labelled``) and on those of the
-        round-0 items only (``initial``; the same as ``labelled`` in round 0), and the out-of-fold predictions
+        round-0 items only (``initial``; the same as ``labelled`` in round 0; in the pool's class prior where the
+        round moves its predictions there, :meth:`_pool_prior`), and the out-of-fold predictions
         themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order) with the fold models'
         test probabilities (``test_probs`` ``[K, N_test, C]``). None when calibration is off or the set is too
         small."""
@@ -543,9 +548,14 @@ class ActiveLearningLoop:
                                                               "label_names": self.label_names}))
             initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
+        # The round-0 items are a sample of the pool: where the round's predictions are moved to the pool's class
+        # prior (_pool_prior), their temperature is fitted on what is reported, the moved predictions; every
+        # labelled item together follows the labelled set's prior, the one the models were trained under.
+        shift = self._pool_prior(labelled, train_config)
+        offset = None if shift is None else (shift[1] / shift[0]).log()
         temperatures = {"labelled": fit_temperature_from_folds([(z, y) for z, y, _ in pairs]),
                         "initial": fit_temperature_from_folds([(z[keep], y[keep]) for z, y, keep in pairs
-                                                               if keep.any()])}
+                                                               if keep.any()], offset)}
         out_of_fold = {"log_probs": torch.cat([z for z, _, _ in pairs]).float(),
                        "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs]),
                        "test_probs": torch.stack(test_probs).float()}

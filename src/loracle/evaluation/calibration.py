@@ -50,19 +50,23 @@ def _prepare(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     return z, y
 
 
-def _nll_slope(z: torch.Tensor, y: torch.Tensor, beta: float) -> float:
-    """``d/dβ mean_i [logsumexp(β z_i) − β z_{i,y_i}]``, non-decreasing in ``β``."""
-    p = torch.softmax(beta * z, dim=1)  # (N, C)
+def _nll_slope(z: torch.Tensor, y: torch.Tensor, beta: float, offset: torch.Tensor | None = None) -> float:
+    """``d/dβ mean_i [logsumexp(β z_i + b) − β z_{i,y_i} − b_{y_i}]``, non-decreasing in ``β``."""
+    p = torch.softmax(beta * z if offset is None else beta * z + offset, dim=1)  # (N, C)
     return float(((p * z).sum(1) - z.gather(1, y[:, None])[:, 0]).mean())
 
 
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` on ``labels``, in ``[0.05, 20]``.
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, offset: torch.Tensor | None = None) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T + offset)`` on ``labels``, in
+    ``[0.05, 20]``.
 
     Args:
         logits: ``[N, C]`` logits or log-probabilities (log-probabilities up to a per-row constant work the same;
             ``-inf`` entries are allowed).
         labels: ``[N]`` integer labels in ``0..C-1``.
+        offset: ``[C]`` a fixed term added after the temperature, or None: ``log(π_t / π_s)`` fits the
+            temperature of predictions that are then moved from class prior ``π_s`` to ``π_t``
+            (:func:`loracle.evaluation.label_shift.shift_prior` of ``softmax(logits / T)``).
 
     Returns:
         ``T`` as a float; 1.0 (no change) on degenerate input: no rows, a single class, NaN or ``+inf`` logits, a
@@ -75,22 +79,29 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if prepared is None:
         return 1.0
     z, y = prepared
+    b = None
+    if offset is not None:
+        b = torch.as_tensor(offset, dtype=torch.float64).reshape(-1)
+        if b.shape != (z.shape[1],) or not bool(torch.isfinite(b).all()):
+            raise ValueError(f"offset must be {z.shape[1]} finite numbers, got {b.tolist()}")
     lo, hi = math.log(1.0 / T_MAX), math.log(1.0 / T_MIN)  # bisection on log β, β = 1/T
-    if _nll_slope(z, y, math.exp(lo)) >= 0:  # NLL increasing already at the flattest allowed β
+    if _nll_slope(z, y, math.exp(lo), b) >= 0:  # NLL increasing already at the flattest allowed β
         return T_MAX
-    if _nll_slope(z, y, math.exp(hi)) <= 0:  # still decreasing at the sharpest: perfectly separable data
+    if _nll_slope(z, y, math.exp(hi), b) <= 0:  # still decreasing at the sharpest: perfectly separable data
         return T_MIN
     while hi - lo > 1e-10:
         mid = 0.5 * (lo + hi)
-        if _nll_slope(z, y, math.exp(mid)) < 0:
+        if _nll_slope(z, y, math.exp(mid), b) < 0:
             lo = mid
         else:
             hi = mid
     return float(1.0 / math.exp(0.5 * (lo + hi)))
 
 
-def fit_temperature_from_folds(folds: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Fit one temperature on the concatenation of ``(logits [N_k, C], labels [N_k])`` folds.
+def fit_temperature_from_folds(folds: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                               offset: torch.Tensor | None = None) -> float:
+    """Fit one temperature on the concatenation of ``(logits [N_k, C], labels [N_k])`` folds (``offset`` as
+    :func:`fit_temperature`).
 
     With cross-fitting, fold ``k`` holds the predictions of the model trained without fold ``k`` on fold ``k``;
     pooling them uses every label once.
@@ -109,7 +120,7 @@ def fit_temperature_from_folds(folds: Sequence[tuple[torch.Tensor, torch.Tensor]
     n_classes = widths.pop()
     logits = torch.cat([torch.as_tensor(z, dtype=torch.float64).reshape(-1, n_classes) for z, _ in folds])
     labels = torch.cat([torch.as_tensor(y, dtype=torch.long).reshape(-1) for _, y in folds])
-    return fit_temperature(logits, labels)
+    return fit_temperature(logits, labels, offset)
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -35,6 +35,10 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
     assert all((tmp_path / "run" / r["checkpoint"] / "loracle_adapter.safetensors").exists() for r in rounds)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["status"] == "done" and report["labels"] == 14 and report["strategy"] in strategy
+    # who chose the queries: the strategy itself, or for auto the branch the round-0 labels picked (6 labels of the
+    # toy data's two classes cannot be uneven beyond chance: the balanced branch)
+    acting = {"auto": "density_margin", "badge_prior": "badge"}.get(strategy, strategy)
+    assert report["query_strategies"] == [acting]
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
     assert (tmp_path / "run" / "reliability.png").stat().st_size > 1000  # the last round's test predictions
     # Gold labels agree with the simulated answers; the pool table carries no label column.

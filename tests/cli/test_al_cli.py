@@ -71,6 +71,16 @@ def test_run_status_compare(setup, reference, tmp_path, capsys):
     assert set(result) == {"entropy", "random"} and (tmp_path / "cmp" / "learning_curve.png").exists()
 
 
+def test_default_strategy_run_says_which_branch_queried(setup, tmp_path, capsys):
+    """No --strategy: auto; status names the branch that chose the queries (the toy data's 6 round-0 labels of two
+    classes are not uneven beyond chance, so density_margin)."""
+    _, data, model_dir = setup
+    assert main(run_args(data, model_dir, tmp_path / "run")) == 0
+    capsys.readouterr()
+    assert main(["al", "status", str(tmp_path / "run")]) == 0
+    assert "strategy auto (queries by density_margin), done, rounds 3/3, labels 14" in capsys.readouterr().out
+
+
 def test_errors_are_one_line(setup, tmp_path, capsys):
     root, data, model_dir = setup
     assert main(run_args(data, model_dir, tmp_path / "x", "--rounds", "50")) == 2

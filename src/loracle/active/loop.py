@@ -776,6 +776,7 @@ class ActiveLearningLoop:
                 shown = self.answers.query_answers(chosen, positions, built)
             with state.transaction() as db:
                 state.add_queries(t + 1, chosen, [float(s) for s in scores], db)
+                state.set_meta(f"query_strategy/{t + 1}", self.strategy.acting(signals), db)
                 if self.answers is not None:
                     state.set_meta(f"phase_seconds/{t}", self.answers.seconds_, db)
                     if shown is not None:

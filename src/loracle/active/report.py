@@ -139,6 +139,9 @@ def run_summary(state: RunState) -> dict[str, Any]:
     return {
         "run_dir": str(state.run_dir),
         "strategy": config.strategy,
+        # who chose each round's queries (``auto``: the branch the round-0 labels picked); rounds 1, 2, ...
+        "query_strategies": sorted({state.get_meta(f"query_strategy/{t}") for t in state.query_rounds()
+                                    if state.get_meta(f"query_strategy/{t}")}),
         "dataset": display_name(config.data),
         "model": config.model,
         "status": status,

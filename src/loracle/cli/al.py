@@ -406,7 +406,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     sources = ", ".join(f"{n} {source}" for source, n in summary["labels_by_source"].items())
-    print(f"run {args.run_dir}: strategy {summary['strategy']}, {summary['status']}, "
+    acting = [name for name in summary.get("query_strategies") or [] if name != summary["strategy"]]
+    strategy = f"{summary['strategy']} (queries by {', '.join(acting)})" if acting else summary["strategy"]
+    print(f"run {args.run_dir}: strategy {strategy}, {summary['status']}, "
           f"rounds {summary['rounds_completed']}/{summary['rounds_planned']}, labels {summary['labels']}"
           f"{f' ({sources})' if sources else ''}, pending queries {summary['pending_queries']}")
     print(f"data {summary['dataset']} (pool {summary['pool_size']}, test {summary['test_size']}), "

@@ -123,6 +123,11 @@ class Strategy(ABC):
         order = top_k(scores, k, rng)
         return order, scores[order]
 
+    def acting(self, signals: Signals) -> str:
+        """The registered name of the strategy that makes this query's choice: its own, or for a strategy that
+        delegates (``auto``) the part that acts on these signals (recorded per query; ``al status`` shows it)."""
+        return self.name
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 

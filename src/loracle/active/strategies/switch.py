@@ -68,6 +68,9 @@ class ImbalanceSwitchStrategy(Strategy):
     def scores(self, signals: Signals, rng: np.random.Generator) -> torch.Tensor:
         return self.chosen(signals).scores(signals, rng)
 
+    def acting(self, signals: Signals) -> str:
+        return self.chosen(signals).acting(signals)
+
     def select(self, signals: Signals, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         check_request(self, signals, k)
         return self.chosen(signals).select(signals, k, rng)

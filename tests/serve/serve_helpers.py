@@ -36,8 +36,10 @@ def make_run(run_dir: Path, *, multiple_choice: bool = False) -> Path:
     return run_dir
 
 
-def train_round(run_dir: Path, round_index: int, next_queries: list[int] | None = None) -> None:
-    """Pretend round ``round_index`` was trained (its row) and, optionally, the next round's queries chosen."""
+def train_round(run_dir: Path, round_index: int, next_queries: list[int] | None = None,
+                acting: str | None = None) -> None:
+    """Pretend round ``round_index`` was trained (its row) and, optionally, the next round's queries chosen (by
+    ``acting``, recorded as the loop records what a strategy such as ``auto`` delegated to)."""
     state = RunState(run_dir)
     n = len(state.labels())
     state.add_round(round_index, n, {"accuracy": 0.5 + 0.1 * round_index, "macro_f1": 0.4, "ece": 0.1},
@@ -45,6 +47,8 @@ def train_round(run_dir: Path, round_index: int, next_queries: list[int] | None 
     if next_queries:
         with state.transaction() as db:
             state.add_queries(round_index + 1, next_queries, [0.9 - 0.1 * k for k in range(len(next_queries))], db)
+            if acting:
+                state.set_meta(f"query_strategy/{round_index + 1}", acting, db)
     state.close()
 
 

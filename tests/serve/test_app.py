@@ -47,7 +47,7 @@ def test_item_parameter_skips_and_wraps(web):
 def test_api_state_and_item(web):
     state = web.get("/api/state").json()
     assert state["progress"] == {"round": 0, "answered": 0, "total": 4, "pending": 4, "trained": False,
-                                 "finished": False, "ready_to_train": False}
+                                 "finished": False, "ready_to_train": False, "query_strategy": None}
     assert state["job"]["state"] == "idle" and state["curve"] == [] and state["curve_png"] is False
     item = web.get("/api/items/1").json()
     assert item["score"] == 0.5 and item["options"] == ["fresh", "rotten"] and item["label"] is None
@@ -238,6 +238,22 @@ def test_predictions_of_a_later_round(web, run_dir):
     tasks = web.get("/export/label-studio.json").json()
     assert [t["data"]["loracle_idx"] for t in tasks] == [5, 6]
     assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == ["rotten"]
+
+
+def test_page_and_state_name_the_strategy_that_chose_the_round(web, run_dir):
+    for idx in range(4):
+        web.post("/api/answer", json={"idx": idx, "label": "fresh"})
+    train_round(run_dir, 0, next_queries=[5, 6], acting="density_margin")
+    assert web.get("/api/state").json()["progress"]["query_strategy"] == "density_margin"
+    assert "strategy entropy (this round's queries chosen by density_margin) · round 1" in web.get("/").text
+
+
+def test_page_names_no_other_strategy_when_the_configured_one_chose(web, run_dir):
+    for idx in range(4):
+        web.post("/api/answer", json={"idx": idx, "label": "fresh"})
+    train_round(run_dir, 0, next_queries=[5, 6], acting="entropy")
+    html = web.get("/").text
+    assert "strategy entropy · round 1" in html and "chosen by" not in html
 
 
 def test_finished_run(web, run_dir):

@@ -76,6 +76,8 @@ class Progress:
         pending: pending pool indices of that round, in query order.
         trained: whether that round is trained (its labels are final).
         finished: whether the run has ended (every round trained and the report written).
+        query_strategy: the strategy that chose that round's queries (``auto`` records the one it delegated to,
+            e.g. ``density_margin``); None for the initial set and for runs made before 0.3.
     """
 
     round: int | None
@@ -84,6 +86,7 @@ class Progress:
     pending: list[int]
     trained: bool
     finished: bool
+    query_strategy: str | None = None
 
     @property
     def ready_to_train(self) -> bool:
@@ -92,7 +95,8 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "answered": self.answered, "total": self.total, "pending": len(self.pending),
-                "trained": self.trained, "finished": self.finished, "ready_to_train": self.ready_to_train}
+                "trained": self.trained, "finished": self.finished, "ready_to_train": self.ready_to_train,
+                "query_strategy": self.query_strategy}
 
 
 def next_pending(pending: Sequence[int], after: int | None, order: Sequence[int] | None = None) -> int | None:
@@ -181,7 +185,8 @@ class LabelSession:
         mine = state.pending_queries(current)
         trained = current in state.completed_rounds()
         finished = not pending and trained and (self.run_dir / REPORT_FILE).is_file()
-        return Progress(current, len(queries) - len(mine), len(queries), mine, trained, finished)
+        return Progress(current, len(queries) - len(mine), len(queries), mine, trained, finished,
+                        state.get_meta(f"query_strategy/{current}"))
 
     def item(self, state: RunState, idx: int) -> Item:
         """The query ``idx`` with its round, rank, score and label (if answered).

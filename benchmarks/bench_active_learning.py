@@ -362,6 +362,14 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                  "aulc_macro_f1": float(np.mean(aulc[name]["macro_f1"])),
                  "aulc_macro_f1_balanced": float(np.mean(aulc[name]["macro_f1_balanced"])),
                  "aulc_accuracy_per_seed": aulc[name]["accuracy"],
+                 "aulc_macro_f1_per_seed": aulc[name]["macro_f1"],
+                 # every seed's curve, so later invocations can pool these seeds with others (--pool-with)
+                 # without the run folders
+                 "curves_per_seed": {str(s): {"accuracy": acc[i].round(4).tolist(), "macro_f1": f1[i].round(4).tolist(),
+                                              "ece": ece[i].round(4).tolist(),
+                                              "ece_calibrated": [None if np.isnan(v) else round(float(v), 4)
+                                                                 for v in ece_cal[i]]}
+                                     for i, s in enumerate(seeds_done)},
                  "seconds_per_round": float(np.mean([(r["train_seconds"] or 0) + (r["score_seconds"] or 0)
                                                      + r["metrics"].get("evaluate_seconds", 0)
                                                      + r["metrics"].get("calibrate_seconds", 0)
@@ -415,10 +423,61 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         for name in entry["strategies"]:
             summary["seeds"].setdefault(name, {})[dataset] = paired[name]
     result["same_picks_check"] = same_picks(args, seeds)
+    if args.pool_with:
+        result["pooled"] = pooled(result, json.loads((RESULTS / args.pool_with).read_text()), args.pool_with)
     result = {"summary": summary, **result}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / args.results).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def pooled(now: dict, earlier: dict, name_of_earlier: str) -> dict:
+    """These runs' seeds pooled with an earlier results JSON's (other seeds, same setting; ``--pool-with``): per
+    dataset and strategy, the paired bootstrap interval of the AULC gain over random across all the seeds (from
+    each file's per-seed AULCs; macro-F1 only where both files hold them per seed, None otherwise) and the test ECE
+    of the calibrated predictions per budget (the seed-weighted mean of both files' means). Seeds in both files are
+    refused: pooling is for new seeds, not for runs made twice."""
+    import numpy as np
+
+    from loracle.evaluation.bootstrap import paired_bootstrap_ci
+
+    out: dict = {"with": name_of_earlier, "datasets": {}}
+    for dataset, entry in now["datasets"].items():
+        then = earlier.get("datasets", {}).get(dataset, {}).get("strategies", {})
+        mine = entry["strategies"]
+        if "random" not in then or "random" not in mine:
+            continue
+        for name in [n for n in mine if n in then and n != "random"]:
+            parts = [(then[name], then["random"]), (mine[name], mine["random"])]
+            common = set(then[name]["seeds"]) & set(mine[name]["seeds"])
+            if common:
+                raise SystemExit(f"--pool-with {name_of_earlier}: {dataset} {name} seeds {sorted(common)} are in "
+                                 "both; pool disjoint seeds")
+            row: dict = {"seeds": sorted(then[name]["seeds"] + mine[name]["seeds"])}
+            for metric in ("accuracy", "macro_f1"):
+                key = f"aulc_{metric}_per_seed"
+                if not all(key in e for pair in parts for e in pair):
+                    row[f"gain_{metric}"] = row[f"gain_{metric}_ci95"] = None
+                    continue
+                ours, reference = [], []
+                for e, rand in parts:
+                    by_seed = dict(zip(rand["seeds"], rand[key]))
+                    ours += e[key]
+                    reference += [by_seed[s] for s in e["seeds"]]
+                gain, low, high = paired_bootstrap_ci(ours, reference, seed=0)
+                row[f"gain_{metric}"], row[f"gain_{metric}_ci95"] = gain, [low, high]
+            cal = [(len(e["seeds"]), e.get("ece_calibrated_mean")) for e, _ in parts]
+            if all(c is not None for _, c in cal) and then[name]["n_labels"] == mine[name]["n_labels"]:
+                weights = np.array([w for w, _ in cal], dtype=float)
+                values = np.array([[np.nan if v is None else v for v in c] for _, c in cal], dtype=float)
+                with np.errstate(invalid="ignore"):  # a budget with no calibrated value in either file: NaN
+                    mean = (np.nansum(values * weights[:, None], 0)
+                            / np.sum(~np.isnan(values) * weights[:, None], 0))
+                row["ece_calibrated_mean"] = [None if np.isnan(v) else round(float(v), 4) for v in mean]
+                row["max_ece_calibrated_from_200"] = max(v for n, v in zip(mine[name]["n_labels"], mean)
+                                                         if n >= 200 and not np.isnan(v))
+            out["datasets"].setdefault(dataset, {})[name] = row
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -507,6 +566,9 @@ def main() -> None:
     parser.add_argument("--refit", default=None,
                         help="bench_calibration.py's rows (<runs>/calibration.jsonl) for runs made under an earlier "
                              "calibration default: the default strategy's calibration numbers come from them")
+    parser.add_argument("--pool-with", default=None, metavar="RESULTS_JSON",
+                        help="an earlier results JSON under benchmarks/results, of other seeds in the same setting: "
+                             "the results gain a 'pooled' entry (gains and calibrated ECE over both files' seeds)")
     parser.add_argument("--results", default="active_learning.json",
                         help="file name of the results JSON under benchmarks/results")
     parser.add_argument("--time-limit", type=float, default=3600.0, help="seconds for all workers")

@@ -39,7 +39,9 @@ fitted on the test set itself (no single temperature does better on NLL; a floor
 Each seed runs its rounds in order (seed 0's runs all finish before seed 1's start) in two worker processes with
 one torch thread each (one dataset each), stop at ``--time-limit``, and resume when the script runs again. Writes
 ``benchmarks/results/<--results>`` (default ``active_learning.json``: summary, per-strategy curves, paired
-bootstrap intervals, the default's calibration table) and a learning-curve PNG per dataset beside it.
+bootstrap intervals, the default's calibration table, every seed's curve and AULCs) and a learning-curve PNG per
+dataset beside it. ``--pool-with FILE`` adds ``pooled``: the gains over random and the calibrated ECE over these
+seeds and an earlier results file's (other seeds of the same setting, whose run folders may be gone).
 """
 
 from __future__ import annotations

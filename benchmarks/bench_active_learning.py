@@ -341,7 +341,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
                                     0).round(1).tolist() for c in runs[seeds_done[0]][0]["labelled_per_class"]}
             extra = {f"{key}_mean": np.nanmean(v, 0).round(4).tolist()
                      for key in ("ece_ensemble", "accuracy_ensemble", "macro_f1_ensemble", "temperature",
-                                 "accuracy_calibrated", "macro_f1_calibrated")
+                                 "accuracy_calibrated", "macro_f1_calibrated", "ece_floor", "ece_floor_calibrated")
                      if not np.isnan(v := series(key, np.nan)).all()}
             f1_balanced = series("macro_f1_balanced", np.nan)
             aulc[name] = {"accuracy": [area_under_curve(n_labels, a.tolist()) for a in acc],

@@ -24,8 +24,9 @@ with changes joined by ``+``:
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed), with the mean top-class probability on the test items (``confidence``: above the
-accuracy is over-confident, below under-confident), is appended to ``benchmarks/results/recipe_rows.jsonl`` (finished rows are skipped, so
-the script resumes), and ``benchmarks/results/recipe.json`` holds the means per recipe and size. About 15-25 s per row
+accuracy is over-confident, below under-confident) and the ECE a perfectly calibrated model with the same
+confidences would show on these test items (``ece_floor``, :func:`loracle.evaluation.metrics.ece_floor`), is
+appended to ``benchmarks/results/recipe_rows.jsonl`` (finished rows are skipped, so the script resumes), and ``benchmarks/results/recipe.json`` holds the means per recipe and size. About 15-25 s per row
 on one CPU thread.
 """
 
@@ -191,7 +192,8 @@ def summarise() -> dict:
               **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
                  for m in ("accuracy", "macro_f1", "ece", "nll")},
               **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
-                 for m in ("confidence", "accuracy_ensemble", "ece_ensemble") if all(m in x for x in rows)}}
+                 for m in ("confidence", "ece_floor", "accuracy_ensemble", "ece_ensemble", "ece_floor_ensemble")
+                 if all(m in x for x in rows)}}
              for (d, r, n), rows in sorted(groups.items())]
     out = {"setting": {"model": "minilm", "pool_size": 2000, "test_size": 1000}, "results": table}
     (RESULTS / "recipe.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -309,13 +311,15 @@ def main() -> None:
                     ensemble = classification_metrics(torch.cat([metrics["probs"][None], fold_probs]).mean(0),
                                                       metrics["labels"])
                     metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature, **oof,
-                               **{f"{m}_ensemble": ensemble[m] for m in ("accuracy", "macro_f1", "ece", "nll")}}
+                               **{f"{m}_ensemble": ensemble[m] for m in ("accuracy", "macro_f1", "ece", "nll")},
+                               "ece_floor_ensemble": ensemble["ece_floor"]}
                     confidence = float(scaled.max(-1).values.mean())
                 row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
                        **({"temperature": round(metrics["temperature"], 4)} if "temperature" in metrics else {}),
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
-                       **{m: float(metrics[m]) for m in ("accuracy_ensemble", "ece_ensemble", "oof_accuracy",
-                                                         "oof_majority") if m in metrics},
+                       **{m: float(metrics[m]) for m in ("ece_floor", "accuracy_ensemble", "ece_ensemble",
+                                                         "ece_floor_ensemble", "oof_accuracy", "oof_majority")
+                          if m in metrics},
                        "confidence": round(confidence, 4),
                        "seconds": round(time.perf_counter() - start, 1)}
                 print(row, flush=True)

@@ -43,6 +43,11 @@ def test_round_line_shows_three_decimals_and_na_for_what_is_missing():
     assert "ECE 0.100 (0.040 after temperature scaling);" in format_round_line(1, 200, scaled, {})
     ensembled = format_round_line(1, 200, {**scaled, "ensemble_members": 4.0}, {})
     assert "ECE 0.100 (0.040 for the ensemble of 4);" in ensembled
+    # the noise floor of the predictions the round calibrated, else of the raw model's
+    floors = {"ece_floor": 0.031, "ece_floor_calibrated": 0.027}
+    assert "ECE 0.100 (0.040 for the ensemble of 4; noise floor 0.027);" in format_round_line(
+        1, 200, {**scaled, "ensemble_members": 4.0, **floors}, {})
+    assert "ECE 0.100 (noise floor 0.031);" in format_round_line(1, 200, {"ece": 0.1, "ece_floor": 0.031}, {})
 
 
 def test_majority_baseline_by_hand():
@@ -109,10 +114,11 @@ def test_summary_status_and_report(tmp_path, capsys):
     lines = out.splitlines()
     assert "strategy star, done, rounds 3/3, labels 8 (4 initial, 4 simulated)" in lines[0]
     assert "majority-class baseline: accuracy 0.600, macro-F1 0.375" in lines[1]
-    assert lines[2].split() == ["round", "labels", "accuracy", "macro-F1", "ECE", "ECE", "cal.", "train", "s",
-                                "score", "s"]
-    assert lines[3].split() == ["0", "4", "0.600", "0.550", "0.100", "n/a", "1.5", "0.2"]  # no calibration: n/a
-    assert lines[5].split() == ["2", "8", "0.900", "0.850", "0.033", "n/a", "1.5", "n/a"]  # nothing scored after
+    assert lines[2].split() == ["round", "labels", "accuracy", "macro-F1", "ECE", "ECE", "cal.", "ECE", "floor",
+                                "train", "s", "score", "s"]
+    # no calibration and no floor recorded (a run of an earlier version): n/a
+    assert lines[3].split() == ["0", "4", "0.600", "0.550", "0.100", "n/a", "n/a", "1.5", "0.2"]
+    assert lines[5].split() == ["2", "8", "0.900", "0.850", "0.033", "n/a", "n/a", "1.5", "n/a"]  # nothing scored
     assert lines[6] == (f"area under the curve: accuracy {summary['aulc_accuracy']:.3f}, "
                         f"macro-F1 {summary['aulc_macro_f1']:.3f}, ECE {summary['aulc_ece']:.3f}")
 

@@ -60,6 +60,15 @@ def test_run_status_compare(setup, reference, tmp_path, capsys):
     assert main(["al", "status", str(reference)]) == 0
     out = capsys.readouterr().out
     assert "strategy entropy, done, rounds 3/3, labels 14" in out
+    # each round's ECE floor (of the calibrated predictions where there are any) has its column
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("round "))
+    assert "ECE cal.  ECE floor" in header
+    state = RunState.open(reference)
+    metrics = state.rounds()[-1]["metrics"]
+    state.close()
+    floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0].isdigit()]
+    assert len(rows) == 3 and 0 <= floor < 1 and f"{floor:.3f}" in rows[-1]
     config = tmp_path / "run.yaml"
     config.write_text(f"strategy: random\ndata: {data}\nmodel: {model_dir}\nadapter: {{method: lora, rank: 2, "
                       "dropout: 0.1}\n")

@@ -145,3 +145,27 @@ def test_prior_corrected_divides_out_the_training_prior():
     assert torch.allclose(absent, torch.tensor([[1 / 7, 6 / 7]]))  # shares 3/3.5 and 0.5/3.5 divided out
     with pytest.raises(ValueError, match="train_labels"):
         prior_corrected(probs, torch.tensor([0, 2]))
+
+
+def test_ece_floor_is_the_ece_of_a_calibrated_model_on_this_many_items():
+    from loracle.evaluation import ece_floor
+
+    g = torch.Generator().manual_seed(3)
+    confidence = 0.5 + 0.5 * torch.rand(1000, generator=g, dtype=torch.float64)
+    probs = torch.stack([confidence, 1 - confidence], 1)
+    floor = ece_floor(probs)
+    # labels drawn so that each confidence is exactly the chance of being right: their ECEs average to the floor
+    measured = [expected_calibration_error(probs, (torch.rand(1000, generator=g, dtype=torch.float64)
+                                                   >= confidence).long()) for _ in range(200)]
+    assert 0.02 < floor < 0.035
+    assert sum(measured) / len(measured) == pytest.approx(floor, rel=0.05)
+    # four times the items, half the floor; the same inputs give the same number; MC samples are averaged first
+    assert ece_floor(probs.repeat(4, 1)) == pytest.approx(floor / 2, rel=0.1)
+    assert ece_floor(probs) == floor and ece_floor(probs[:, None].expand(-1, 3, -1)) == pytest.approx(floor)
+    # certain predictions are always right under calibration: no noise at all
+    assert ece_floor(torch.tensor([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+    assert classification_metrics(PROBS, LABELS)["ece_floor"] == ece_floor(PROBS)
+    with pytest.raises(ValueError, match="draws"):
+        ece_floor(probs, draws=0)
+    with pytest.raises(ValueError, match="shape"):
+        ece_floor(torch.zeros(0, 2))

@@ -420,7 +420,8 @@ class ActiveLearningLoop:
                 suffix = "" if items == c.calibration_items and not ensemble_mode else f"_{items}"
                 calibrated = classification_metrics(to_pool(apply_temperature(
                     result["probs"].clamp_min(1e-12).log(), value)), result["labels"])
-                metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k]) for k in ("ece", "nll", "brier")})
+                metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k])
+                                for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics[f"temperature{suffix}"] = float(value)
             metrics["calibrate_seconds"] = calibrate_seconds
         if out_of_fold is not None:  # the round model and its K fold models averaged: a cross-fitted ensemble
@@ -428,11 +429,11 @@ class ActiveLearningLoop:
 
             members = torch.cat([result["probs"].float()[None], out_of_fold["test_probs"]])
             ensemble = classification_metrics(members.mean(0), result["labels"])
-            metrics.update({f"{k}_ensemble": float(ensemble[k]) for k in ("accuracy", "macro_f1", "ece", "nll",
-                                                                           "brier")})
+            metrics.update({f"{k}_ensemble": float(ensemble[k]) for k in ("accuracy", "macro_f1", "ece", "ece_floor",
+                                                                           "nll", "brier")})
             if ensemble_mode:  # the ensemble, in the pool's class prior, is the round's calibrated prediction
                 calibrated = classification_metrics(to_pool(members.mean(0)), result["labels"])
-                metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "nll", "brier")})
+                metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics["ensemble_members"] = len(members)
         if shift is not None:
             metrics.update({f"pool_prior_{i}": float(v) for i, v in enumerate(shift[1])})

@@ -41,13 +41,16 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
                       phase_seconds: Mapping[str, float | None]) -> str:
     """The one log line written after each round of a run.
 
-    Example: ``round 2 (14 labels): accuracy 0.850, macro-F1 0.843, ECE 0.071; train 3.2 s, evaluate 0.4 s,
-    score n/a``.
+    Example: ``round 2 (14 labels): accuracy 0.850, macro-F1 0.843, ECE 0.071 (noise floor 0.052); train 3.2 s,
+    evaluate 0.4 s, score n/a``. The noise floor (``ece_floor``, of the calibrated predictions where the round has
+    them) is the ECE a perfectly calibrated model with the same confidences would show on this test set
+    (:func:`~loracle.evaluation.metrics.ece_floor`): an ECE near it is as good as this test set can tell.
 
     Args:
         round_index: the round ``t`` (0: trained on the initial set).
         n_labels: labels the round's model was trained on.
-        metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``.
+        metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``, and
+            ``ece_calibrated`` and the noise floor where present.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
             (the last round scores nothing).
 
@@ -55,10 +58,16 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         The line, without a newline.
     """
     shown = ", ".join(f"{label} {format_value(metrics.get(key))}" for key, label in METRICS)
+    notes = []
     if metrics.get("ece_calibrated") is not None:
         how = (f"for the ensemble of {int(metrics['ensemble_members'])}" if "ensemble_members" in metrics
                else "after temperature scaling")
-        shown += f" ({format_value(metrics.get('ece_calibrated'))} {how})"
+        notes.append(f"{format_value(metrics.get('ece_calibrated'))} {how}")
+    floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))
+    if floor is not None and floor == floor:
+        notes.append(f"noise floor {format_value(floor)}")
+    if notes:
+        shown += f" ({'; '.join(notes)})"
     times = ", ".join(f"{phase} {_seconds(phase_seconds.get(phase))}" for phase in PHASES)
     return f"round {round_index} ({n_labels} labels): {shown}; {times}"
 
@@ -120,7 +129,8 @@ def run_summary(state: RunState) -> dict[str, Any]:
     curve = {
         "n_labels": [r["n_labels"] for r in rounds],
         **{key: [r["metrics"].get(key) for r in rounds]
-           for key in ("accuracy", "macro_f1", "ece", "nll", "brier", "ece_calibrated", "nll_calibrated",
+           for key in ("accuracy", "macro_f1", "ece", "ece_floor", "nll", "brier", "ece_calibrated",
+                       "ece_floor_calibrated", "nll_calibrated",
                        "brier_calibrated", "temperature", "accuracy_ensemble", "ece_ensemble", "macro_f1_balanced",
                        "accuracy_balanced")
            if any(key in r["metrics"] for r in rounds)},

@@ -413,12 +413,15 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"{f' ({sources})' if sources else ''}, pending queries {summary['pending_queries']}")
     print(f"data {summary['dataset']} (pool {summary['pool_size']}, test {summary['test_size']}), "
           f"model {summary['model']}; {_baseline_text(summary['majority_baseline'])}")
-    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", "train s", "score s"]
+    # ECE floor: what a calibrated model with the same confidences would show on this test set (of the calibrated
+    # predictions where the round has them)
+    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", "ECE floor", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
                  format_value(r["metrics"].get("ece_calibrated")),
+                 format_value(r["metrics"].get("ece_floor_calibrated", r["metrics"].get("ece_floor"))),
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     if summary["rounds"]:

@@ -1,4 +1,5 @@
-"""Classification metrics on predicted probabilities: accuracy, macro-F1, per-class recall, ECE, NLL and Brier score.
+"""Classification metrics on predicted probabilities: accuracy, macro-F1, per-class recall, ECE (and the floor a
+calibrated model would show on the same number of items), NLL and Brier score.
 
 Every function takes ``probs`` of shape ``[N, C]`` (rows sum to 1) or ``[N, S, C]`` (MC samples, averaged over
 ``S`` first) and integer ``labels`` of shape ``[N]``, and returns a Python float.
@@ -110,6 +111,40 @@ def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins
     return ((count / count.sum()) * (acc - confidence).abs()).sum().item()
 
 
+def ece_floor(probs: torch.Tensor, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated model with these confidences would show on this many items, on average.
+
+    ECE measured on a finite test set is biased upwards: even when every confidence is exactly the probability of
+    being right, each bin's accuracy is a sample mean, and ``|acc_b − conf_b|`` is positive (Kumar, Liang & Ma,
+    arXiv 1909.10155; Roelofs et al., arXiv 2012.08668). This floor is that bias for the predictions at hand: each
+    of ``draws`` simulations marks item ``i`` right with probability equal to its top-class probability, and the
+    mean of their ECEs (same ``n_bins`` equal-width bins as :func:`expected_calibration_error`) is returned. It
+    shrinks about as ``1/sqrt(N)``; an ECE near it says the test set cannot tell the model from a calibrated one.
+
+    Args:
+        probs: ``[N, C]`` probabilities (or ``[N, S, C]`` samples, averaged over ``S`` first).
+        n_bins: bins of the ECE it stands beside.
+        draws: simulations (the Monte Carlo error of the mean is well under 0.001 at the default).
+        seed: seeds the simulations (the same inputs give the same floor).
+
+    Raises:
+        ValueError: for probabilities of another shape, no items, ``n_bins < 1`` or ``draws < 1``.
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    probs = probs.mean(dim=1) if probs.dim() == 3 else probs
+    if probs.dim() != 2 or probs.shape[0] == 0:
+        raise ValueError(f"probs must have shape [N, C] or [N, S, C] with N > 0, got {tuple(probs.shape)}")
+    if n_bins < 1 or draws < 1:
+        raise ValueError(f"n_bins and draws must be >= 1, got {n_bins} and {draws}")
+    confidence = probs.max(-1).values.clamp(0.0, 1.0)
+    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add(0, index, confidence)
+    generator = torch.Generator().manual_seed(seed)
+    correct = (torch.rand(draws, len(confidence), generator=generator, dtype=torch.float64) < confidence).double()
+    acc_sum = torch.zeros(draws, n_bins, dtype=torch.float64).index_add(1, index, correct)
+    return ((acc_sum - conf_sum).abs().sum(-1) / len(confidence)).mean().item()
+
+
 def confidence_calibration(confidence: torch.Tensor, correct: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
     """Calibration of a confidence in being right (e.g. a generated answer's length-normalised probability
     ``exp(-NLL)`` against exact match).
@@ -168,13 +203,15 @@ def balanced_decision_metrics(probs: torch.Tensor, labels: torch.Tensor, train_l
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict[str, float]:
-    """All of the above as flat floats: ``accuracy``, ``macro_f1``, ``ece``, ``nll``, ``brier``, and
+    """All of the above as flat floats: ``accuracy``, ``macro_f1``, ``ece``, ``ece_floor`` (:func:`ece_floor`: the
+    ECE a calibrated model with these confidences would show on this many items), ``nll``, ``brier``, and
     ``recall_<c>`` (:func:`per_class_recall`) for each class ``c`` that occurs in ``labels``."""
     recalls = per_class_recall(probs, labels)
     return {
         "accuracy": accuracy(probs, labels),
         "macro_f1": macro_f1(probs, labels),
         "ece": expected_calibration_error(probs, labels, n_bins),
+        "ece_floor": ece_floor(probs, n_bins),
         "nll": negative_log_likelihood(probs, labels),
         "brier": brier_score(probs, labels),
         **{f"recall_{c}": r for c, r in enumerate(recalls) if r == r},  # r != r only for NaN (absent class)

@@ -19,7 +19,10 @@ trains the round model with the run's recipe changed as the recipe name says, an
 - ``ece_floor``: the ECE a perfectly calibrated ensemble with the same confidences would show on this test set;
 - ``oracle``: the ensemble's ECE after a temperature, a class bias, or both, fitted (NLL) on the **test labels**
   themselves: not a calibrator anyone could run, but the bound on what any such two-parameter recalibration of
-  the ensemble could reach.
+  the ensemble could reach; and ``auroc_with_disagreement``, the AUROC of a logistic regression of right/wrong on
+  the ensemble's confidence and its members' disagreement (the standard deviation of their probabilities of the
+  ensemble's class), fitted on the test labels too: how much a calibrator that reads disagreement could rank
+  better than the confidence alone.
 
 Recipe names: ``default`` (the run's own) or changes joined by ``+``: ``hl<x>`` head learning rate, ``lr<x>``
 adapter learning rate, ``ls<x>`` label smoothing, ``ep<n>`` epochs, ``wd<x>`` weight decay. One JSON row per (run,
@@ -104,6 +107,30 @@ def oracle_ece(probs, labels) -> dict:
     return out
 
 
+def disagreement_auroc(members, labels) -> float:
+    """AUROC of right/wrong from a logistic regression (fitted on these labels) on the ensemble's confidence (as a
+    logit) and the standard deviation of the members' probabilities of the ensemble's class."""
+    import torch
+
+    confidence, predicted = members.mean(0).max(-1)
+    spread = members.gather(2, predicted[None, :, None].expand(len(members), -1, 1))[..., 0].std(0)
+    x = torch.stack([torch.logit(confidence.clamp(1e-6, 1 - 1e-6)), spread], 1).double()
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-12)
+    correct = (predicted == labels).double()
+    weight = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight[:2] + weight[2], correct)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return round(auroc(x @ weight[:2] + weight[2], correct.bool()), 4)
+
+
 def summarise() -> dict:
     rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
     out: dict = {"runs": sorted({r["run"] for r in rows}), "results": []}
@@ -177,7 +204,8 @@ def main() -> None:
                     def to_pool(p):
                         return p if shift is None else shift_prior(p, *shift)
 
-                    ensemble = to_pool(torch.cat([probs[None], out_of_fold["test_probs"].double()]).mean(0))
+                    members = torch.cat([probs[None], out_of_fold["test_probs"].double()])
+                    ensemble = to_pool(members.mean(0))
                     scaled = to_pool(apply_temperature(probs.clamp_min(1e-12).log(), temperatures["initial"]))
                     confidence = probs.max(-1).values
                     row = {"run": run, "t": t, "n": n, "recipe": recipe,
@@ -185,7 +213,8 @@ def main() -> None:
                            "ece_floor": round(ece_floor(ensemble), 4),
                            "raw": describe(probs, labels),
                            "temperature": describe(scaled, labels) | {"value": round(temperatures["initial"], 4)},
-                           "ensemble": describe(ensemble, labels), "oracle": oracle_ece(ensemble, labels),
+                           "ensemble": describe(ensemble, labels), "oracle": oracle_ece(ensemble, labels)
+                           | {"auroc_with_disagreement": disagreement_auroc(members, labels)},
                            "seconds": round(time.perf_counter() - start, 1)}
                     print(json.dumps(row), flush=True)
                     with ROWS.open("a") as f:

@@ -111,6 +111,16 @@ def test_next_round_from_the_page_then_predictions(human_run):
     item = web.get(f"/api/items/{state['next_item']}").json()
     assert item["score"] is not None and item["prediction"]["state"] == "ready"
     assert item["prediction"]["label_name"] in ("fresh", "rotten") and 0.5 <= item["prediction"]["confidence"] <= 1
+    # the round's calibrated confidence (the mean of round 0's model and its 3 fold models), as `al predict` gives it
+    from loracle.active.predict import predict_with_run
+    from loracle.active.state import RunState
+
+    run = RunState.open(human_run)
+    examples = run.pool_examples([state["next_item"]])
+    run.close()
+    expected = predict_with_run(human_run, examples, 0, model_factory=tiny_factory)
+    assert expected["members"] == 4
+    assert item["prediction"]["confidence"] == pytest.approx(float(expected["calibrated"].max()), abs=1e-3)
     html = web.get("/").text
     assert "% confident)" in html and "<polyline" in html
     assert answer_all(web) == 4

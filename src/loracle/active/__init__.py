@@ -7,7 +7,7 @@ from loracle.active.state import RunState
 from loracle.active.strategies import STRATEGIES, Signals, Strategy, build_strategy
 
 __all__ = ["ALConfig", "STRATEGIES", "Signals", "Strategy", "build_strategy", "run_active_learning", "resume",
-           "RunState", "RunLock", "RunInUseError", "parse_label"]
+           "RunState", "RunLock", "RunInUseError", "parse_label", "predict_with_run", "round_probs"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from loracle.active import loop
 
         return getattr(loop, name)
+    if name in ("predict_with_run", "round_probs", "RoundCalibration"):
+        from loracle.active import predict
+
+        return getattr(predict, name)
     raise AttributeError(f"module 'loracle.active' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""``loracle al``: active learning from the command line (run, status, resume, label, compare).
+"""``loracle al``: active learning from the command line (run, status, resume, label, compare, predict).
 
 Parsers are built without torch: the closed sets come from :mod:`loracle.names`, and the defaults shown in help are
 read from :class:`loracle.active.ALConfig` only when help is rendered. Handlers import what they need.
@@ -38,6 +38,7 @@ examples:
   loracle al label runs/star     # answer pending queries (or --export/--import)
   loracle al serve runs/star     # ... or in the browser, at http://127.0.0.1:8000/
   loracle al compare runs/star runs/random --output runs/compare
+  loracle al predict runs/star --data new.jsonl  # calibrated predictions on other data
 
 `loracle al run --config run.yaml` reads the run's settings (the fields of
 loracle.active.ALConfig) from a YAML file; command-line flags override it.
@@ -122,7 +123,7 @@ def _epochs_default() -> str:
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``al`` and its sub-subcommands run/status/resume/label/compare."""
-    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, serve, compare",
+    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, serve, compare, predict",
                                description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = al.add_subparsers(dest="al_command", metavar="ACTION")
     al.set_defaults(func=lambda args: (al.print_help(), 2)[1])
@@ -313,6 +314,31 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                       "learning_curve.png"), "a folder named compare beside the first run's folder")
     compare.set_defaults(func=cmd_compare)
 
+    predict = sub.add_parser("predict", help="a round's predictions on other data, with the run's calibrated "
+                             "confidence", formatter_class=HelpFormatter,
+                             description="Predict every item of DATA with a classification run's round (default: "
+                             "its last) and write one JSON line per item: the predicted class, its calibrated "
+                             "confidence, every class's calibrated probability and the round model's own "
+                             "confidence. Calibrated as the run reports it: the mean of the round model and its "
+                             "cross-fitted fold models (the default), or its temperature, moved to the pool's class "
+                             "prior where the run's queries shifted it. When DATA has labels, the metrics of both "
+                             "are printed as well.")
+    predict.add_argument("run_dir", help="the run folder")
+    predict.add_argument("--data", required=True, help="JSONL/CSV/Parquet file, folder with <split>.jsonl, "
+                         "datasets.save_to_disk folder, or hub dataset name; labels optional (the run's class "
+                         "names)")
+    predict.add_argument("--split", default="test", help="split of a folder or hub dataset")
+    show_default(predict.add_argument("--text-field", default=None, help="the text field"), "the run's")
+    show_default(predict.add_argument("--label-field", default=None, help="the label field (if any)"), "the run's")
+    show_default(predict.add_argument("--round", type=int, default=None, metavar="T",
+                                      help="the round whose model predicts"), "the last completed")
+    show_default(predict.add_argument("--output", "-o", metavar="JSONL", help="where the predictions go"),
+                 "predictions.jsonl in the run folder")
+    show_default(predict.add_argument("--batch-size", type=int, default=None, metavar="N",
+                                      help="items per forward pass"), "the run's")
+    predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    predict.set_defaults(func=cmd_predict)
+
 
 def config_from_args(args: argparse.Namespace):
     """Merge ``--config`` YAML (if any) with the flags given; returns an ``ALConfig``."""
@@ -485,6 +511,59 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(baselines) == 1:
         print(_baseline_text(next(iter(result.values()))["majority_baseline"]))
     print(f"wrote {output}/compare.json and {output}/learning_curve.png")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from loracle.active.config import ALConfig
+    from loracle.active.predict import predict_with_run
+    from loracle.active.state import RunState
+    from loracle.data import load_examples
+    from loracle.distributed import Ranks
+    from loracle.evaluation.metrics import classification_metrics
+
+    state = RunState.open(args.run_dir)
+    try:
+        config, label_names = ALConfig.from_dict(state.config), state.label_names
+    finally:
+        state.close()
+    fields = {"text_field": args.text_field or config.text_field}
+    if args.label_field or config.label_field:
+        fields["label_field"] = args.label_field or config.label_field
+    examples = load_examples(args.data, config.task_kind, split=args.split,
+                             label_names=label_names if config.task_kind == "classification" else None, **fields)
+    ranks = Ranks.current()
+    result = predict_with_run(args.run_dir, examples, args.round, batch_size=args.batch_size,
+                              progress=args.progress and sys.stderr.isatty(), ranks=ranks)
+    names, raw, calibrated = result["label_names"], result["raw"], result["calibrated"]
+    output = Path(args.output) if args.output else Path(args.run_dir) / "predictions.jsonl"
+    summary: dict[str, Any] = {"round": result["round"], "labels": result["n_labels"],
+                               "calibration": result["calibration"], "members": result["members"],
+                               "items": len(examples), "output": str(output)}
+    labels = [e.label for e in examples]
+    if labels and all(y is not None for y in labels):
+        gold = torch.tensor(labels)
+        keys = ("accuracy", "macro_f1", "ece", "ece_floor", "nll", "brier")
+        summary["metrics"] = {name: {k: round(float(v), 4) for k, v in classification_metrics(p, gold).items()
+                                     if k in keys} for name, p in (("model", raw), ("calibrated", calibrated))}
+
+    def write() -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as handle:
+            for e, p, q, y in zip(examples, calibrated.tolist(), raw.max(-1).values.tolist(), labels):
+                best = max(range(len(p)), key=p.__getitem__)
+                row = {"id": e.id, "text": e.text, "prediction": names[best], "confidence": round(p[best], 6),
+                       "probabilities": {n: round(v, 6) for n, v in zip(names, p)}, "model_confidence": round(q, 6)}
+                if y is not None:
+                    row["label"] = names[y]
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        tmp.replace(output)
+        print(json.dumps(summary, indent=2))
+
+    ranks.writer(write)
     return 0
 
 

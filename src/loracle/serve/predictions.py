@@ -4,8 +4,9 @@ The queries of round ``t`` were chosen by the model trained in round ``t - 1``; 
 (the ``checkpoint`` of that round's row). The first time the page asks for round ``t``, a background thread loads
 the base model (once per server), puts that checkpoint's adapter on it, runs one deterministic pass over the
 round's queries and keeps ``{pool index: (label, confidence)}`` in memory. The page never waits for it: until it is
-ready the prediction reads "computing", and round 0 (no model yet) reads "n/a". Confidences are temperature-scaled
-when the round fitted a temperature.
+ready the prediction reads "computing", and round 0 (no model yet) reads "n/a". Confidences are the round's calibrated
+ones, as ``al run`` reports them (:func:`loracle.active.predict.round_probs`: the mean of the round model and its
+fold models by default, else its temperature; moved to the pool's class prior where the run shifted it).
 """
 
 from __future__ import annotations
@@ -110,12 +111,10 @@ class RoundPredictions:
             self._status[round_index] = status
 
     def _model_pass(self, run_dir: Path, round_index: int) -> dict[int, Prediction] | None:
-        """One deterministic pass of round ``round_index - 1``'s checkpoint over round ``round_index``'s queries."""
-        import torch
-
-        from loracle.active import ALConfig, RunState
+        """One deterministic pass of round ``round_index - 1``'s checkpoint (and its fold models) over round
+        ``round_index``'s queries."""
+        from loracle.active import ALConfig, RunState, round_probs
         from loracle.modeling.build import ModelBuilder
-        from loracle.uncertainty.sampling import mc_probs
 
         state = RunState(run_dir)
         try:
@@ -133,13 +132,7 @@ class RoundPredictions:
         finally:
             state.close()
         log(f"serve: predictions for round {round_index}'s {len(indices)} queries (checkpoint {row['checkpoint']})")
-        built = self._builder.load(run_dir / row["checkpoint"])
-        with torch.no_grad():
-            probs = mc_probs(built.model, built.task, examples, samples=0, batch_size=config.eval_batch_size)[:, 0]
-        temperature = row["metrics"].get("temperature")
-        if temperature:
-            from loracle.evaluation.calibration import apply_temperature
-
-            probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)  # [N, C]
+        _, probs, _ = round_probs(self._builder, run_dir / row["checkpoint"], examples,
+                                  batch_size=config.eval_batch_size)  # [N, C], calibrated
         confidence, label = probs.max(dim=-1)
         return {i: Prediction(int(y), float(p)) for i, y, p in zip(indices, label.tolist(), confidence.tolist())}

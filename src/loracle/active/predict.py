@@ -1,0 +1,197 @@
+"""A round's calibrated predictions on any items: what ``al run`` reports as the round's calibrated output, for data
+the run never saw (``loracle al predict``) and for the labelling app's predictions.
+
+A classification round's checkpoint folder (``<run>/rounds/<t>``) holds all that is needed:
+
+- the round model's adapter and head;
+- with ``calibration="ensemble"`` (the default), the cross-fitted fold models' adapters in ``folds/<i>``: the
+  calibrated prediction is the mean of the round model's and theirs;
+- with ``calibration="temperature"``, the one temperature the round applies (``extra.temperature`` of the adapter
+  file): ``softmax(log p / T)``;
+- where the queried labels' class shares departed from the round-0 sample's (``calibration_prior="pool"``), the
+  class priors ``extra.train_prior`` / ``extra.pool_prior``: the result is moved from the first to the second
+  (:func:`loracle.evaluation.label_shift.shift_prior`).
+
+This is the same rule the loop applies to the test set when it records ``ece_calibrated`` (README, "What an `al run`
+round does"); the tests check that reloading a round's folder reproduces those numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loracle.errors import LoracleError
+
+
+@dataclass(frozen=True)
+class RoundCalibration:
+    """How one round's calibrated predictions are made from its members' probabilities.
+
+    Args:
+        members: the adapter folders whose probabilities are averaged: the round's own, then its fold models'.
+        temperature: applied to the (single) member's log-probabilities; None for none.
+        train_prior / pool_prior: ``[C]`` class priors the result is moved between; None where nothing moves.
+    """
+
+    members: tuple[Path, ...]
+    temperature: float | None = None
+    train_prior: tuple[float, ...] | None = None
+    pool_prior: tuple[float, ...] | None = None
+
+    @property
+    def method(self) -> str:
+        """``ensemble``, ``temperature`` or ``none`` (what the round's calibrated prediction is)."""
+        if len(self.members) > 1:
+            return "ensemble"
+        return "temperature" if self.temperature is not None else "none"
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "RoundCalibration":
+        """The calibration saved in a round's checkpoint folder (see the module docstring).
+
+        Raises:
+            LoracleError: ``folder`` holds no adapter, or its recorded temperature or priors are malformed.
+        """
+        from loracle.adapters.io import read_adapter_info
+
+        folder = Path(folder)
+        try:
+            extra = read_adapter_info(folder).get("extra") or {}
+        except FileNotFoundError as err:
+            raise LoracleError(f"{folder} holds no saved round (no loracle_adapter.json); name a folder under "
+                               "<run>/rounds/") from err
+        folds = folder / "folds"
+        members = [folder]
+        if folds.is_dir():
+            members += sorted((p for p in folds.iterdir() if p.is_dir() and p.name.isdigit()),
+                              key=lambda p: int(p.name))
+        temperature = extra.get("temperature")
+        if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                        or not temperature > 0):
+            raise LoracleError(f"{folder}: the recorded temperature {temperature!r:.40} is not a positive number")
+        priors = [extra.get("train_prior"), extra.get("pool_prior")]
+        if (priors[0] is None) != (priors[1] is None) or any(
+                p is not None and (not isinstance(p, list) or not all(isinstance(v, (int, float)) for v in p))
+                for p in priors):
+            raise LoracleError(f"{folder}: the recorded class priors {priors!r:.80} are not two lists of numbers")
+        return cls(members=tuple(members), temperature=None if len(members) > 1 else temperature,
+                   train_prior=None if priors[0] is None else tuple(float(v) for v in priors[0]),
+                   pool_prior=None if priors[1] is None else tuple(float(v) for v in priors[1]))
+
+    def apply(self, member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[N, C]`` calibrated probabilities from each member's ``[N, C]`` probabilities (in ``members`` order)."""
+        from loracle.evaluation.calibration import apply_temperature
+        from loracle.evaluation.label_shift import shift_prior
+
+        if len(member_probs) != len(self.members):
+            raise ValueError(f"RoundCalibration.apply: {len(member_probs)} members' probabilities for "
+                             f"{len(self.members)} members")
+        probs = torch.stack([p.double() for p in member_probs]).mean(0)
+        if self.temperature is not None:
+            probs = apply_temperature(probs.clamp_min(1e-12).log(), self.temperature)
+        if self.pool_prior is not None:
+            probs = shift_prior(probs, torch.tensor(self.train_prior, dtype=torch.float64),
+                                torch.tensor(self.pool_prior, dtype=torch.float64))
+        return probs
+
+
+def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, batch_size: int = 32,
+                precision: str = "fp32", ranks: Any = None,
+                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, RoundCalibration]:
+    """The round model's probabilities and the round's calibrated ones on ``examples``.
+
+    Each member is loaded onto the builder's base model in turn (one model in memory) and makes one deterministic
+    pass (dropout off).
+
+    Args:
+        builder: a :class:`loracle.modeling.build.ModelBuilder` for the run's model and task.
+        folder: the round's checkpoint folder.
+        examples: the items (their labels are not read).
+        batch_size / precision: of the passes.
+        ranks: a :class:`loracle.distributed.Ranks` to split each pass across launched processes; None for one.
+        progress: a progress bar per member.
+
+    Returns:
+        ``(raw, calibrated, calibration)``: ``[N, C]`` each, and how the second was made.
+    """
+    from loracle.distributed import Ranks
+    from loracle.progress import log
+    from loracle.uncertainty.sampling import mc_probs
+
+    calibration = RoundCalibration.read(folder)
+    ranks = ranks or Ranks()
+    outputs = []
+    for i, member in enumerate(calibration.members):
+        if len(calibration.members) > 1:
+            log(f"predict: member {i + 1}/{len(calibration.members)} ({member})")
+        built = builder.load(member)
+        ranks.place(built.model)
+        with torch.no_grad():
+            outputs.append(ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                           batch_size=batch_size, precision=precision,
+                                                           progress=progress and ranks.is_writer),
+                                     list(examples))[:, 0].float())
+    return outputs[0], calibration.apply(outputs).float(), calibration
+
+
+def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: int | None = None, *,
+                     model_factory: Any = None, batch_size: int | None = None, progress: bool = False,
+                     ranks: Any = None) -> dict[str, Any]:
+    """Predict ``examples`` with a classification run's round (default: its last), raw and calibrated.
+
+    Args:
+        run_dir: the run folder.
+        examples: the items, loaded with the run's class names.
+        round_index: the round whose model predicts; None for the last completed one.
+        model_factory: ``(name, task_kind, num_labels) -> (model, tokenizer)``; default the run's model.
+        batch_size: of the passes (default the run's ``eval_batch_size``).
+        progress / ranks: as :func:`round_probs`.
+
+    Returns:
+        ``{"round", "n_labels", "calibration", "members", "raw", "calibrated", "label_names"}`` (``raw`` and
+        ``calibrated`` are ``[N, C]`` tensors).
+
+    Raises:
+        LoracleError: the folder is not a run, the run is not classification, has no completed round (or not
+            ``round_index``), or the round's checkpoint is gone.
+    """
+    from loracle.active.config import ALConfig
+    from loracle.active.state import RunState
+    from loracle.modeling.build import ModelBuilder
+    from loracle.modeling.precision import resolve_precision
+
+    state = RunState.open(run_dir)
+    try:
+        config = ALConfig.from_dict(state.config)
+        label_names = state.label_names
+        rows = {r["round"]: r for r in state.rounds()}
+    finally:
+        state.close()
+    if config.task_kind != "classification" or not label_names:
+        raise LoracleError(f"{run_dir}: `al predict` takes classification runs; this one is {config.task_kind} "
+                           f"(score its rounds with `loracle evaluate --adapter-dir {run_dir}/rounds/<t>`)")
+    if not rows:
+        raise LoracleError(f"{run_dir} has no completed round yet; `loracle al resume {run_dir}` trains round 0")
+    if round_index is None:
+        round_index = max(rows)
+    if round_index not in rows:
+        raise LoracleError(f"{run_dir} has no completed round {round_index}; completed: {sorted(rows)}")
+    row = rows[round_index]
+    folder = Path(run_dir) / (row["checkpoint"] or "")
+    if not row["checkpoint"] or not folder.is_dir():
+        raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
+                           f"or pick another round with --round (completed: {sorted(rows)})")
+    builder = ModelBuilder(config.model, config.task_kind, label_names=label_names, examples=list(examples),
+                           max_length=config.max_length, adapter=config.adapter, model_factory=model_factory)
+    device = getattr(ranks, "device", None) or "cpu"
+    raw, calibrated, calibration = round_probs(builder, folder, examples,
+                                               batch_size=batch_size or config.eval_batch_size,
+                                               precision=resolve_precision(config.precision, device),
+                                               ranks=ranks, progress=progress)
+    return {"round": round_index, "n_labels": row["n_labels"], "calibration": calibration.method,
+            "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names}

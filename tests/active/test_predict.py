@@ -1,0 +1,98 @@
+"""A round's calibrated predictions rebuilt from its checkpoint folder (``loracle.active.predict``): the numbers the
+run recorded come back, on the run's own test set, for the ensemble, the temperature and the pool-prior shift."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from al_helpers import small_config, tiny_factory
+
+from loracle.active.loop import run_active_learning
+from loracle.active.predict import RoundCalibration, predict_with_run
+from loracle.active.state import RunState
+from loracle.errors import LoracleError
+from loracle.evaluation.metrics import classification_metrics
+
+
+def fast_config(data, **overrides):
+    """A short run: random queries, fp32, no stop set; calibration as the test asks."""
+    return small_config(data, **{"calibration": "none", "stopping": [], "precision": "fp32", "strategy": "random",
+                                 **overrides})
+
+
+def _recorded(run_dir):
+    state = RunState.open(run_dir)
+    try:
+        return state.rounds(), state.test_examples(), state.get_signal("test_labels")
+    finally:
+        state.close()
+
+
+def test_ensemble_with_the_pool_prior_shift_reproduces_the_recorded_calibration(tmp_path, toy_data, monkeypatch):
+    """Forced shift (the queried shares "differ"): each round's calibrated predictions on the test set, rebuilt from
+    the round model and its 2 fold models, give the recorded calibrated ECE/NLL/Brier; the round model alone gives
+    the recorded raw NLL; and the shift is not the identity."""
+    monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
+    config = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rounds, test, labels = _recorded(tmp_path / "run")
+    moved = []
+    for row in rounds:
+        m = row["metrics"]
+        out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
+        assert (out["round"], out["n_labels"], out["calibration"], out["members"]) == \
+            (row["round"], row["n_labels"], "ensemble", 3)
+        raw, calibrated = classification_metrics(out["raw"], labels), classification_metrics(out["calibrated"], labels)
+        assert raw["nll"] == pytest.approx(m["nll"], abs=1e-4)
+        for key in ("ece", "nll", "brier"):
+            assert calibrated[key] == pytest.approx(m[f"{key}_calibrated"], abs=1e-4), key
+        assert torch.allclose(out["calibrated"].sum(-1), torch.ones(len(test)), atol=1e-5)
+        moved.append(abs(calibrated["nll"] - m["nll_ensemble"]))
+    assert max(moved) > 1e-3  # round 1's queries changed the shares: moved to the pool prior, not the plain mean
+
+
+def test_temperature_run_reproduces_the_recorded_calibration(tmp_path, toy_data):
+    config = fast_config(toy_data, rounds=1, calibration="temperature", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rounds, test, labels = _recorded(tmp_path / "run")
+    for row in rounds:
+        out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
+        assert (out["calibration"], out["members"]) == ("temperature", 1)
+        calibrated = classification_metrics(out["calibrated"], labels)
+        for key in ("ece", "nll", "brier"):
+            assert calibrated[key] == pytest.approx(row["metrics"][f"{key}_calibrated"], abs=1e-4), key
+    # the default round is the last; an uncalibrated run predicts with its round model alone
+    assert predict_with_run(tmp_path / "run", test[:3], model_factory=tiny_factory)["round"] == 1
+
+
+def test_apply_averages_scales_and_shifts():
+    """Worked numbers: the mean of two members, moved from an even prior to (0.25, 0.75); one member at T=2."""
+    two = RoundCalibration(members=("a", "b"), train_prior=(0.5, 0.5), pool_prior=(0.25, 0.75))
+    out = two.apply([torch.tensor([[0.8, 0.2]]), torch.tensor([[0.6, 0.4]])])
+    # mean (0.7, 0.3) -> (0.7 * 0.5, 0.3 * 1.5) = (0.35, 0.45) -> (0.4375, 0.5625)
+    torch.testing.assert_close(out, torch.tensor([[0.4375, 0.5625]], dtype=torch.float64))
+    assert two.method == "ensemble"
+    one = RoundCalibration(members=("a",), temperature=2.0)
+    # p^(1/2) renormalised: (sqrt 0.8, sqrt 0.2) / sum = (2/3, 1/3)
+    torch.testing.assert_close(one.apply([torch.tensor([[0.8, 0.2]])]),
+                               torch.tensor([[2 / 3, 1 / 3]], dtype=torch.float64))
+    assert one.method == "temperature" and RoundCalibration(members=("a",)).method == "none"
+    with pytest.raises(ValueError, match="2 members' probabilities for 1 members"):
+        one.apply([torch.tensor([[0.5, 0.5]])] * 2)
+
+
+def test_unknown_round_missing_checkpoint_and_no_adapter_are_clear_errors(tmp_path, toy_data):
+    config = fast_config(toy_data, rounds=1)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    _, test, _ = _recorded(tmp_path / "run")
+    with pytest.raises(LoracleError, match=r"no completed round 7; completed: \[0, 1\]"):
+        predict_with_run(tmp_path / "run", test, 7, model_factory=tiny_factory)
+    shutil.rmtree(tmp_path / "run" / "rounds" / "001")
+    with pytest.raises(LoracleError, match="round 1's checkpoint .* is missing"):
+        predict_with_run(tmp_path / "run", test, model_factory=tiny_factory)
+    with pytest.raises(LoracleError, match="holds no saved round"):
+        RoundCalibration.read(tmp_path / "run" / "rounds")
+    with pytest.raises(LoracleError, match="not an active-learning run folder"):
+        predict_with_run(tmp_path / "nowhere", test, model_factory=tiny_factory)

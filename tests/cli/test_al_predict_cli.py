@@ -1,0 +1,96 @@
+"""``loracle al predict``: one JSON line per item with the run's calibrated confidence, metrics when the data has
+labels, and clear errors for data or rounds that do not fit the run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from loracle.active.loop import run_active_learning
+from loracle.active.state import RunState
+from loracle.cli.al import main
+from active.al_helpers import small_config, write_toy_data
+from tiny_models import tiny_bert, tiny_tokenizer
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A finished run with `al run`'s default calibration (the cross-fitted ensemble) of a tiny model saved in a
+    folder (what `al predict` loads, as a user's run would), trained briefly."""
+    root = tmp_path_factory.mktemp("al_predict")
+    model_dir = root / "model"
+    tiny_bert().save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = write_toy_data(root / "data")
+    out = root / "run"
+    config = small_config(data, model=str(model_dir), rounds=1, calibration="ensemble", calibration_folds=2,
+                          stopping=[], precision="fp32", strategy="random")
+    assert run_active_learning(config, out) == "done"
+    return out
+
+
+def _last_round(run_dir):
+    state = RunState.open(run_dir)
+    try:
+        return state.rounds()[-1]
+    finally:
+        state.close()
+
+
+def test_predictions_on_the_test_file_match_the_run(run_dir, tmp_path, capsys):
+    """The run's own test file: one row per item in file order, the prediction the argmax of the calibrated
+    probabilities, and printed metrics equal to what the run recorded for its last round."""
+    capsys.readouterr()
+    test_file = run_dir.parent / "data" / "test.jsonl"
+    out = tmp_path / "p.jsonl"
+    assert main(["al", "predict", str(run_dir), "--data", str(test_file), "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    row = _last_round(run_dir)
+    assert (summary["round"], summary["labels"], summary["calibration"], summary["members"], summary["items"]) == \
+        (1, 10, "ensemble", 3, 20)
+    for key in ("ece", "nll", "brier"):
+        assert summary["metrics"]["calibrated"][key] == pytest.approx(row["metrics"][f"{key}_calibrated"], abs=2e-4)
+    assert summary["metrics"]["model"]["accuracy"] == pytest.approx(row["metrics"]["accuracy"], abs=1e-9)
+    source = [json.loads(line) for line in test_file.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["text"] for r in rows] == [s["text"] for s in source]
+    assert [r["label"] for r in rows] == [s["label"] for s in source]
+    for r in rows:
+        probs = r["probabilities"]
+        assert set(probs) == {"fresh", "rotten"} and sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["prediction"] == max(probs, key=probs.get) and r["confidence"] == probs[r["prediction"]]
+        assert 0.5 <= r["model_confidence"] <= 1.0
+    right = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert summary["metrics"]["calibrated"]["accuracy"] == pytest.approx(right)
+
+
+def test_unlabelled_data_and_an_earlier_round(run_dir, tmp_path, capsys):
+    capsys.readouterr()
+    texts = tmp_path / "new.jsonl"
+    texts.write_text("".join(json.dumps({"id": f"n{i}", "text": t}) + "\n"
+                             for i, t in enumerate(["a great fun film", "dull and boring", "the plot"])))
+    assert main(["al", "predict", str(run_dir), "--data", str(texts), "--round", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["round"] == 0 and "metrics" not in summary
+    assert summary["output"] == str(run_dir / "predictions.jsonl")  # the default place
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["n0", "n1", "n2"] and all("label" not in r for r in rows)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unknown label", "meh"),
+    ("no round", "no completed round 9; completed: [0, 1]"),
+    ("not a run", "is not an active-learning run folder"),
+])
+def test_user_errors_are_one_line(run_dir, tmp_path, capsys, case, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "so so", "label": "meh"}) + "\n")
+    good = run_dir.parent / "data" / "test.jsonl"
+    args = {"unknown label": [str(run_dir), "--data", str(bad)],
+            "no round": [str(run_dir), "--data", str(good), "--round", "9"],
+            "not a run": [str(tmp_path), "--data", str(good)]}[case]
+    capsys.readouterr()
+    assert main(["al", "predict", *args, "--output", str(tmp_path / "p.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "loracle al predict: error:" in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "p.jsonl").exists()

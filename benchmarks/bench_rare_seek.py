@@ -1,6 +1,9 @@
 """How many rare-class items ``class_balance``'s batch finds with other rankers of the frozen encoder's features.
 
-    python benchmarks/bench_rare_seek.py        # about 2 min for the features (cached) + 1-8 min per ranker, 1 core
+    python benchmarks/bench_rare_seek.py        # about 2 min for the features (cached), then 1 min for the rankers
+    loracle al run --model minilm --data runs/rare_seek/data/rotten_tomatoes_imbalanced --output runs/imb_s0 \
+        --seed 0 --rounds 2 --test-size 1000   # 5 min
+    python benchmarks/bench_rare_seek.py --rankers probe_l2_1.0 --run runs/imb_s0   # + 4 min
 
 ``class_balance`` (``auto``'s imbalanced branch, ``src/loracle/active/strategies/balance.py``) fills the rare
 class's quota with the pool items a linear probe on the frozen encoder's mean-pooled features finds likeliest to be
@@ -16,6 +19,11 @@ simulated oracle, no fine-tuning) with the probe swapped for other rankers, and 
 
 Writes ``benchmarks/results/rare_seek.json``: per ranker the mean rare items per batch over the seeds, each seed's
 counts, and the wall time.
+
+``--run DIR`` (a finished ``loracle al run`` on the imbalanced data) adds ``run_check``: for each of its rounds but
+the last, over the pool items not yet labelled, the AUROC of ``rotten`` and the ``rotten`` items among the 100
+likeliest by the probe (as ``class_balance`` ranks), by the round's fine-tuned model, by its calibrated ensemble
+(:func:`loracle.active.predict.round_probs`), and by the rank averages of the probe with each.
 """
 
 from __future__ import annotations
@@ -125,6 +133,51 @@ def select(x, y, labelled: list[int], score, k: int) -> list[int]:
     return chosen
 
 
+def run_check(run: Path) -> dict:
+    """The probe against the run's fine-tuned models as rankers of the rare class over its unlabelled pool."""
+    import numpy as np
+    import torch
+
+    from loracle.active.loop import ActiveLearningLoop
+    from loracle.active.pool import linear_probe_probs
+    from loracle.active.predict import round_probs
+    from loracle.active.state import RunState
+
+    def auroc(score, y):
+        r = np.argsort(np.argsort(score)) + 1.0
+        pos = y == 1
+        return float((r[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+
+    def ranks(v):
+        return np.argsort(np.argsort(v)) / len(v)
+
+    state = RunState.open(run)
+    out = {}
+    try:
+        loop = ActiveLearningLoop(state)
+        feats = state.get_signal("base_features").float()
+        for row in state.rounds()[:-1]:
+            t = row["round"]
+            labels = state.labels(max_round=t)
+            known = sorted(labels)
+            rest = [i for i in range(state.pool_size()) if i not in labels]
+            y = np.array([int(state.gold_label(i)) for i in rest])
+            probe = linear_probe_probs(feats[known], torch.tensor([int(labels[i]) for i in known]), feats[rest], 2,
+                                       l2=1.0)[:, 0, 1].numpy()
+            raw, calibrated, _ = round_probs(loop.builder, run / row["checkpoint"], state.pool_examples(rest),
+                                             batch_size=64, precision=loop.precision)
+            scores = {"probe": probe, "model": raw[:, 1].numpy(), "ensemble": calibrated[:, 1].numpy()}
+            scores |= {"probe+model": ranks(probe) + ranks(scores["model"]),
+                       "probe+ensemble": ranks(probe) + ranks(scores["ensemble"])}
+            out[str(row["n_labels"])] = {name: {"auroc": round(auroc(v, y), 3),
+                                                "rare_in_top100": int(y[np.argsort(-v, kind="stable")[:100]].sum())}
+                                         for name, v in scores.items()}
+            print(row["n_labels"], out[str(row["n_labels"])], flush=True)
+    finally:
+        state.close()
+    return {"run": str(run), "labels": out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=str(HERE.parent / "runs" / "rare_seek"))
@@ -132,6 +185,7 @@ def main() -> None:
     parser.add_argument("--rankers", default="probe_l2_1.0,probe_l2_0.1,probe_l2_10.0,propagation,probe+propagation")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--run", default=None, help="a finished `loracle al run` folder on the imbalanced data")
     args = parser.parse_args()
 
     import numpy as np
@@ -160,6 +214,8 @@ def main() -> None:
         results["rankers"][name] = {"rare_per_batch_mean": mean, "rare_total_mean": round(sum(mean), 1),
                                     "per_seed": per_seed}
         print(name, mean, flush=True)
+    if args.run:
+        results["run_check"] = run_check(Path(args.run))
     results.update({"pool": len(y), "rare_share": round(float(y.double().mean()), 4), "initial": 100,
                     "batch": 100, "rounds": args.rounds,
                     "wall_seconds": round(results.get("wall_seconds", 0.0) + time.time() - start, 1)})

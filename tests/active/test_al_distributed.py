@@ -156,3 +156,25 @@ def test_kill9_of_one_rank_mid_scoring_then_resume_with_two(setup, tmp_path, ran
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     one, two = _rows(root / "one"), _rows(out)
     assert two["labels"] == one["labels"] and two["queries"] == one["queries"]  # none lost, none doubled
+
+
+def test_predict_with_two_processes_matches_one(setup, tmp_path):
+    """`al predict` under torchrun: each rank predicts its shard of the items (the round model and its 3 fold
+    models), rank 0 gathers and writes the one file, equal to one process's."""
+    import json
+
+    root, _ = setup
+    data = root / "data" / "test.jsonl"
+    assert main(["al", "predict", str(root / "one"), "--data", str(data), "--output", str(tmp_path / "one.jsonl"),
+                 "--no-progress"]) == 0
+    proc = _torchrun("-m", "loracle", "al", "predict", str(root / "one"), "--data", str(data),
+                     "--output", str(tmp_path / "two.jsonl"), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count('"output"') == 1  # rank 0 reports, rank 1 is quiet
+    one, two = ([json.loads(line) for line in (tmp_path / f"{n}.jsonl").read_text().splitlines()]
+                for n in ("one", "two"))
+    assert len(one) == len(two) == 20 and [r["id"] for r in two] == [r["id"] for r in one]
+    for a, b in zip(one, two):
+        assert a["prediction"] == b["prediction"]
+        for name in a["probabilities"]:
+            assert abs(a["probabilities"][name] - b["probabilities"][name]) < 1e-5

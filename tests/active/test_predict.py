@@ -87,6 +87,9 @@ def test_unknown_round_missing_checkpoint_and_no_adapter_are_clear_errors(tmp_pa
     config = fast_config(toy_data, rounds=1)
     assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
     _, test, _ = _recorded(tmp_path / "run")
+    plain = predict_with_run(tmp_path / "run", test, 0, model_factory=tiny_factory)  # calibration="none"
+    assert (plain["calibration"], plain["members"]) == ("none", 1)
+    torch.testing.assert_close(plain["calibrated"], plain["raw"])
     with pytest.raises(LoracleError, match=r"no completed round 7; completed: \[0, 1\]"):
         predict_with_run(tmp_path / "run", test, 7, model_factory=tiny_factory)
     shutil.rmtree(tmp_path / "run" / "rounds" / "001")

@@ -402,6 +402,15 @@ def _finish(result: str, run_dir: str) -> int:
         return 0
     plots = sorted(p.name for p in Path(run_dir).glob("*.png"))  # learning curve, reliability diagram
     print(f"done: {run_dir}/report.json" + (f" and {', '.join(plots)}" if plots else ""))
+    from loracle.active.state import RunState
+
+    state = RunState.open(run_dir)
+    try:
+        kind = (state.config or {}).get("task_kind", "classification")
+    finally:
+        state.close()
+    if kind == "classification":
+        print(f"predictions with calibrated confidence on other data: `loracle al predict {run_dir} --data FILE`")
     return 0
 
 

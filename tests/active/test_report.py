@@ -48,6 +48,13 @@ def test_round_line_shows_three_decimals_and_na_for_what_is_missing():
     assert "ECE 0.100 (0.040 for the ensemble of 4; noise floor 0.027);" in format_round_line(
         1, 200, {**scaled, "ensemble_members": 4.0, **floors}, {})
     assert "ECE 0.100 (noise floor 0.031);" in format_round_line(1, 200, {"ece": 0.1, "ece_floor": 0.031}, {})
+    # an ensemble round also shows the cross-fitted temperature the run scored beside it, for the configured items
+    both = {**scaled, "ensemble_members": 4.0, "ece_calibrated_initial": 0.021, "temperature_initial": 2.456,
+            "ece_calibrated_labelled": 0.033, "temperature_labelled": 1.5}
+    assert "(0.040 for the ensemble of 4; 0.021 with the cross-fitted temperature 2.46);" in format_round_line(
+        1, 200, both, {})
+    assert "0.033 with the cross-fitted temperature 1.50" in format_round_line(1, 200, both, {}, "labelled")
+    assert "cross-fitted" not in format_round_line(1, 200, {**scaled, "ece_calibrated_initial": 0.02}, {})
 
 
 def test_majority_baseline_by_hand():

@@ -62,6 +62,14 @@ def test_predictions_on_the_test_file_match_the_run(run_dir, tmp_path, capsys):
         assert 0.5 <= r["model_confidence"] <= 1.0
     right = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
     assert summary["metrics"]["calibrated"]["accuracy"] == pytest.approx(right)
+    # the run's other calibration, chosen here: the round model with its cross-fitted temperature
+    assert main(["al", "predict", str(run_dir), "--data", str(test_file), "--output", str(out),
+                 "--calibration", "temperature"]) == 0
+    scaled = json.loads(capsys.readouterr().out)
+    assert (scaled["calibration"], scaled["members"]) == ("temperature", 1)
+    for key in ("ece", "nll", "brier"):
+        assert scaled["metrics"]["calibrated"][key] == pytest.approx(row["metrics"][f"{key}_calibrated_initial"],
+                                                                     abs=2e-4)
 
 
 def test_unlabelled_data_and_an_earlier_round(run_dir, tmp_path, capsys):

@@ -314,7 +314,7 @@ class ActiveLearningLoop:
             return
         phases = {"train": row["train_seconds"], "evaluate": row["metrics"].get("evaluate_seconds"),
                   "score": row["score_seconds"]}
-        log(format_round_line(t, row["n_labels"], row["metrics"], phases))
+        log(format_round_line(t, row["n_labels"], row["metrics"], phases, self.config.calibration_items))
 
     def _cache_path(self, first_block: int) -> Path:
         import hashlib

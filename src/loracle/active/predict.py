@@ -83,6 +83,32 @@ class RoundCalibration:
                    train_prior=None if priors[0] is None else tuple(float(v) for v in priors[0]),
                    pool_prior=None if priors[1] is None else tuple(float(v) for v in priors[1]))
 
+    def choose(self, method: str, temperature: float | None = None) -> "RoundCalibration":
+        """This round's predictions calibrated another way than the run chose (``al predict --calibration``).
+
+        Args:
+            method: ``ensemble`` (needs the fold models), ``temperature`` (the round model alone, with
+                ``temperature``: the one the run's cross-fitting fitted, recorded in the round's metrics) or
+                ``none`` (the round model raw). The class-prior move, where the round made one, stays: the run
+                applied it to both calibrations when it scored them.
+
+        Raises:
+            LoracleError: ``ensemble`` for a round that kept no fold models, or ``temperature`` without one.
+        """
+        if method == "ensemble":
+            if len(self.members) < 2:
+                raise LoracleError(f"{self.members[0]} kept no fold models (the run's calibration was not "
+                                   "'ensemble'); use --calibration temperature or none")
+            return self
+        if method == "temperature":
+            if temperature is None:
+                raise LoracleError(f"{self.members[0]}: the run fitted no temperature for this round (calibration "
+                                   "'none', or too few labels to cross-fit); use --calibration none")
+            return RoundCalibration((self.members[0],), float(temperature), self.train_prior, self.pool_prior)
+        if method == "none":
+            return RoundCalibration((self.members[0],), None, self.train_prior, self.pool_prior)
+        raise LoracleError(f"unknown calibration {method!r}; valid: run, ensemble, temperature, none")
+
     def apply(self, member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[N, C]`` calibrated probabilities from each member's ``[N, C]`` probabilities (in ``members`` order)."""
         from loracle.evaluation.calibration import apply_temperature
@@ -101,8 +127,8 @@ class RoundCalibration:
 
 
 def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, batch_size: int = 32,
-                precision: str = "fp32", ranks: Any = None,
-                progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, RoundCalibration]:
+                precision: str = "fp32", ranks: Any = None, progress: bool = False,
+                calibration: RoundCalibration | None = None) -> tuple[torch.Tensor, torch.Tensor, RoundCalibration]:
     """The round model's probabilities and the round's calibrated ones on ``examples``.
 
     Each member is loaded onto the builder's base model in turn (one model in memory) and makes one deterministic
@@ -115,6 +141,7 @@ def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, ba
         batch_size / precision: of the passes.
         ranks: a :class:`loracle.distributed.Ranks` to split each pass across launched processes; None for one.
         progress: a progress bar per member.
+        calibration: how to calibrate (:meth:`RoundCalibration.choose`); None for what the folder records.
 
     Returns:
         ``(raw, calibrated, calibration)``: ``[N, C]`` each, and how the second was made.
@@ -123,7 +150,7 @@ def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, ba
     from loracle.progress import log
     from loracle.uncertainty.sampling import mc_probs
 
-    calibration = RoundCalibration.read(folder)
+    calibration = calibration or RoundCalibration.read(folder)
     ranks = ranks or Ranks()
     outputs = []
     for i, member in enumerate(calibration.members):
@@ -141,7 +168,7 @@ def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, ba
 
 def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: int | None = None, *,
                      model_factory: Any = None, batch_size: int | None = None, progress: bool = False,
-                     ranks: Any = None) -> dict[str, Any]:
+                     ranks: Any = None, calibration: str = "run") -> dict[str, Any]:
     """Predict ``examples`` with a classification run's round (default: its last), raw and calibrated.
 
     Args:
@@ -151,6 +178,10 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
         model_factory: ``(name, task_kind, num_labels) -> (model, tokenizer)``; default the run's model.
         batch_size: of the passes (default the run's ``eval_batch_size``).
         progress / ranks: as :func:`round_probs`.
+        calibration: ``run`` (what the run chose: the default) or ``ensemble`` / ``temperature`` / ``none``
+            (:meth:`RoundCalibration.choose`; ``temperature`` is the round's cross-fitted one, fitted on the
+            ``calibration_items`` the run was configured with). Every run that cross-fits records both
+            calibrations' test ECE each round (``ece_calibrated`` and ``ece_calibrated_<items>``).
 
     Returns:
         ``{"round", "n_labels", "calibration", "members", "raw", "calibrated", "label_names"}`` (``raw`` and
@@ -186,12 +217,17 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     if not row["checkpoint"] or not folder.is_dir():
         raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
                            f"or pick another round with --round (completed: {sorted(rows)})")
+    chosen = None
+    if calibration != "run":
+        metrics = row["metrics"] or {}
+        temperature = metrics.get(f"temperature_{config.calibration_items}", metrics.get("temperature"))
+        chosen = RoundCalibration.read(folder).choose(calibration, temperature)
     builder = ModelBuilder(config.model, config.task_kind, label_names=label_names, examples=list(examples),
                            max_length=config.max_length, adapter=config.adapter, model_factory=model_factory)
     device = getattr(ranks, "device", None) or "cpu"
     raw, calibrated, calibration = round_probs(builder, folder, examples,
                                                batch_size=batch_size or config.eval_batch_size,
                                                precision=resolve_precision(config.precision, device),
-                                               ranks=ranks, progress=progress)
+                                               ranks=ranks, progress=progress, calibration=chosen)
     return {"round": round_index, "n_labels": row["n_labels"], "calibration": calibration.method,
             "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names}

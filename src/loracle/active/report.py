@@ -38,7 +38,7 @@ def format_value(value: float | None, decimals: int = DECIMALS) -> str:
 
 
 def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, float | None],
-                      phase_seconds: Mapping[str, float | None]) -> str:
+                      phase_seconds: Mapping[str, float | None], temperature_items: str = "initial") -> str:
     """The one log line written after each round of a run.
 
     Example: ``round 2 (14 labels): accuracy 0.850, macro-F1 0.843, ECE 0.071 (noise floor 0.052); train 3.2 s,
@@ -50,7 +50,8 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         round_index: the round ``t`` (0: trained on the initial set).
         n_labels: labels the round's model was trained on.
         metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``, and
-            ``ece_calibrated`` and the noise floor where present.
+            ``ece_calibrated`` and the noise floor where present; for an ensemble round, also the test ECE
+            the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
             (the last round scores nothing).
 
@@ -63,6 +64,10 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         how = (f"for the ensemble of {int(metrics['ensemble_members'])}" if "ensemble_members" in metrics
                else "after temperature scaling")
         notes.append(f"{format_value(metrics.get('ece_calibrated'))} {how}")
+        if "ensemble_members" in metrics and metrics.get(f"ece_calibrated_{temperature_items}") is not None:
+            # the alternative the run scored beside it (`al predict --calibration temperature` applies it)
+            notes.append(f"{format_value(metrics[f'ece_calibrated_{temperature_items}'])} with the cross-fitted "
+                         f"temperature {format_value(metrics.get(f'temperature_{temperature_items}'), 2)}")
     floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))
     if floor is not None and floor == floor:
         notes.append(f"noise floor {format_value(floor)}")

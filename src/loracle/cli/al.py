@@ -336,6 +336,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  "predictions.jsonl in the run folder")
     show_default(predict.add_argument("--batch-size", type=int, default=None, metavar="N",
                                       help="items per forward pass"), "the run's")
+    predict.add_argument("--calibration", choices=("run", "ensemble", "temperature", "none"), default="run",
+                         help="run: as the run calibrated (default); ensemble: the round model and its fold "
+                         "models; temperature: the round model with its cross-fitted temperature, the better "
+                         "choice where the fold models were far over-confident out of fold (a task the model "
+                         "learns little of; the run's log shows both calibrations' test ECE each round); none: "
+                         "the round model raw")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     predict.set_defaults(func=cmd_predict)
 
@@ -545,7 +551,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                              label_names=label_names if config.task_kind == "classification" else None, **fields)
     ranks = Ranks.current()
     result = predict_with_run(args.run_dir, examples, args.round, batch_size=args.batch_size,
-                              progress=args.progress and sys.stderr.isatty(), ranks=ranks)
+                              progress=args.progress and sys.stderr.isatty(), ranks=ranks,
+                              calibration=args.calibration)
     names, raw, calibrated = result["label_names"], result["raw"], result["calibrated"]
     output = Path(args.output) if args.output else Path(args.run_dir) / "predictions.jsonl"
     summary: dict[str, Any] = {"round": result["round"], "labels": result["n_labels"],

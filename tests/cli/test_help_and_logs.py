@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 BAR_CODES = re.compile(r"\r|\x1b\[")
 ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
                         r"ECE (\d\.\d{3}|n/a)( \((\d\.\d{3} (after temperature scaling|for the ensemble of \d+); )?"
+                        r"(\d\.\d{3} with the cross-fitted temperature \d+\.\d{2}; )?"
                         r"noise floor \d\.\d{3}\))?; "
                         r"train .+, evaluate .+, score .+$")
 HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")

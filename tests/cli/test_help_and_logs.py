@@ -304,6 +304,17 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
     for line, r in zip(rounds, report["rounds"]):
         assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
                                f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")
+    if strategy == "entropy":  # al status: the ensemble's ECE and, beside it, the cross-fitted temperature's
+        status = loracle("al", "status", str(out))
+        assert status.returncode == 0, status.stderr[-3000:]
+        table = status.stdout.splitlines()
+        header = next(line.split("  ") for line in table if line.lstrip().startswith("round "))
+        header = [h.strip() for h in header if h.strip()]
+        assert header[-5:] == ["ECE cal.", "ECE T", "ECE floor", "train s", "score s"], header
+        rows = [line.split() for line in table if line.split() and line.split()[0].isdigit()]
+        for row, r in zip(rows, report["rounds"]):
+            m = r["metrics"]
+            assert row[-5:-3] == [f"{m['ece_calibrated']:.3f}", f"{m['ece_calibrated_initial']:.3f}"], row
 
 
 def test_class_weight_and_label_smoothing_flags_reach_the_config():

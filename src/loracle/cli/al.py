@@ -456,12 +456,17 @@ def cmd_status(args: argparse.Namespace) -> int:
           f"model {summary['model']}; {_baseline_text(summary['majority_baseline'])}")
     # ECE floor: what a calibrated model with the same confidences would show on this test set (of the calibrated
     # predictions where the round has them)
-    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", "ECE floor", "train s", "score s"]
+    # an ensemble run also scored its cross-fitted temperature: its ECE ("ECE T"), for `al predict --calibration`
+    other = f"ece_calibrated_{summary['config'].get('calibration_items', 'initial')}"
+    both = any("ensemble_members" in r["metrics"] and other in r["metrics"] for r in summary["rounds"])
+    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", *(["ECE T"] if both else []),
+              "ECE floor", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
                  format_value(r["metrics"].get("ece_calibrated")),
+                 *([format_value(r["metrics"].get(other))] if both else []),
                  format_value(r["metrics"].get("ece_floor_calibrated", r["metrics"].get("ece_floor"))),
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))

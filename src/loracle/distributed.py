@@ -20,6 +20,7 @@ objects travel with accelerate's ``broadcast_object_list`` / ``gather_object`` (
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,14 @@ def launched() -> bool:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size() > 1
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def leave() -> None:
+    """Leave the process group, where this process joined one. :meth:`Ranks.current` registers it to run at
+    interpreter exit, so that no gloo or nccl thread outlives the interpreter (which aborts the process after its
+    work is done: "terminate called without an active exception"). Not a collective: each rank leaves as it exits."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class Ranks:
         from accelerate import PartialState
 
         state = PartialState(cpu=not torch.cuda.is_available())
+        atexit.unregister(leave)  # once, however often this is called
+        atexit.register(leave)
         return cls(rank=state.process_index, world=state.num_processes, device=state.device)
 
     @property

@@ -417,6 +417,9 @@ def _finish(result: str, run_dir: str) -> int:
         state.close()
     if kind == "classification":
         print(f"predictions with calibrated confidence on other data: `loracle al predict {run_dir} --data FILE`")
+    from loracle.distributed import Ranks
+
+    Ranks.current().barrier()  # launched: every rank is done with the group before any leaves it at exit
     return 0
 
 
@@ -585,6 +588,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
 
     ranks.writer(write)
+    ranks.barrier()  # every rank has received rank 0's last message before any leaves the group at exit
     return 0
 
 

@@ -9,7 +9,8 @@ trains the round model with the run's recipe changed as the recipe name says, an
 (``ActiveLearningLoop.cross_fit``: 3 fold models trained for the round model's steps), then records:
 
 - ``raw``: the round model alone; ``temperature``: it scaled by the cross-fitted temperature on the round-0 items
-  (``--calibration temperature``); ``ensemble``: the mean of the round model and its fold models in the pool's class
+  (``--calibration temperature``); ``temperature_labelled``: by the one fitted on every labelled item
+  (``--calibration-items labelled``); ``ensemble``: the mean of the round model and its fold models in the pool's class
   prior (``al run``'s default ``--calibration ensemble``);
 - for each: accuracy, ECE (15 bins), ``gap`` (mean top-class probability minus accuracy) and ``auroc``, how well
   the top-class probability ranks right above wrong predictions (what no temperature can change);
@@ -25,7 +26,7 @@ trains the round model with the run's recipe changed as the recipe name says, an
   better than the confidence alone.
 
 Recipe names: ``default`` (the run's own) or changes joined by ``+``: ``hl<x>`` head learning rate, ``lr<x>``
-adapter learning rate, ``ls<x>`` label smoothing, ``ep<n>`` epochs, ``wd<x>`` weight decay. One JSON row per (run,
+adapter learning rate, ``ls<x>`` label smoothing, ``ep<n>`` epochs, ``wd<x>`` weight decay, ``hi<how>`` head start (``hiprobe``). One JSON row per (run,
 round, recipe) is appended to ``benchmarks/results/al_recipe_rows.jsonl`` (present rows are skipped, so the script
 resumes); ``benchmarks/results/al_recipe.json`` holds the means per (budget, recipe). About 1.5 minutes per row on 2
 cores at 200 labels with 2,000 test items.
@@ -41,9 +42,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROWS = HERE / "results" / "al_recipe_rows.jsonl"
-KINDS = ("raw", "temperature", "ensemble")
+KINDS = ("raw", "temperature", "temperature_labelled", "ensemble")
 FIELDS = {"hl": ("head_lr", float), "lr": ("lr", float), "ls": ("label_smoothing", float), "ep": ("epochs", int),
-          "wd": ("weight_decay", float)}
+          "wd": ("weight_decay", float), "hi": ("head_init", str)}
 
 
 def recipe_changes(name: str) -> dict:
@@ -131,21 +132,21 @@ def disagreement_auroc(members, labels) -> float:
         return round(auroc(x @ weight[:2] + weight[2], correct.bool()), 4)
 
 
-def summarise() -> dict:
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
+def summarise(rows_path: Path = ROWS) -> dict:
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
     out: dict = {"runs": sorted({r["run"] for r in rows}), "results": []}
     for n, recipe in sorted({(r["n"], r["recipe"]) for r in rows}):
         at = [r for r in rows if r["n"] == n and r["recipe"] == recipe]
         entry = {"n_labels": n, "recipe": recipe, "runs": len(at),
                  "saturated": round(statistics.mean(r["saturated"] for r in at), 4),
                  "ece_floor": round(statistics.mean(r["ece_floor"] for r in at), 4)}
-        for kind in KINDS:
+        for kind in (k for k in KINDS if all(k in r for r in at)):
             entry[kind] = {m: round(statistics.mean(r[kind][m] for r in at), 4) for m in ("acc", "ece", "gap", "auroc")}
             entry[kind]["ece_max"] = max(r[kind]["ece"] for r in at)
         if all("oracle" in r for r in at):
             entry["oracle"] = {k: round(statistics.mean(r["oracle"][k] for r in at), 4) for k in at[0]["oracle"]}
         out["results"].append(entry)
-    (HERE / "results" / "al_recipe.json").write_text(json.dumps(out, indent=2) + "\n")
+    rows_path.with_name(rows_path.name.replace("_rows.jsonl", ".json")).write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -155,7 +156,10 @@ def main() -> None:
     parser.add_argument("--recipes", default="default")
     parser.add_argument("--labels", default="200", help="the budgets (labelled-set sizes) whose rounds are redone")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=Path, default=ROWS,
+                        help="the rows file (JSON lines, ending in _rows.jsonl); the means go beside it")
     args = parser.parse_args()
+    rows_path = args.rows
 
     import torch
 
@@ -172,8 +176,8 @@ def main() -> None:
     budgets = {int(x) for x in args.labels.split(",")}
     recipes = args.recipes.split(",")
     changes = {name: recipe_changes(name) for name in recipes}
-    done = ({(r["run"], r["n"], r["recipe"]) for r in map(json.loads, ROWS.read_text().splitlines())}
-            if ROWS.exists() else set())
+    done = ({(r["run"], r["n"], r["recipe"]) for r in map(json.loads, rows_path.read_text().splitlines())}
+            if rows_path.exists() else set())
     for run in args.runs:
         state = RunState.open(run)
         try:
@@ -213,15 +217,18 @@ def main() -> None:
                            "ece_floor": round(ece_floor(ensemble), 4),
                            "raw": describe(probs, labels),
                            "temperature": describe(scaled, labels) | {"value": round(temperatures["initial"], 4)},
+                           "temperature_labelled": describe(to_pool(apply_temperature(
+                               probs.clamp_min(1e-12).log(), temperatures["labelled"])), labels)
+                           | {"value": round(temperatures["labelled"], 4)},
                            "ensemble": describe(ensemble, labels), "oracle": oracle_ece(ensemble, labels)
                            | {"auroc_with_disagreement": disagreement_auroc(members, labels)},
                            "seconds": round(time.perf_counter() - start, 1)}
                     print(json.dumps(row), flush=True)
-                    with ROWS.open("a") as f:
+                    with rows_path.open("a") as f:
                         f.write(json.dumps(row) + "\n")
         finally:
             state.close()
-    print(json.dumps(summarise()["results"], indent=1))
+    print(json.dumps(summarise(rows_path)["results"], indent=1))
 
 
 if __name__ == "__main__":

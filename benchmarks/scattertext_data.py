@@ -45,6 +45,21 @@ def _write(target: Path, splits: dict[str, list[dict]]) -> Path:
     return target
 
 
+def _split_by_label(texts_of: dict[str, list[str]], test_share: float) -> dict[str, list[dict]]:
+    """``train`` / ``test`` rows: ``test_share`` of each label's texts (sorted, then shuffled with seed 0) to test."""
+    rng = random.Random(0)
+    train, test = [], []
+    for label in sorted(texts_of):
+        mine = sorted(texts_of[label])
+        rng.shuffle(mine)
+        cut = int(round(test_share * len(mine)))
+        test += [{"text": t, "label": label} for t in mine[:cut]]
+        train += [{"text": t, "label": label} for t in mine[cut:]]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return {"train": train, "test": test}
+
+
 def build_roget20(target: Path) -> Path:
     """A 20-class task from real text: phrases of Roget's thesaurus labelled with their category.
 
@@ -104,17 +119,9 @@ def build_convention_party(target: Path, test_share: float = 0.2, min_words: int
             sentence = " ".join(sentence.split())
             if min_words <= len(sentence.split()) <= max_words:
                 parties_of[sentence].add(speech["party"])
-    rng = random.Random(0)
-    train, test = [], []
-    for party in sorted({s["party"] for s in speeches}):
-        mine = sorted(s for s, parties in parties_of.items() if parties == {party})
-        rng.shuffle(mine)
-        cut = int(round(test_share * len(mine)))
-        test += [{"text": s, "label": party} for s in mine[:cut]]
-        train += [{"text": s, "label": party} for s in mine[cut:]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return _write(target, {"train": train, "test": test})
+    texts_of = {party: [s for s, parties in parties_of.items() if parties == {party}]
+                for party in {s["party"] for s in speeches}}
+    return _write(target, _split_by_label(texts_of, test_share))
 
 
 def build_inquirer_sentiment(target: Path, test_share: float = 0.25) -> Path:
@@ -135,14 +142,5 @@ def build_inquirer_sentiment(target: Path, test_share: float = 0.25) -> Path:
         word = row[0].split("#")[0].lower()
         tag = "positive" if row[positive] else "negative" if row[negative] else "none"
         tags[word].add(tag)
-    rng = random.Random(0)
-    train, test = [], []
-    for label in ("negative", "positive"):
-        mine = sorted(w for w, t in tags.items() if t == {label})
-        rng.shuffle(mine)
-        cut = int(round(test_share * len(mine)))
-        test += [{"text": w, "label": label} for w in mine[:cut]]
-        train += [{"text": w, "label": label} for w in mine[cut:]]
-    rng.shuffle(train)
-    rng.shuffle(test)
-    return _write(target, {"train": train, "test": test})
+    texts_of = {label: [w for w, t in tags.items() if t == {label}] for label in ("negative", "positive")}
+    return _write(target, _split_by_label(texts_of, test_share))

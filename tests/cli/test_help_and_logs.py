@@ -27,6 +27,7 @@ BAR_CODES = re.compile(r"\r|\x1b\[")
 ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
                         r"ECE (\d\.\d{3}|n/a)( \((\d\.\d{3} (after temperature scaling|for the ensemble of \d+); )?"
                         r"(\d\.\d{3} with the cross-fitted temperature \d+\.\d{2}; )?"
+                        r"(\d\.\d{3} for the ensemble, passed over as the temperature \d+\.\d{2} is below 1; )?"
                         r"noise floor \d\.\d{3}\))?; "
                         r"train .+, evaluate .+, score .+$")
 HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")
@@ -304,7 +305,7 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
     for line, r in zip(rounds, report["rounds"]):
         assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
                                f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")
-    if strategy == "entropy":  # al status: the ensemble's ECE and, beside it, the cross-fitted temperature's
+    if strategy == "entropy":  # al status: the calibrated ECE and, beside it, the cross-fitted temperature's
         status = loracle("al", "status", str(out))
         assert status.returncode == 0, status.stderr[-3000:]
         table = status.stdout.splitlines()
@@ -314,7 +315,9 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
         rows = [line.split() for line in table if line.split() and line.split()[0].isdigit()]
         for row, r in zip(rows, report["rounds"]):
             m = r["metrics"]
-            assert row[-5:-3] == [f"{m['ece_calibrated']:.3f}", f"{m['ece_calibrated_initial']:.3f}"], row
+            # a round where "auto" chose the temperature (below 1) reports it as ece_calibrated: ECE T is that
+            temperature = m["ece_calibrated"] if m["calibration_temperature"] else m["ece_calibrated_initial"]
+            assert row[-5:-3] == [f"{m['ece_calibrated']:.3f}", f"{temperature:.3f}"], row
 
 
 def test_class_weight_and_label_smoothing_flags_reach_the_config():

@@ -1,4 +1,5 @@
-"""Temperature scaling: recovers a known over-confidence factor, leaves calibrated data alone, degenerate inputs."""
+"""Temperature scaling: recovers a known over-confidence factor, leaves calibrated data alone, degenerate inputs;
+and the rule that picks between it and the ensemble."""
 
 import math
 
@@ -9,6 +10,7 @@ from loracle.evaluation.calibration import (
     T_MAX,
     T_MIN,
     apply_temperature,
+    calibration_choice,
     fit_temperature,
     fit_temperature_from_folds,
 )
@@ -93,3 +95,9 @@ def test_bounds_and_degenerate_inputs():
         apply_temperature(separable, 0.0)
     assert apply_temperature(separable, 2.0).sum(-1).tolist() == pytest.approx([1.0, 1.0])
     assert torch.allclose(apply_temperature(separable, 1.0), torch.softmax(separable, 1))
+
+
+def test_calibration_choice_takes_the_temperature_only_below_one():
+    """al run's calibration="auto": the ensemble unless the fold models' temperature is below 1."""
+    assert [calibration_choice(t) for t in (0.3, 0.999, 1.0, 1.7, 20.0, None)] == \
+        ["temperature", "temperature", "ensemble", "ensemble", "ensemble", "ensemble"]

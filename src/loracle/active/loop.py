@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from loracle.active.config import ALConfig
+from loracle.active.config import KEEPS_FOLDS, ALConfig
 from loracle.active.lock import RunLock
 from loracle.active.oracle import SimulatedOracle
 from loracle.active.pool import Scorer
@@ -51,6 +51,7 @@ from loracle.active.strategies import STRATEGIES, Signals, build_strategy
 from loracle.data.examples import Example
 from loracle.distributed import Ranks
 from loracle.errors import LoracleError
+from loracle.evaluation.calibration import calibration_choice
 from loracle.modeling.build import Built, ModelBuilder, ModelFactory
 from loracle.modeling.prefix_cache import PrefixCache
 from loracle.progress import log
@@ -373,7 +374,10 @@ class ActiveLearningLoop:
         start = time.perf_counter()
         fitted = self._cross_fit(t, labelled, train_config)
         temperatures, out_of_fold = (None, None) if fitted is None else fitted
-        ensemble_mode = c.calibration == "ensemble" and out_of_fold is not None
+        method = c.calibration
+        if method == "auto":  # the ensemble, unless the fold models were under-confident out of fold (T < 1)
+            method = calibration_choice(None if temperatures is None else temperatures[c.calibration_items])
+        ensemble_mode = method == "ensemble" and out_of_fold is not None
         # The one temperature the round applies (stop set, checkpoint, labelling app); none for an ensemble.
         temperature = None if temperatures is None or ensemble_mode else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
@@ -435,6 +439,8 @@ class ActiveLearningLoop:
                 calibrated = classification_metrics(to_pool(members.mean(0)), result["labels"])
                 metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics["ensemble_members"] = len(members)
+        if c.calibration == "auto" and temperatures is not None:  # which of the two this round's output is
+            metrics["calibration_temperature"] = float(not ensemble_mode)
         if shift is not None:
             metrics.update({f"pool_prior_{i}": float(v) for i, v in enumerate(shift[1])})
         metrics["evaluate_seconds"] = evaluate_seconds
@@ -451,8 +457,12 @@ class ActiveLearningLoop:
                                                   "label_names": self.label_names, "temperature": temperature,
                                                   "train_prior": None if shift is None else shift[0].tolist(),
                                                   "pool_prior": None if shift is None else shift[1].tolist(),
+                                                  "calibration": ("ensemble" if ensemble_mode else "temperature"
+                                                                  if temperature is not None else "none"),
                                                   "train_config": train_config.to_dict()})
-            if ensemble_mode and self._folds_staging(t).exists():
+            # the fold models: the round's output for an ensemble; kept beside a temperature that "auto" chose
+            # (`al predict --calibration ensemble`)
+            if out_of_fold is not None and c.calibration in KEEPS_FOLDS and self._folds_staging(t).exists():
                 os.replace(self._folds_staging(t), tmp / "folds")
             os.replace(tmp, final)
             if record:
@@ -514,7 +524,7 @@ class ActiveLearningLoop:
         if c.calibration == "none" or len(labelled) < 2 * k:
             return None
         staging = self._folds_staging(t)  # ensemble: the fold adapters wait here for the round's checkpoint
-        if c.calibration == "ensemble":
+        if c.calibration in KEEPS_FOLDS:
             self.ranks.writer(lambda: shutil.rmtree(staging, ignore_errors=True))
         initial_ids = {e.id for e in self.state.labelled_examples(max_round=0)}
         if c.calibration_fold_steps == "round":  # the round model's optimiser steps (and schedule) on 2/3 the labels
@@ -541,7 +551,7 @@ class ActiveLearningLoop:
                 test_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                                        batch_size=c.eval_batch_size,
                                                                        precision=self.precision), self.test)[:, 0])
-            if c.calibration == "ensemble":
+            if c.calibration in KEEPS_FOLDS:
                 from loracle.adapters import save_adapter
 
                 self.ranks.writer(lambda: save_adapter(built.model, staging / str(i),

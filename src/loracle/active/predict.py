@@ -4,10 +4,11 @@ the run never saw (``loracle al predict``) and for the labelling app's predictio
 A classification round's checkpoint folder (``<run>/rounds/<t>``) holds all that is needed:
 
 - the round model's adapter and head;
-- with ``calibration="ensemble"`` (the default), the cross-fitted fold models' adapters in ``folds/<i>``: the
-  calibrated prediction is the mean of the round model's and theirs;
-- with ``calibration="temperature"``, the one temperature the round applies (``extra.temperature`` of the adapter
-  file): ``softmax(log p / T)``;
+- with ``calibration="ensemble"`` (and ``auto``, the default, where it chose the ensemble), the cross-fitted fold
+  models' adapters in ``folds/<i>``: the calibrated prediction is the mean of the round model's and theirs;
+- with ``calibration="temperature"`` (and ``auto`` where it chose the temperature: ``extra.calibration`` is then
+  ``temperature`` and the fold models in ``folds/`` are kept aside), the one temperature the round applies
+  (``extra.temperature`` of the adapter file): ``softmax(log p / T)``;
 - where the queried labels' class shares departed from the round-0 sample's (``calibration_prior="pool"``), the
   class priors ``extra.train_prior`` / ``extra.pool_prior``: the result is moved from the first to the second
   (:func:`loracle.evaluation.label_shift.shift_prior`).
@@ -36,12 +37,15 @@ class RoundCalibration:
         members: the adapter folders whose probabilities are averaged: the round's own, then its fold models'.
         temperature: applied to the (single) member's log-probabilities; None for none.
         train_prior / pool_prior: ``[C]`` class priors the result is moved between; None where nothing moves.
+        folds: fold models the round kept but does not average (``calibration="auto"`` chose the temperature), for
+            :meth:`choose` ``("ensemble")``.
     """
 
     members: tuple[Path, ...]
     temperature: float | None = None
     train_prior: tuple[float, ...] | None = None
     pool_prior: tuple[float, ...] | None = None
+    folds: tuple[Path, ...] = ()
 
     @property
     def method(self) -> str:
@@ -66,10 +70,11 @@ class RoundCalibration:
             raise LoracleError(f"{folder} holds no saved round (no loracle_adapter.json); name a folder under "
                                "<run>/rounds/") from err
         folds = folder / "folds"
-        members = [folder]
+        kept = []
         if folds.is_dir():
-            members += sorted((p for p in folds.iterdir() if p.is_dir() and p.name.isdigit()),
-                              key=lambda p: int(p.name))
+            kept = sorted((p for p in folds.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+        aside = extra.get("calibration") == "temperature"  # "auto" chose the temperature: the folds wait aside
+        members = [folder] if aside else [folder, *kept]
         temperature = extra.get("temperature")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                         or not temperature > 0):
@@ -81,7 +86,8 @@ class RoundCalibration:
             raise LoracleError(f"{folder}: the recorded class priors {priors!r:.80} are not two lists of numbers")
         return cls(members=tuple(members), temperature=None if len(members) > 1 else temperature,
                    train_prior=None if priors[0] is None else tuple(float(v) for v in priors[0]),
-                   pool_prior=None if priors[1] is None else tuple(float(v) for v in priors[1]))
+                   pool_prior=None if priors[1] is None else tuple(float(v) for v in priors[1]),
+                   folds=tuple(kept) if aside else ())
 
     def choose(self, method: str, temperature: float | None = None) -> "RoundCalibration":
         """This round's predictions calibrated another way than the run chose (``al predict --calibration``).
@@ -96,10 +102,12 @@ class RoundCalibration:
             LoracleError: ``ensemble`` for a round that kept no fold models, or ``temperature`` without one.
         """
         if method == "ensemble":
-            if len(self.members) < 2:
-                raise LoracleError(f"{self.members[0]} kept no fold models (the run's calibration was not "
-                                   "'ensemble'); use --calibration temperature or none")
-            return self
+            if len(self.members) > 1:
+                return self
+            if not self.folds:
+                raise LoracleError(f"{self.members[0]} kept no fold models (the run's calibration was "
+                                   "'temperature' or 'none'); use --calibration temperature or none")
+            return RoundCalibration((self.members[0], *self.folds), None, self.train_prior, self.pool_prior)
         if method == "temperature":
             if temperature is None:
                 raise LoracleError(f"{self.members[0]}: the run fitted no temperature for this round (calibration "

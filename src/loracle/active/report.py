@@ -64,6 +64,10 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         how = (f"for the ensemble of {int(metrics['ensemble_members'])}" if "ensemble_members" in metrics
                else "after temperature scaling")
         notes.append(f"{format_value(metrics.get('ece_calibrated'))} {how}")
+        if metrics.get("calibration_temperature") and metrics.get("ece_ensemble") is not None:
+            # calibration "auto" chose the temperature (below 1): the ensemble it passed over
+            notes.append(f"{format_value(metrics['ece_ensemble'])} for the ensemble, passed over as the "
+                         f"temperature {format_value(metrics.get('temperature'), 2)} is below 1")
         if "ensemble_members" in metrics and metrics.get(f"ece_calibrated_{temperature_items}") is not None:
             # the alternative the run scored beside it (`al predict --calibration temperature` applies it)
             notes.append(f"{format_value(metrics[f'ece_calibrated_{temperature_items}'])} with the cross-fitted "

@@ -246,12 +246,13 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="hold this fraction of the labels out of training and keep the epoch with the lowest loss on "
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
-    _option(g, "--calibration", field="calibration", choices=("temperature", "ensemble", "none"), metavar="NAME",
-            none="ensemble for classification, none for the other task kinds",
+    _option(g, "--calibration", field="calibration", choices=("auto", "ensemble", "temperature", "none"),
+            metavar="NAME", none="auto for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
             "NLL and Brier before and after it; ensemble: keep the cross-fitting's fold models and report the "
             "mean of them and the round model as the calibrated predictions (their adapters are saved in the "
-            "round's folds/); none: no calibration")
+            "round's folds/); auto: the ensemble, or the temperature in a round whose temperature is below 1 "
+            "(fold models under-confident out of fold); none: no calibration")
     _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",
             help="cross-fitting folds (K extra trainings per round)")
     _option(g, "--calibration-items", field="calibration_items", choices=("initial", "labelled"), metavar="WHICH",
@@ -469,7 +470,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
                  format_value(r["metrics"].get("ece_calibrated")),
-                 *([format_value(r["metrics"].get(other))] if both else []),
+                 *([format_value(r["metrics"].get(other, r["metrics"].get("ece_calibrated")
+                                                  if r["metrics"].get("calibration_temperature") else None))]
+                   if both else []),
                  format_value(r["metrics"].get("ece_floor_calibrated", r["metrics"].get("ece_floor"))),
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))

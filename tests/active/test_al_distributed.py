@@ -113,7 +113,8 @@ def test_two_processes_match_one(setup, tmp_path):
             assert abs(a["metrics"][key] - b["metrics"][key]) < 1e-4, (a["round"], key)
     assert two["signals"] == one["signals"]  # chunk signals dropped once the queries committed
     # Rank 1 wrote nothing; rank 0 wrote each signal once (one per chunk of rounds 0 and 1, the stop-set
-    # predictions, test probabilities and out-of-fold predictions of each round) and 3 checkpoints, each with
+    # predictions, test probabilities and out-of-fold predictions of each round, the last with the fold
+    # models' stop-set predictions) and 3 checkpoints, each with
     # the 3 fold adapters the default calibration keeps (saved as adapters too): 12 adapter saves.
     assert not (audit / "rank1.log").exists()
     lines = [x for x in (audit / "rank0.log").read_text().splitlines() if "round99/" not in x]
@@ -122,7 +123,7 @@ def test_two_processes_match_one(setup, tmp_path):
     assert sum(x.startswith("round") for x in signals) == 11 + 10  # 54 then 50 unlabelled items in chunks of 5
     expected = (["test_labels"] + [f"{name}/{t}" for name in ("stop_probs", "test_probs") for t in range(3)]
                 + [f"calibration_oof/{t}/{k}" for t in range(3) for k in ("log_probs", "labels", "initial",
-                                                                          "test_probs")])
+                                                                          "test_probs", "stop_probs")])
     assert sorted(x for x in signals if not x.startswith("round")) == sorted(expected)
     assert lines.count("checkpoint") == 3 * (1 + 3)
     assert all(len(list((out / "rounds" / f"{t:03d}" / "folds").iterdir())) == 3 for t in range(3))

@@ -345,7 +345,7 @@ def stopped_run(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr("loracle.active.report.write_report", lambda state: None)
             mp.setattr(ActiveLearningLoop, "_stop_set_probs",
-                       lambda self, t, built, temperature: torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
+                       lambda self, built, needed=False: torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
             assert run_active_learning(config, root / "run", tiny_factory) == "done"
     finally:
         torch.set_num_threads(threads)

@@ -151,3 +151,51 @@ def test_auto_calibration_picks_by_the_fitted_temperature_and_reloads_as_recorde
                                                                                               abs=1e-4)
         line = format_round_line(row["round"], row["n_labels"], m, {})
         assert ("passed over as the temperature 0.50 is below 1" in line) == (chosen == "temperature")
+        # the matched ensemble is scored in every round that cross-fits, and comes back from the same folds
+        matched = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
+                                   calibration="matched")
+        assert (matched["calibration"], matched["members"]) == ("matched", 3)
+        got = classification_metrics(matched["calibrated"], labels)
+        for key in ("ece", "nll", "brier"):
+            assert got[key] == pytest.approx(m[f"{key}_matched"], abs=1e-4), key
+
+
+def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_reloads_as_recorded(
+        tmp_path, toy_data, monkeypatch):
+    """calibration="matched": the round's output is the mean of the round model and
+    its 2 fold models at the recorded temperature; reloaded from the checkpoint it gives the recorded test ECE /
+    NLL / Brier, and on the stop set (unlabelled pool items; stopping itself is off) its mean top-class
+    probability is the recorded accuracy estimate. (The tiny model is at chance, below any confidence a temperature
+    can give, and nearly flat, so that 0.55 takes the sharpest temperature allowed: the estimate is pinned at 0.52,
+    which a temperature within bounds reaches; its formula is tested on its own.)"""
+    from loracle.active.config import ALConfig
+    from loracle.active.loop import ActiveLearningLoop
+
+    seen = []
+    monkeypatch.setattr("loracle.evaluation.calibration.matched_accuracy", lambda a, b: seen.append((a, b)) or 0.52)
+    config = fast_config(toy_data, rounds=1, calibration="matched", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rounds, test, labels = _recorded(tmp_path / "run")
+    state = RunState.open(tmp_path / "run")
+    try:
+        loop = ActiveLearningLoop(state)
+        loop.config = ALConfig.from_dict(state.config)
+        stop_set = state.pool_examples(loop._stop_indices())
+    finally:
+        state.close()
+    for row in rounds:
+        m = row["metrics"]
+        assert m["accuracy_estimate"] == 0.52 and (m["fold_agreement"], m["oof_accuracy"]) == seen[row["round"]]
+        assert 0 < m["fold_agreement"] <= 1 and 0 <= m["oof_accuracy"] <= 1
+        assert 0.05 < m["temperature_matched"] < 20 and "ece_matched" not in m  # it is the reported calibration here
+        out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
+        assert (out["calibration"], out["members"]) == ("matched", 3)
+        got = classification_metrics(out["calibrated"], labels)
+        for key in ("ece", "nll", "brier"):
+            assert got[key] == pytest.approx(m[f"{key}_calibrated"], abs=1e-4), key
+        on_stop = predict_with_run(tmp_path / "run", stop_set, row["round"], model_factory=tiny_factory)
+        assert on_stop["calibrated"].max(-1).values.mean().item() == pytest.approx(m["accuracy_estimate"], abs=1e-4)
+        # the plain mean is one choice away, and differs from the matched one
+        plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
+                                 calibration="ensemble")
+        assert plain["members"] == 3 and not torch.allclose(plain["calibrated"], out["calibrated"])

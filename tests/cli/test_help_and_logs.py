@@ -25,9 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 #: what a terminal bar writes and a log must not hold: carriage returns and ANSI escape sequences
 BAR_CODES = re.compile(r"\r|\x1b\[")
 ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), macro-F1 (\d\.\d{3}|n/a), "
-                        r"ECE (\d\.\d{3}|n/a)( \((\d\.\d{3} (after temperature scaling|for the ensemble of \d+); )?"
-                        r"(\d\.\d{3} with the cross-fitted temperature \d+\.\d{2}; )?"
+                        r"ECE (\d\.\d{3}|n/a)( \((\d\.\d{3} (after temperature scaling|for the ensemble of \d+"
+                        r"( at the matched temperature \d+\.\d{2})?); )?"
+                        r"(\d\.\d{3} for the plain ensemble; )?"
                         r"(\d\.\d{3} for the ensemble, passed over as the temperature \d+\.\d{2} is below 1; )?"
+                        r"(\d\.\d{3} with the cross-fitted temperature \d+\.\d{2}; )?"
+                        r"(\d\.\d{3} for the ensemble at the matched temperature \d+\.\d{2}; )?"
                         r"noise floor \d\.\d{3}\))?; "
                         r"train .+, evaluate .+, score .+$")
 HEAVY = ("torch", "transformers", "accelerate", "numpy", "matplotlib")

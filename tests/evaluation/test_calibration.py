@@ -1,5 +1,6 @@
 """Temperature scaling: recovers a known over-confidence factor, leaves calibrated data alone, degenerate inputs;
-and the rule that picks between it and the ensemble."""
+the rule that picks between it and the ensemble; and the matched temperature (confidence set to an accuracy
+estimate)."""
 
 import math
 
@@ -13,6 +14,9 @@ from loracle.evaluation.calibration import (
     calibration_choice,
     fit_temperature,
     fit_temperature_from_folds,
+    fold_agreement,
+    match_confidence,
+    matched_accuracy,
 )
 from loracle.evaluation.metrics import expected_calibration_error, negative_log_likelihood
 
@@ -101,3 +105,37 @@ def test_calibration_choice_takes_the_temperature_only_below_one():
     """al run's calibration="auto": the ensemble unless the fold models' temperature is below 1."""
     assert [calibration_choice(t) for t in (0.3, 0.999, 1.0, 1.7, 20.0, None)] == \
         ["temperature", "temperature", "ensemble", "ensemble", "ensemble", "ensemble"]
+
+
+def test_fold_agreement_is_the_mean_pairwise_share_of_equal_picks():
+    """Three models on 4 items: picks (0,0,1,1), (0,1,1,1), (1,0,1,1); pairs agree on 3/4, 2/4, 3/4 -> 2/3."""
+    one_hot = torch.eye(2)
+    picks = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [1, 0, 1, 1]])
+    assert fold_agreement(one_hot[picks]) == pytest.approx(2 / 3)
+    assert fold_agreement(one_hot[picks[:2]]) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match=r"\[K >= 2, N >= 1, C\]"):
+        fold_agreement(one_hot[picks[:1]])
+    with pytest.raises(ValueError, match="shape"):
+        fold_agreement(torch.zeros(2, 0, 2))
+    assert matched_accuracy(0.9, 0.7) == pytest.approx(0.8)
+
+
+def test_match_confidence_hits_the_target_and_respects_bounds_and_offset():
+    true, _ = synthetic(n=2000, c=3)
+    for target in (0.5, 0.7, 0.95):
+        t = match_confidence(true, target)
+        assert apply_temperature(true, t).max(1).values.mean().item() == pytest.approx(target, abs=1e-6)
+    # higher target, sharper: the temperature falls as the target rises
+    assert match_confidence(true, 0.5) > match_confidence(true, 0.7) > match_confidence(true, 0.95)
+    # a target at or below chance cannot be reached: the flattest allowed; one above what T_MIN gives: the sharpest
+    assert match_confidence(true, 1 / 3) == T_MAX
+    two = torch.tensor([[0.2, 0.0], [0.0, 0.1]], dtype=torch.float64)  # near-ties: even T_MIN stays under 0.99
+    assert match_confidence(two, 0.999) == T_MIN
+    # with a class-prior offset the target is met by the moved predictions
+    offset = torch.tensor([0.0, 0.5, -0.5], dtype=torch.float64)
+    t = match_confidence(true, 0.8, offset)
+    assert torch.softmax(true / t + offset, 1).max(1).values.mean().item() == pytest.approx(0.8, abs=1e-6)
+    assert match_confidence(torch.zeros(0, 2), 0.8) == 1.0
+    for bad in (0.0, 1.5, float("nan"), "0.8"):
+        with pytest.raises(ValueError, match="target must be"):
+            match_confidence(true, bad)

@@ -47,11 +47,11 @@ def default_adapter() -> AdapterConfig:
     return LoRAConfig(rank=8, alpha=16.0, dropout=0.1, target_modules=None, layers=[-2, -1])
 
 
-#: ``ALConfig.calibration``: per round the cross-fitted ensemble or temperature (``auto``), one of them always, or
-#: nothing.
-CALIBRATIONS = ("auto", "ensemble", "temperature", "none")
+#: ``ALConfig.calibration``: per round the cross-fitted ensemble or temperature (``auto``), one of them always, the
+#: ensemble at the temperature that matches its confidence to an accuracy estimate (``matched``), or nothing.
+CALIBRATIONS = ("auto", "ensemble", "matched", "temperature", "none")
 #: The calibrations whose rounds keep their fold models in the checkpoint (``folds/<i>``).
-KEEPS_FOLDS = ("auto", "ensemble")
+KEEPS_FOLDS = ("auto", "ensemble", "matched")
 #: Which out-of-fold predictions a cross-fitted temperature is fitted on (``ALConfig.calibration_items``).
 CALIBRATION_ITEMS = ("initial", "labelled")
 #: How long a cross-fitting fold model trains (``ALConfig.calibration_fold_steps``).

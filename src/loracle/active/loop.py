@@ -378,8 +378,11 @@ class ActiveLearningLoop:
         if method == "auto":  # the ensemble, unless the fold models were under-confident out of fold (T < 1)
             method = calibration_choice(None if temperatures is None else temperatures[c.calibration_items])
         ensemble_mode = method == "ensemble" and out_of_fold is not None
-        # The one temperature the round applies (stop set, checkpoint, labelling app); none for an ensemble.
-        temperature = None if temperatures is None or ensemble_mode else temperatures[c.calibration_items]
+        matched_mode = method == "matched" and out_of_fold is not None  # the ensemble at a matched temperature
+        averaged = ensemble_mode or matched_mode  # the round's output averages it with its fold models
+        # The one temperature the round applies to the round model (stop set, checkpoint, labelling app); none for
+        # an ensemble (a matched ensemble's is fitted below, once the round model has predicted the stop set).
+        temperature = None if temperatures is None or averaged else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
         with self._cached(built):
@@ -393,7 +396,7 @@ class ActiveLearningLoop:
             result = evaluate(built.model, built.task, self.test, samples=0, batch_size=c.eval_batch_size,
                               precision=self.precision, return_probs=True, ranks=self.ranks)
             evaluate_seconds = time.perf_counter() - start
-            stop_probs = self._stop_set_probs(t, built, temperature)
+            stop_probs = self._stop_set_probs(built, needed=out_of_fold is not None)
         self._save_cache()
         metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
         if self.answers is not None:
@@ -410,6 +413,18 @@ class ActiveLearningLoop:
             metrics.update(balanced_decision_metrics(result["probs"].float(), result["labels"],
                                                      torch.tensor([e.label for e in labelled])))
         shift = self._pool_prior(labelled, train_config) if fitted is not None else None
+        matched = None if stop_probs is None or out_of_fold is None else self._matched(out_of_fold, stop_probs, shift)
+        if matched_mode:
+            temperature = matched["temperature_matched"]
+        if stop_probs is not None:  # the stop set in the round's calibration (the round model raw for an ensemble)
+            from loracle.evaluation.calibration import apply_temperature
+
+            if matched_mode:
+                stop_probs = torch.cat([stop_probs.float()[None], out_of_fold["stop_probs"]]).mean(0)
+            if temperature is not None:
+                stop_probs = apply_temperature(stop_probs.clamp_min(1e-12).log(), temperature)
+            if not c.stopping:
+                stop_probs = None
 
         def to_pool(p: torch.Tensor) -> torch.Tensor:  # calibrated predictions in the pool's class prior
             from loracle.evaluation.label_shift import shift_prior
@@ -421,7 +436,7 @@ class ActiveLearningLoop:
             from loracle.evaluation.metrics import classification_metrics
 
             for items, value in temperatures.items():  # the configured one plain, the other with its name
-                suffix = "" if items == c.calibration_items and not ensemble_mode else f"_{items}"
+                suffix = "" if items == c.calibration_items and not averaged else f"_{items}"
                 calibrated = classification_metrics(to_pool(apply_temperature(
                     result["probs"].clamp_min(1e-12).log(), value)), result["labels"])
                 metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k])
@@ -439,6 +454,17 @@ class ActiveLearningLoop:
                 calibrated = classification_metrics(to_pool(members.mean(0)), result["labels"])
                 metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics["ensemble_members"] = len(members)
+            if matched is not None:  # the same mean at the temperature that sets its confidence to the estimate
+                from loracle.evaluation.calibration import apply_temperature
+
+                scored = classification_metrics(to_pool(apply_temperature(members.mean(0).clamp_min(1e-12).log(),
+                                                                          matched["temperature_matched"])),
+                                                result["labels"])
+                suffix = "calibrated" if matched_mode else "matched"
+                metrics.update({f"{k}_{suffix}": float(scored[k]) for k in ("ece", "ece_floor", "nll", "brier")})
+                metrics.update(matched)
+                if matched_mode:
+                    metrics["ensemble_members"] = len(members)
         if c.calibration == "auto" and temperatures is not None:  # which of the two this round's output is
             metrics["calibration_temperature"] = float(not ensemble_mode)
         if shift is not None:
@@ -457,7 +483,8 @@ class ActiveLearningLoop:
                                                   "label_names": self.label_names, "temperature": temperature,
                                                   "train_prior": None if shift is None else shift[0].tolist(),
                                                   "pool_prior": None if shift is None else shift[1].tolist(),
-                                                  "calibration": ("ensemble" if ensemble_mode else "temperature"
+                                                  "calibration": ("ensemble" if ensemble_mode else "matched"
+                                                                  if matched_mode else "temperature"
                                                                   if temperature is not None else "none"),
                                                   "train_config": train_config.to_dict()})
             # the fold models: the round's output for an ensemble; kept beside a temperature that "auto" chose
@@ -513,7 +540,8 @@ class ActiveLearningLoop:
         round-0 items only (``initial``; the same as ``labelled`` in round 0; in the pool's class prior where the
         round moves its predictions there, :meth:`_pool_prior`), and the out-of-fold predictions
         themselves (``log_probs`` ``[N, C]``, ``labels``, ``initial`` mask, in fold order) with the fold models'
-        test probabilities (``test_probs`` ``[K, N_test, C]``). None when calibration is off or the set is too
+        test probabilities (``test_probs`` ``[K, N_test, C]``) and on the stop set, unlabelled pool items
+        (``stop_probs`` ``[K, N_stop, C]``, for :meth:`_matched`). None when calibration is off or the set is too
         small."""
         from loracle.evaluation.calibration import fit_temperature_from_folds
         from loracle.training import train
@@ -535,7 +563,8 @@ class ActiveLearningLoop:
                                                progress=False)
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
-        pairs, test_probs = [], []
+        pairs, test_probs, stop_probs = [], [], []
+        unlabelled = self.state.pool_examples(self._stop_indices())  # for calibration="matched"'s fold agreement
         for i, held in enumerate(folds):
             held_set = set(held.tolist())
             fit_on = [e for j, e in enumerate(labelled) if j not in held_set]
@@ -551,6 +580,9 @@ class ActiveLearningLoop:
                 test_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
                                                                        batch_size=c.eval_batch_size,
                                                                        precision=self.precision), self.test)[:, 0])
+                stop_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                                       batch_size=c.eval_batch_size,
+                                                                       precision=self.precision), unlabelled)[:, 0])
             if c.calibration in KEEPS_FOLDS:
                 from loracle.adapters import save_adapter
 
@@ -569,7 +601,7 @@ class ActiveLearningLoop:
                                                                if keep.any()], offset)}
         out_of_fold = {"log_probs": torch.cat([z for z, _, _ in pairs]).float(),
                        "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs]),
-                       "test_probs": torch.stack(test_probs).float()}
+                       "test_probs": torch.stack(test_probs).float(), "stop_probs": torch.stack(stop_probs).float()}
         return temperatures, out_of_fold
 
     def _stop_indices(self) -> list[int]:
@@ -600,21 +632,39 @@ class ActiveLearningLoop:
                                 counts([int(e.label) for e in labelled]), train_config.class_weight,
                                 train_config.logit_adjustment)
 
-    def _stop_set_probs(self, t: int, built: Built, temperature: float | None) -> torch.Tensor | None:
-        """Deterministic predictions on the fixed stop set (temperature-scaled when calibrated)."""
+    def _stop_set_probs(self, built: Built, needed: bool = False) -> torch.Tensor | None:
+        """The round model's deterministic predictions on the fixed stop set, raw: for the stopping criteria, and
+        (``needed``) for :meth:`_matched`; None when neither wants them or the task is generation."""
         from loracle.uncertainty.sampling import mc_probs
 
         c = self.config
-        if not c.stopping or self.answers is not None:
+        if not (c.stopping or needed) or self.answers is not None:
             return None
-        probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
-                                                     batch_size=c.eval_batch_size, precision=self.precision),
-                               self.state.pool_examples(self._stop_indices()))[:, 0]
-        if temperature is not None:
-            from loracle.evaluation.calibration import apply_temperature
+        return self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
+                                                    batch_size=c.eval_batch_size, precision=self.precision),
+                              self.state.pool_examples(self._stop_indices()))[:, 0]
 
-            probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
-        return probs
+    def _matched(self, out_of_fold: dict[str, torch.Tensor], stop_probs: torch.Tensor,
+                 shift: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+        """``calibration="matched"``: the temperature at which the cross-fitted ensemble's mean confidence on the
+        stop set (unlabelled pool items, in the pool's class prior where the round moves its predictions there)
+        equals :func:`~loracle.evaluation.calibration.matched_accuracy` of the fold models' agreement there and
+        their out-of-fold accuracy on ``calibration_items``. Recorded every round that cross-fits, whichever
+        calibration it reports: ``temperature_matched``, ``accuracy_estimate``, ``fold_agreement``,
+        ``oof_accuracy``."""
+        from loracle.evaluation.calibration import fold_agreement, match_confidence, matched_accuracy
+
+        offset = None if shift is None else (shift[1] / shift[0]).log()
+        log_probs, labels = out_of_fold["log_probs"].double(), out_of_fold["labels"]
+        if self.config.calibration_items == "initial" and bool(out_of_fold["initial"].any()):
+            log_probs, labels = log_probs[out_of_fold["initial"]], labels[out_of_fold["initial"]]
+        picks = (log_probs if offset is None else log_probs + offset).argmax(-1)
+        oof_accuracy = float((picks == labels).double().mean())
+        agreement = fold_agreement(out_of_fold["stop_probs"])
+        target = max(matched_accuracy(agreement, oof_accuracy), 1e-3)
+        ensemble = torch.cat([stop_probs.double()[None], out_of_fold["stop_probs"].double()]).mean(0)
+        return {"temperature_matched": match_confidence(ensemble.clamp_min(1e-12).log(), target, offset),
+                "accuracy_estimate": target, "fold_agreement": agreement, "oof_accuracy": oof_accuracy}
 
     def _stop_decision(self, t: int) -> Any:
         """The stopping criteria replayed over the stored stop-set predictions of rounds ``0..t`` (None if off)."""

@@ -49,9 +49,9 @@ class RoundCalibration:
 
     @property
     def method(self) -> str:
-        """``ensemble``, ``temperature`` or ``none`` (what the round's calibrated prediction is)."""
+        """``ensemble``, ``matched``, ``temperature`` or ``none`` (what the round's calibrated prediction is)."""
         if len(self.members) > 1:
-            return "ensemble"
+            return "ensemble" if self.temperature is None else "matched"
         return "temperature" if self.temperature is not None else "none"
 
     @classmethod
@@ -75,6 +75,7 @@ class RoundCalibration:
             kept = sorted((p for p in folds.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
         aside = extra.get("calibration") == "temperature"  # "auto" chose the temperature: the folds wait aside
         members = [folder] if aside else [folder, *kept]
+        matched = extra.get("calibration") == "matched" and len(members) > 1  # the members' mean, then T
         temperature = extra.get("temperature")
         if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                                         or not temperature > 0):
@@ -84,7 +85,7 @@ class RoundCalibration:
                 p is not None and (not isinstance(p, list) or not all(isinstance(v, (int, float)) for v in p))
                 for p in priors):
             raise LoracleError(f"{folder}: the recorded class priors {priors!r:.80} are not two lists of numbers")
-        return cls(members=tuple(members), temperature=None if len(members) > 1 else temperature,
+        return cls(members=tuple(members), temperature=None if len(members) > 1 and not matched else temperature,
                    train_prior=None if priors[0] is None else tuple(float(v) for v in priors[0]),
                    pool_prior=None if priors[1] is None else tuple(float(v) for v in priors[1]),
                    folds=tuple(kept) if aside else ())
@@ -93,7 +94,8 @@ class RoundCalibration:
         """This round's predictions calibrated another way than the run chose (``al predict --calibration``).
 
         Args:
-            method: ``ensemble`` (needs the fold models), ``temperature`` (the round model alone, with
+            method: ``ensemble`` (needs the fold models), ``matched`` (the ensemble at ``temperature``: the
+                round's ``temperature_matched``), ``temperature`` (the round model alone, with
                 ``temperature``: the one the run's cross-fitting fitted, recorded in the round's metrics) or
                 ``none`` (the round model raw). The class-prior move, where the round made one, stays: the run
                 applied it to both calibrations when it scored them.
@@ -101,13 +103,17 @@ class RoundCalibration:
         Raises:
             LoracleError: ``ensemble`` for a round that kept no fold models, or ``temperature`` without one.
         """
-        if method == "ensemble":
-            if len(self.members) > 1:
-                return self
-            if not self.folds:
+        if method in ("ensemble", "matched"):
+            members = self.members if len(self.members) > 1 else (self.members[0], *self.folds)
+            if len(members) < 2:
                 raise LoracleError(f"{self.members[0]} kept no fold models (the run's calibration was "
                                    "'temperature' or 'none'); use --calibration temperature or none")
-            return RoundCalibration((self.members[0], *self.folds), None, self.train_prior, self.pool_prior)
+            if method == "ensemble":
+                return RoundCalibration(members, None, self.train_prior, self.pool_prior)
+            if temperature is None:
+                raise LoracleError(f"{self.members[0]}: the run fitted no matched temperature for this round (a run "
+                                   "made before the matched calibration existed); use --calibration ensemble")
+            return RoundCalibration(members, float(temperature), self.train_prior, self.pool_prior)
         if method == "temperature":
             if temperature is None:
                 raise LoracleError(f"{self.members[0]}: the run fitted no temperature for this round (calibration "
@@ -115,7 +121,7 @@ class RoundCalibration:
             return RoundCalibration((self.members[0],), float(temperature), self.train_prior, self.pool_prior)
         if method == "none":
             return RoundCalibration((self.members[0],), None, self.train_prior, self.pool_prior)
-        raise LoracleError(f"unknown calibration {method!r}; valid: run, ensemble, temperature, none")
+        raise LoracleError(f"unknown calibration {method!r}; valid: run, ensemble, matched, temperature, none")
 
     def apply(self, member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
         """``[N, C]`` calibrated probabilities from each member's ``[N, C]`` probabilities (in ``members`` order)."""
@@ -228,7 +234,8 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     chosen = None
     if calibration != "run":
         metrics = row["metrics"] or {}
-        temperature = metrics.get(f"temperature_{config.calibration_items}", metrics.get("temperature"))
+        temperature = (metrics.get("temperature_matched") if calibration == "matched" else
+                       metrics.get(f"temperature_{config.calibration_items}", metrics.get("temperature")))
         chosen = RoundCalibration.read(folder).choose(calibration, temperature)
     builder = ModelBuilder(config.model, config.task_kind, label_names=label_names, examples=list(examples),
                            max_length=config.max_length, adapter=config.adapter, model_factory=model_factory)

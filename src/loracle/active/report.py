@@ -51,7 +51,8 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         n_labels: labels the round's model was trained on.
         metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``, and
             ``ece_calibrated`` and the noise floor where present; for an ensemble round, also the test ECE
-            the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave.
+            the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave,
+            and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``).
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
             (the last round scores nothing).
 
@@ -61,9 +62,14 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
     shown = ", ".join(f"{label} {format_value(metrics.get(key))}" for key, label in METRICS)
     notes = []
     if metrics.get("ece_calibrated") is not None:
+        matched = "ensemble_members" in metrics and "temperature_matched" in metrics and "ece_matched" not in metrics
         how = (f"for the ensemble of {int(metrics['ensemble_members'])}" if "ensemble_members" in metrics
                else "after temperature scaling")
+        if matched:  # calibration "matched": the ensemble at the temperature that matches its confidence
+            how += f" at the matched temperature {format_value(metrics['temperature_matched'], 2)}"
         notes.append(f"{format_value(metrics.get('ece_calibrated'))} {how}")
+        if matched and metrics.get("ece_ensemble") is not None:
+            notes.append(f"{format_value(metrics['ece_ensemble'])} for the plain ensemble")
         if metrics.get("calibration_temperature") and metrics.get("ece_ensemble") is not None:
             # calibration "auto" chose the temperature (below 1): the ensemble it passed over
             notes.append(f"{format_value(metrics['ece_ensemble'])} for the ensemble, passed over as the "
@@ -72,6 +78,9 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
             # the alternative the run scored beside it (`al predict --calibration temperature` applies it)
             notes.append(f"{format_value(metrics[f'ece_calibrated_{temperature_items}'])} with the cross-fitted "
                          f"temperature {format_value(metrics.get(f'temperature_{temperature_items}'), 2)}")
+        if metrics.get("ece_matched") is not None:  # scored beside every cross-fitted calibration
+            notes.append(f"{format_value(metrics['ece_matched'])} for the ensemble at the matched temperature "
+                         f"{format_value(metrics.get('temperature_matched'), 2)}")
     floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))
     if floor is not None and floor == floor:
         notes.append(f"noise floor {format_value(floor)}")

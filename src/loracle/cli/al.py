@@ -246,12 +246,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             help="hold this fraction of the labels out of training and keep the epoch with the lowest loss on "
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
-    _option(g, "--calibration", field="calibration", choices=("auto", "ensemble", "temperature", "none"),
+    _option(g, "--calibration", field="calibration", choices=("auto", "ensemble", "matched", "temperature", "none"),
             metavar="NAME", none="auto for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
             "NLL and Brier before and after it; ensemble: keep the cross-fitting's fold models and report the "
             "mean of them and the round model as the calibrated predictions (their adapters are saved in the "
-            "round's folds/); auto: the ensemble, or the temperature in a round whose temperature is below 1 "
+            "round's folds/); matched: that ensemble at the temperature that sets its mean confidence on the "
+            "stop set to an accuracy estimate (the mean of the fold models' agreement there and their out-of-fold "
+            "accuracy); auto: the ensemble, or the temperature in a round whose temperature is below 1 "
             "(fold models under-confident out of fold); none: no calibration")
     _option(g, "--calibration-folds", field="calibration_folds", type=int, metavar="K",
             help="cross-fitting folds (K extra trainings per round)")
@@ -337,9 +339,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                  "predictions.jsonl in the run folder")
     show_default(predict.add_argument("--batch-size", type=int, default=None, metavar="N",
                                       help="items per forward pass"), "the run's")
-    predict.add_argument("--calibration", choices=("run", "ensemble", "temperature", "none"), default="run",
+    predict.add_argument("--calibration", choices=("run", "ensemble", "matched", "temperature", "none"),
+                         default="run",
                          help="run: as the run calibrated (default); ensemble: the round model and its fold "
-                         "models; temperature: the round model with its cross-fitted temperature, the better "
+                         "models; matched: that ensemble at the round's matched temperature; temperature: the round model with its cross-fitted temperature, the better "
                          "choice where the fold models were far over-confident out of fold (a task the model "
                          "learns little of; the run's log shows both calibrations' test ECE each round); none: "
                          "the round model raw")

@@ -14,8 +14,8 @@ def test_classification_recipe_smooths_with_a_slow_head_and_no_class_weights() -
     # 8 epochs: with 3, sets above 200 labels stopped at the step floor under-confident (default_train's docstring)
     assert config.train.epochs == 8 and default_train("multiple_choice").epochs == 3
     assert config.train.validation_fraction == 0.0 and config.train.head_init == "auto"
-    # the cross-fitted ensemble, or the temperature where that is below 1, by default (ALConfig's docstring)
-    assert config.calibration == "auto"
+    # the cross-fitted ensemble at its matched temperature by default (ALConfig's docstring)
+    assert config.calibration == "matched"
 
 
 def test_calibrated_scores_pick_the_temperature_unless_told_otherwise() -> None:

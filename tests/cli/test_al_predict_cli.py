@@ -15,8 +15,8 @@ from tiny_models import tiny_bert, tiny_tokenizer
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A finished run with `al run`'s default calibration (the cross-fitted ensemble) of a tiny model saved in a
-    folder (what `al predict` loads, as a user's run would), trained briefly."""
+    """A finished run with the cross-fitted ensemble as its calibration (`--calibration ensemble`) of a tiny model
+    saved in a folder (what `al predict` loads, as a user's run would), trained briefly."""
     root = tmp_path_factory.mktemp("al_predict")
     model_dir = root / "model"
     tiny_bert().save_pretrained(model_dir)

@@ -308,19 +308,20 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
     for line, r in zip(rounds, report["rounds"]):
         assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
                                f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")
-    if strategy == "entropy":  # al status: the calibrated ECE and, beside it, the cross-fitted temperature's
+    if strategy == "entropy":  # al status: the calibrated ECE (the default: the matched ensemble) and, beside it,
+        # the plain ensemble's and the cross-fitted temperature's
         status = loracle("al", "status", str(out))
         assert status.returncode == 0, status.stderr[-3000:]
         table = status.stdout.splitlines()
         header = next(line.split("  ") for line in table if line.lstrip().startswith("round "))
         header = [h.strip() for h in header if h.strip()]
-        assert header[-5:] == ["ECE cal.", "ECE T", "ECE floor", "train s", "score s"], header
+        assert header[-6:] == ["ECE cal.", "ECE ens.", "ECE T", "ECE floor", "train s", "score s"], header
         rows = [line.split() for line in table if line.split() and line.split()[0].isdigit()]
+        assert len(rows) == len(report["rounds"]) == 3
         for row, r in zip(rows, report["rounds"]):
             m = r["metrics"]
-            # a round where "auto" chose the temperature (below 1) reports it as ece_calibrated: ECE T is that
-            temperature = m["ece_calibrated"] if m["calibration_temperature"] else m["ece_calibrated_initial"]
-            assert row[-5:-3] == [f"{m['ece_calibrated']:.3f}", f"{temperature:.3f}"], row
+            assert "temperature_matched" in m and "ece_matched" not in m
+            assert row[-6:-3] == [f"{m[k]:.3f}" for k in ("ece_calibrated", "ece_ensemble", "ece_calibrated_initial")]
 
 
 def test_class_weight_and_label_smoothing_flags_reach_the_config():

@@ -111,8 +111,8 @@ def test_next_round_from_the_page_then_predictions(human_run):
     item = web.get(f"/api/items/{state['next_item']}").json()
     assert item["score"] is not None and item["prediction"]["state"] == "ready"
     assert item["prediction"]["label_name"] in ("fresh", "rotten") and 0.5 <= item["prediction"]["confidence"] <= 1
-    # the round's calibrated confidence (the mean of round 0's model and its 3 fold models, or the temperature where
-    # the default calibration "auto" chose it), as `al predict` gives it
+    # the round's calibrated confidence (the default calibration "matched": the mean of round 0's model and its 3
+    # fold models at the round's matched temperature), as `al predict` gives it
     from loracle.active.predict import predict_with_run
     from loracle.active.state import RunState
 
@@ -120,7 +120,7 @@ def test_next_round_from_the_page_then_predictions(human_run):
     examples = run.pool_examples([state["next_item"]])
     run.close()
     expected = predict_with_run(human_run, examples, 0, model_factory=tiny_factory)
-    assert (expected["calibration"], expected["members"]) in (("ensemble", 4), ("temperature", 1))
+    assert (expected["calibration"], expected["members"]) == ("matched", 4)
     assert item["prediction"]["confidence"] == pytest.approx(float(expected["calibrated"].max()), abs=1e-3)
     html = web.get("/").text
     assert "% confident)" in html and "<polyline" in html

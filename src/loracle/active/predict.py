@@ -4,8 +4,10 @@ the run never saw (``loracle al predict``) and for the labelling app's predictio
 A classification round's checkpoint folder (``<run>/rounds/<t>``) holds all that is needed:
 
 - the round model's adapter and head;
-- with ``calibration="ensemble"`` (and ``auto``, the default, where it chose the ensemble), the cross-fitted fold
+- with ``calibration="ensemble"`` (and ``auto`` where it chose the ensemble), the cross-fitted fold
   models' adapters in ``folds/<i>``: the calibrated prediction is the mean of the round model's and theirs;
+- with ``calibration="matched"`` (the default), the same members and the matched temperature (``extra.temperature``,
+  ``extra.calibration`` ``matched``): ``softmax(log(mean p) / T)``;
 - with ``calibration="temperature"`` (and ``auto`` where it chose the temperature: ``extra.calibration`` is then
   ``temperature`` and the fold models in ``folds/`` are kept aside), the one temperature the round applies
   (``extra.temperature`` of the adapter file): ``softmax(log p / T)``;

@@ -247,7 +247,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
             "them (0: train on every label)")
     g = run.add_argument_group("calibration, stopping and speed")
     _option(g, "--calibration", field="calibration", choices=("auto", "ensemble", "matched", "temperature", "none"),
-            metavar="NAME", none="auto for classification, none for the other task kinds",
+            metavar="NAME", none="matched for classification, none for the other task kinds",
             help="temperature: fit a temperature each round by cross-fitting on the labelled set and report ECE, "
             "NLL and Brier before and after it; ensemble: keep the cross-fitting's fold models and report the "
             "mean of them and the round model as the calibrated predictions (their adapters are saved in the "
@@ -466,13 +466,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     # an ensemble run also scored its cross-fitted temperature: its ECE ("ECE T"), for `al predict --calibration`
     other = f"ece_calibrated_{summary['config'].get('calibration_items', 'initial')}"
     both = any("ensemble_members" in r["metrics"] and other in r["metrics"] for r in summary["rounds"])
-    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", *(["ECE T"] if both else []),
-              "ECE floor", "train s", "score s"]
+    # a matched run: the plain ensemble's ECE too ("ECE ens."), for `al predict --calibration ensemble`
+    plain = any("temperature_matched" in r["metrics"] and "ece_matched" not in r["metrics"] for r in summary["rounds"])
+    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", *(["ECE ens."] if plain else []),
+              *(["ECE T"] if both else []), "ECE floor", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
                  format_value(r["metrics"].get("ece_calibrated")),
+                 *([format_value(r["metrics"].get("ece_ensemble"))] if plain else []),
                  *([format_value(r["metrics"].get(other, r["metrics"].get("ece_calibrated")
                                                   if r["metrics"].get("calibration_temperature") else None))]
                    if both else []),

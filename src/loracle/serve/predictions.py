@@ -6,7 +6,7 @@ the base model (once per server), puts that checkpoint's adapter on it, runs one
 round's queries and keeps ``{pool index: (label, confidence)}`` in memory. The page never waits for it: until it is
 ready the prediction reads "computing", and round 0 (no model yet) reads "n/a". Confidences are the round's calibrated
 ones, as ``al run`` reports them (:func:`loracle.active.predict.round_probs`: the mean of the round model and its
-fold models by default, else its temperature; moved to the pool's class prior where the run shifted it).
+fold models at the round's matched temperature by default, else as the run was configured; moved to the pool's class prior where the run shifted it).
 """
 
 from __future__ import annotations

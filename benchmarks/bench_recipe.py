@@ -20,7 +20,10 @@ with changes joined by ``+``:
   with the same recipe on the other folds, predict their held-out fold); ``cfe<K>``: the same with the fold models
   trained for the full model's number of epochs rather than to its 100-step floor (``al run
   --calibration-fold-steps epochs``); ``cfs<K>``: for the full model's number of optimiser steps (``al run``'s
-  default, ``--calibration-fold-steps round``).
+  default, ``--calibration-fold-steps round``); ``mt`` (with a ``cf`` flag): also score the ensemble of the model
+  and its fold models at the matched temperature (``al run --calibration matched``: its mean confidence on up to
+  1,000 unlabelled pool items set to the mean of the fold models' agreement there and their out-of-fold
+  accuracy), as ``ece_matched``.
 
 ``--dataset imbalanced`` uses the 10%-``rotten`` set that benchmarks/bench_active_learning.py builds. One JSON row per
 (dataset, recipe, size, seed), with the mean top-class probability on the test items (``confidence``: above the
@@ -53,7 +56,7 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
     for part in name.split("+"):
         if part == "base":
             continue
-        if part in ("full", "ts", "pool"):
+        if part in ("full", "ts", "pool", "mt"):
             flags.add(part)
         elif part.startswith("L") and part[1:].isdigit():
             flags.add(part)
@@ -82,19 +85,22 @@ def parse_recipe(name: str) -> tuple[dict, int, set[str]]:
             flags.add(part)
         else:
             raise SystemExit(f"unknown recipe part {part!r} in {name!r}")
+    if "mt" in flags and not any(f.startswith("cf") for f in flags):
+        raise SystemExit(f"{name!r}: mt needs cross-fitting (cf<K>, cfe<K> or cfs<K>)")
     if "ts" in flags and not fields.get("validation_fraction"):
         raise SystemExit(f"{name!r}: ts needs a held-out slice (vf<x>)")
     return fields, samples, flags
 
 
 def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: int,
-                          rule: str = "floor", test: list | None = None):
+                          rule: str = "floor", test: list | None = None, unlabelled: list | None = None):
     """The temperature of ``al run --calibration temperature`` for this labelled set: ``k`` models trained on
     ``k - 1`` folds each (same recipe; ``rule``: ``floor``, to its step floor; ``epochs``, for the full model's
     number of epochs; ``steps``, for its number of optimiser steps, as ``al run`` does) predict their held-out fold;
     one temperature fits the pooled predictions.
     With ``test``, returns ``(temperature, [k, N_test, C] the fold models' test probabilities)`` (for the
-    cross-fitted ensemble of ``--calibration ensemble``)."""
+    cross-fitted ensemble of ``--calibration ensemble``); with ``unlabelled`` as well, their probabilities on those
+    items ``[k, N_unlabelled, C]`` as ``oof["unlabelled_probs"]`` (for ``--calibration matched``)."""
     import contextlib
 
     import numpy as np
@@ -110,7 +116,7 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
         steps = config.steps_for(len(labelled))
         config = config.replace(min_steps=steps, max_steps=steps)
     order = np.random.default_rng(1000 + seed).permutation(len(labelled))
-    pairs, test_probs = [], []
+    pairs, test_probs, unlabelled_probs = [], [], []
     for i in range(k):
         held = set(order[i::k].tolist())
         built = builder.fresh(head_seed=seed + 10 * (i + 1), adapter_seed=seed + 10 * (i + 1))
@@ -123,11 +129,16 @@ def cross_fit_temperature(builder, cache, labelled: list, config, k: int, seed: 
             if test is not None:
                 test_probs.append(mc_probs(built.model, built.task, test, samples=0, batch_size=64,
                                            precision="bf16")[:, 0])
+            if unlabelled is not None:
+                unlabelled_probs.append(mc_probs(built.model, built.task, unlabelled, samples=0, batch_size=64,
+                                                 precision="bf16")[:, 0])
         pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out])))
     if test is not None:
         labels = torch.cat([y for _, y in pairs])
         oof = {"oof_accuracy": float((torch.cat([z for z, _ in pairs]).argmax(-1) == labels).float().mean()),
                "oof_majority": float(torch.bincount(labels).max() / len(labels))}
+        if unlabelled is not None:
+            oof["unlabelled_probs"] = torch.stack(unlabelled_probs)
         return fit_temperature_from_folds(pairs), torch.stack(test_probs), oof
     return fit_temperature_from_folds(pairs)
 
@@ -141,7 +152,8 @@ def summarise() -> dict:
               **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
                  for m in ("accuracy", "macro_f1", "ece", "nll")},
               **{f"{m}_mean": round(statistics.mean(x[m] for x in rows), 4)
-                 for m in ("confidence", "ece_floor", "accuracy_ensemble", "ece_ensemble", "ece_floor_ensemble")
+                 for m in ("confidence", "ece_floor", "accuracy_ensemble", "ece_ensemble", "ece_floor_ensemble",
+                           "ece_matched")
                  if all(m in x for x in rows)}}
              for (d, r, n), rows in sorted(groups.items())]
     out = {"setting": {"model": "minilm", "pool_size": 2000, "test_size": 1000}, "results": table}
@@ -256,20 +268,42 @@ def main() -> None:
                 rules = {"cfe": "epochs", "cfs": "steps"}
                 folds = [(int(f.lstrip("cfes")), rules.get(f[:3], "floor")) for f in flags if f.startswith("cf")]
                 if folds and "full" not in flags:
+                    taken = {e.id for e in labelled}
+                    unlabelled = [e for e in pool if e.id not in taken][:1000] if "mt" in flags else None
                     temperature, fold_probs, oof = cross_fit_temperature(builder, cache, labelled, config, folds[0][0],
-                                                                    seed, rule=folds[0][1], test=test)
+                                                                    seed, rule=folds[0][1], test=test,
+                                                                    unlabelled=unlabelled)
+                    matched = {}
+                    if unlabelled is not None:  # al run --calibration matched, on the pool's unlabelled items
+                        from loracle.evaluation.calibration import fold_agreement, match_confidence, matched_accuracy
+                        from loracle.uncertainty.sampling import mc_probs
+
+                        with (cache.attached(built.model, built.layout) if cache else contextlib.nullcontext()):
+                            own = mc_probs(built.model, built.task, unlabelled, samples=0, batch_size=64,
+                                           precision="bf16")[:, 0]
+                        folds_unlabelled = oof.pop("unlabelled_probs")
+                        estimate = matched_accuracy(fold_agreement(folds_unlabelled), oof["oof_accuracy"])
+                        mean = torch.cat([own.double()[None], folds_unlabelled.double()]).mean(0)
+                        t_matched = match_confidence(mean.clamp_min(1e-12).log(), max(estimate, 1e-3))
+                        test_mean = torch.cat([metrics["probs"].double()[None], fold_probs.double()]).mean(0)
+                        scored = classification_metrics(apply_temperature(test_mean.clamp_min(1e-12).log(),
+                                                                          t_matched), metrics["labels"])
+                        matched = {"ece_matched": scored["ece"], "nll_matched": scored["nll"],
+                                   "temperature_matched": t_matched, "accuracy_estimate": estimate}
                     scaled = apply_temperature(metrics["probs"].clamp_min(1e-12).log(), temperature)
                     ensemble = classification_metrics(torch.cat([metrics["probs"][None], fold_probs]).mean(0),
                                                       metrics["labels"])
                     metrics = {**classification_metrics(scaled, metrics["labels"]), "temperature": temperature, **oof,
                                **{f"{m}_ensemble": ensemble[m] for m in ("accuracy", "macro_f1", "ece", "nll")},
-                               "ece_floor_ensemble": ensemble["ece_floor"]}
+                               "ece_floor_ensemble": ensemble["ece_floor"], **matched}
                     confidence = float(scaled.max(-1).values.mean())
                 row = {"dataset": dataset, "recipe": recipe, "n": n, "seed": seed,
                        **({"temperature": round(metrics["temperature"], 4)} if "temperature" in metrics else {}),
                        **{m: float(metrics[m]) for m in ("accuracy", "macro_f1", "ece", "nll")},
                        **{m: float(metrics[m]) for m in ("ece_floor", "accuracy_ensemble", "ece_ensemble",
-                                                         "ece_floor_ensemble", "oof_accuracy", "oof_majority")
+                                                         "ece_floor_ensemble", "oof_accuracy", "oof_majority",
+                                                         "ece_matched", "nll_matched", "temperature_matched",
+                                                         "accuracy_estimate")
                           if m in metrics},
                        "confidence": round(confidence, 4),
                        "seconds": round(time.perf_counter() - start, 1)}

@@ -30,6 +30,17 @@ def _recorded(run_dir):
         state.close()
 
 
+def _reloaded(run_dir, test, labels, t, calibration, method, members, recorded, suffix):
+    """``al predict --calibration <calibration>`` on round ``t``: the method and member count it reports, and the
+    test ECE / NLL / Brier the run recorded as ``<key><suffix>``."""
+    out = predict_with_run(run_dir, test, t, model_factory=tiny_factory, calibration=calibration)
+    assert (out["calibration"], out["members"]) == (method, members)
+    got = classification_metrics(out["calibrated"], labels)
+    for key in ("ece", "nll", "brier"):
+        assert got[key] == pytest.approx(recorded[f"{key}{suffix}"], abs=1e-4), key
+    return out
+
+
 def test_ensemble_with_the_pool_prior_shift_reproduces_the_recorded_calibration(tmp_path, toy_data, monkeypatch):
     """Forced shift (the queried shares "differ"): each round's calibrated predictions on the test set, rebuilt from
     the round model and its 2 fold models, give the recorded calibrated ECE/NLL/Brier; the round model alone gives
@@ -52,12 +63,8 @@ def test_ensemble_with_the_pool_prior_shift_reproduces_the_recorded_calibration(
         moved.append(abs(calibrated["nll"] - m["nll_ensemble"]))
         # the other calibration the run scored: the round model with its cross-fitted temperature (round-0 items,
         # the default calibration_items), in the same pool prior
-        scaled = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
-                                  calibration="temperature")
-        assert (scaled["calibration"], scaled["members"]) == ("temperature", 1)
-        got = classification_metrics(scaled["calibrated"], labels)
-        for key in ("ece", "nll", "brier"):
-            assert got[key] == pytest.approx(m[f"{key}_calibrated_initial"], abs=1e-4), key
+        scaled = _reloaded(tmp_path / "run", test, labels, row["round"], "temperature", "temperature", 1, m,
+                           "_calibrated_initial")
         torch.testing.assert_close(scaled["raw"], out["raw"])
         plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
                                  calibration="none")
@@ -152,12 +159,7 @@ def test_auto_calibration_picks_by_the_fitted_temperature_and_reloads_as_recorde
         line = format_round_line(row["round"], row["n_labels"], m, {})
         assert ("passed over as the temperature 0.50 is below 1" in line) == (chosen == "temperature")
         # the matched ensemble is scored in every round that cross-fits, and comes back from the same folds
-        matched = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
-                                   calibration="matched")
-        assert (matched["calibration"], matched["members"]) == ("matched", 3)
-        got = classification_metrics(matched["calibrated"], labels)
-        for key in ("ece", "nll", "brier"):
-            assert got[key] == pytest.approx(m[f"{key}_matched"], abs=1e-4), key
+        _reloaded(tmp_path / "run", test, labels, row["round"], "matched", "matched", 3, m, "_matched")
 
 
 def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_reloads_as_recorded(

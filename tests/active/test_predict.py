@@ -183,6 +183,8 @@ def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_re
         loop = ActiveLearningLoop(state)
         loop.config = ALConfig.from_dict(state.config)
         stop_set = state.pool_examples(loop._stop_indices())
+        # the estimate is matched on the stop items still unlabelled after each round (the toy pool is the stop set)
+        unlabelled = {row["round"]: loop._stop_unlabelled(row["round"]) for row in state.rounds()}
     finally:
         state.close()
     for row in rounds:
@@ -195,8 +197,12 @@ def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_re
         got = classification_metrics(out["calibrated"], labels)
         for key in ("ece", "nll", "brier"):
             assert got[key] == pytest.approx(m[f"{key}_calibrated"], abs=1e-4), key
+        keep = unlabelled[row["round"]]
+        assert 0 < int(keep.sum()) < len(stop_set)  # some of the stop set is labelled, and left out
         on_stop = predict_with_run(tmp_path / "run", stop_set, row["round"], model_factory=tiny_factory)
-        assert on_stop["calibrated"].max(-1).values.mean().item() == pytest.approx(m["accuracy_estimate"], abs=1e-4)
+        confidence = on_stop["calibrated"].max(-1).values
+        assert confidence[keep].mean().item() == pytest.approx(m["accuracy_estimate"], abs=1e-4)
+        assert confidence[~keep].mean().item() != pytest.approx(m["accuracy_estimate"], abs=1e-4)
         # the plain mean is one choice away, and differs from the matched one
         plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
                                  calibration="ensemble")

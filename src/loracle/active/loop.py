@@ -413,7 +413,8 @@ class ActiveLearningLoop:
             metrics.update(balanced_decision_metrics(result["probs"].float(), result["labels"],
                                                      torch.tensor([e.label for e in labelled])))
         shift = self._pool_prior(labelled, train_config) if fitted is not None else None
-        matched = None if stop_probs is None or out_of_fold is None else self._matched(out_of_fold, stop_probs, shift)
+        matched = None if stop_probs is None or out_of_fold is None else self._matched(
+            out_of_fold, stop_probs, shift, self._stop_unlabelled(t))
         if matched_mode:
             temperature = matched["temperature_matched"]
         if stop_probs is not None:  # the stop set in the round's calibration (the round model raw for an ensemble)
@@ -644,25 +645,36 @@ class ActiveLearningLoop:
                                                     batch_size=c.eval_batch_size, precision=self.precision),
                               self.state.pool_examples(self._stop_indices()))[:, 0]
 
+    def _stop_unlabelled(self, t: int) -> torch.Tensor:
+        """``[N_stop]`` mask of the stop set's items still unlabelled after round ``t`` (the stop set is drawn from
+        the whole pool once, so queries label some of it as rounds go on)."""
+        labelled = set(self.state.labels(max_round=t))
+        return torch.tensor([i not in labelled for i in self._stop_indices()], dtype=torch.bool)
+
     def _matched(self, out_of_fold: dict[str, torch.Tensor], stop_probs: torch.Tensor,
-                 shift: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, float]:
+                 shift: tuple[torch.Tensor, torch.Tensor] | None,
+                 unlabelled: torch.Tensor | None = None) -> dict[str, float]:
         """``calibration="matched"``: the temperature at which the cross-fitted ensemble's mean confidence on the
-        stop set (unlabelled pool items, in the pool's class prior where the round moves its predictions there)
-        equals :func:`~loracle.evaluation.calibration.matched_accuracy` of the fold models' agreement there and
-        their out-of-fold accuracy on ``calibration_items``. Recorded every round that cross-fits, whichever
-        calibration it reports: ``temperature_matched``, ``accuracy_estimate``, ``fold_agreement``,
-        ``oof_accuracy``."""
+        stop set's items not yet labelled (``unlabelled``; all of them if none is left; in the pool's class prior
+        where the round moves its predictions there) equals :func:`~loracle.evaluation.calibration.matched_accuracy`
+        of the fold models' agreement there and their out-of-fold accuracy on ``calibration_items``. Labelled
+        items are left out as the models trained on them agree on them and are sure of them more than of the items
+        they will predict. Recorded every round that cross-fits, whichever calibration it reports:
+        ``temperature_matched``, ``accuracy_estimate``, ``fold_agreement``, ``oof_accuracy``."""
         from loracle.evaluation.calibration import fold_agreement, match_confidence, matched_accuracy
 
+        folds_stop = out_of_fold["stop_probs"]
+        if unlabelled is not None and bool(unlabelled.any()):
+            stop_probs, folds_stop = stop_probs[unlabelled], folds_stop[:, unlabelled]
         offset = None if shift is None else (shift[1] / shift[0]).log()
         log_probs, labels = out_of_fold["log_probs"].double(), out_of_fold["labels"]
         if self.config.calibration_items == "initial" and bool(out_of_fold["initial"].any()):
             log_probs, labels = log_probs[out_of_fold["initial"]], labels[out_of_fold["initial"]]
         picks = (log_probs if offset is None else log_probs + offset).argmax(-1)
         oof_accuracy = float((picks == labels).double().mean())
-        agreement = fold_agreement(out_of_fold["stop_probs"])
+        agreement = fold_agreement(folds_stop)
         target = max(matched_accuracy(agreement, oof_accuracy), 1e-3)
-        ensemble = torch.cat([stop_probs.double()[None], out_of_fold["stop_probs"].double()]).mean(0)
+        ensemble = torch.cat([stop_probs.double()[None], folds_stop.double()]).mean(0)
         return {"temperature_matched": match_confidence(ensemble.clamp_min(1e-12).log(), target, offset),
                 "accuracy_estimate": target, "fold_agreement": agreement, "oof_accuracy": oof_accuracy}
 

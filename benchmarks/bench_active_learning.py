@@ -36,9 +36,11 @@ of the spec it picks as on that dataset, ``same_picks_as``, whose rule ``same_pi
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the
-2-core box. ``badge`` and ``badge_auto`` also train the cross-fitting's fold models each round (3 folds, ``al
-run``'s default; ``--calibration-folds``), so its ECE is reported raw and calibrated: ``ece_calibrated`` by ``al
-run``'s default calibration (the mean of the round model and its fold models, ``ece_ensemble``),
+2-core box. ``badge``, ``badge_auto``, ``auto`` and the two whose runs ``auto`` reuses (``density_margin``,
+``class_balance``; their earlier results took it from ``--refit``) also train the cross-fitting's
+fold models each round (3 folds, ``al run``'s default; ``--calibration-folds``), so their ECE is reported raw and
+calibrated: ``ece_calibrated`` by ``al run``'s default calibration (``matched``: the mean of the round model and
+its fold models at the matched temperature; the plain mean is ``ece_ensemble``),
 ``ece_temperature_initial`` with the temperature fitted on the round-0 (random) items' out-of-fold predictions,
 ``ece_temperature_labelled`` with it fitted on every labelled item's, and ``ece_best_temperature`` at the temperature
 fitted on the test set itself (no single temperature does better on NLL; a floor, not a method). Runs made before
@@ -89,7 +91,8 @@ STRATEGIES: dict[str, dict] = {
     "random_kmeans": {"strategy": "random", "initial_mode": "kmeans"},
     "random_typiclust": {"strategy": "random", "initial_mode": "typiclust"},
     # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
-    "density_margin": {"strategy": "density_margin"},
+    # It trains the fold models too (al run's default calibration), as auto reuses its runs on a balanced task.
+    "density_margin": {"strategy": "density_margin", "calibrate": True},
     # al run's default since 0.3: density_margin on a task whose round-0 sample is balanced, class_balance on one
     # whose is not. It picks what those two pick on each dataset (checked at every query by same_picks_check) and
     # reuses their runs.
@@ -100,7 +103,7 @@ STRATEGIES: dict[str, dict] = {
                       "same_picks_as": {"rotten_tomatoes": "density_margin"}},
     # Fill the labelled set's under-represented classes with the likeliest members by a linear probe on the frozen
     # encoder's features, the rest of the batch by that probe's margin.
-    "class_balance": {"strategy": "class_balance"},
+    "class_balance": {"strategy": "class_balance", "calibrate": True},  # auto's runs on an imbalanced task
     "badge_kmeans": {"strategy": "badge", "calibrate": True, "initial_mode": "kmeans"},
     "badge_typiclust": {"strategy": "badge", "calibrate": True, "initial_mode": "typiclust"},
 }

@@ -10,6 +10,7 @@ import pytest
 from loracle.active.loop import run_active_learning
 from loracle.active.state import RunState
 from loracle.cli.al import main
+from loracle.errors import LoracleError
 from active.al_helpers import small_config, write_toy_data
 from tiny_models import tiny_bert, tiny_tokenizer
 
@@ -83,6 +84,59 @@ def test_unlabelled_data_and_an_earlier_round(run_dir, tmp_path, capsys):
     assert summary["output"] == str(run_dir / "predictions.jsonl")  # the default place
     rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"] and all("label" not in r for r in rows)
+
+
+def test_decision_balanced_divides_out_the_prior_and_auto_follows_the_round0_labels(run_dir, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """``--decision balanced``: each prediction is the argmax of the calibrated probabilities divided by the class
+    prior they carry (here the training prior of the last round's labels), the probabilities written unchanged and
+    the printed accuracy that of the written predictions. ``auto`` is ``argmax`` on this balanced run and
+    ``balanced`` once the round-0 labels count as imbalanced."""
+    import torch
+
+    from loracle.active.predict import predict_with_run
+    from loracle.evaluation.label_shift import training_prior
+
+    capsys.readouterr()
+    test_file = run_dir.parent / "data" / "test.jsonl"
+    out = tmp_path / "p.jsonl"
+
+    def predict(*flags):
+        assert main(["al", "predict", str(run_dir), "--data", str(test_file), "--output", str(out), *flags]) == 0
+        return json.loads(capsys.readouterr().out), [json.loads(line) for line in out.read_text().splitlines()]
+
+    plain, plain_rows = predict()
+    assert plain["decision"] == "argmax"
+    balanced, rows = predict("--decision", "balanced")
+    assert balanced["decision"] == "balanced"
+    state = RunState.open(run_dir)
+    try:
+        counts = torch.bincount(torch.tensor([int(y) for y in state.labels().values()]), minlength=2)
+    finally:
+        state.close()
+    prior = training_prior(counts)
+    names = ["fresh", "rotten"]
+    for r, p in zip(rows, plain_rows):
+        assert r["probabilities"] == p["probabilities"]
+        shares = {n: r["probabilities"][n] / float(prior[i]) for i, n in enumerate(names)}
+        assert r["prediction"] == max(shares, key=shares.get)
+        assert r["confidence"] == r["probabilities"][r["prediction"]]
+    # the run's labels are uneven (prior 0.41 / 0.59): some items change class
+    assert abs(float(prior[0]) - 0.5) > 0.05
+    assert any(r["prediction"] != p["prediction"] for r, p in zip(rows, plain_rows))
+    right = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert balanced["metrics"]["calibrated"]["accuracy"] == pytest.approx(right)
+    recall = balanced["metrics"]["calibrated"]["recall"]
+    for name in names:
+        mine = [r for r in rows if r["label"] == name]
+        assert recall[name] == pytest.approx(sum(r["prediction"] == name for r in mine) / len(mine))
+    # auto: balanced where the round-0 labels are imbalanced
+    monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
+    auto, auto_rows = predict()
+    assert auto["decision"] == "balanced" and [r["prediction"] for r in auto_rows] == \
+        [r["prediction"] for r in rows]
+    with pytest.raises(LoracleError, match="decision must be one of auto, argmax, balanced"):
+        predict_with_run(run_dir, [], decision="fair")
 
 
 @pytest.mark.parametrize("case, message", [

@@ -147,6 +147,20 @@ def test_prior_corrected_divides_out_the_training_prior():
         prior_corrected(probs, torch.tensor([0, 2]))
 
 
+def test_divide_prior_takes_the_prior_itself_and_rejects_a_bad_one():
+    from loracle.evaluation import divide_prior
+
+    probs = torch.tensor([[0.85, 0.15], [0.95, 0.05]], dtype=torch.float64)
+    out = divide_prior(probs, torch.tensor([9.0, 1.0]))  # a 90/10 prior, unnormalised
+    first = torch.tensor([0.85 / 0.9, 0.15 / 0.1], dtype=torch.float64)
+    assert torch.allclose(out[0], first / first.sum())
+    assert out.argmax(-1).tolist() == [1, 0]  # 0.15 of a 10% class is above its share; 0.05 is not
+    assert torch.allclose(divide_prior(probs, torch.tensor([0.5, 0.5])), probs)
+    for bad in (torch.tensor([1.0, 0.0]), torch.tensor([0.3, 0.3, 0.4])):
+        with pytest.raises(ValueError, match="positive class shares"):
+            divide_prior(probs, bad)
+
+
 def test_ece_floor_is_the_ece_of_a_calibrated_model_on_this_many_items():
     from loracle.evaluation import ece_floor
 

@@ -17,6 +17,14 @@ A classification round's checkpoint folder (``<run>/rounds/<t>``) holds all that
 
 This is the same rule the loop applies to the test set when it records ``ece_calibrated`` (README, "What an `al run`
 round does"); the tests check that reloading a round's folder reproduces those numbers.
+
+Which class each item is predicted to be is a separate choice, the ``decision`` (:func:`decide`): the most probable
+class (``argmax``, the most accurate decision when the probabilities are calibrated), or the most probable once
+the class prior the calibrated probabilities carry is divided out (``balanced``, the decision that maximises the
+mean per-class recall). On an imbalanced task the two differ greatly: the calibrated probabilities follow the
+pool's prior, in which a 10% class is rarely the most probable one, so ``argmax`` all but never predicts it.
+``auto`` (the default) is ``balanced`` where the run's round-0 labels are imbalanced (the regime rule of
+``strategy="auto"``, :func:`~loracle.active.strategies.diversity.is_imbalanced`) and ``argmax`` elsewhere.
 """
 
 from __future__ import annotations
@@ -182,9 +190,29 @@ def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, ba
     return outputs[0], calibration.apply(outputs).float(), calibration
 
 
+DECISIONS = ("auto", "argmax", "balanced")
+
+
+def decide(probs: torch.Tensor, prior: torch.Tensor, decision: str) -> torch.Tensor:
+    """``[N]`` the predicted class of each row of the calibrated ``probs`` ``[N, C]`` under ``decision``:
+    ``argmax``, or ``balanced``: the argmax of ``probs`` with the class ``prior`` ``[C]`` they carry divided out
+    (:func:`loracle.evaluation.metrics.divide_prior`).
+
+    Raises:
+        ValueError: an unknown ``decision`` (``auto`` is resolved by :func:`predict_with_run`, not here).
+    """
+    if decision == "argmax":
+        return probs.argmax(-1)
+    if decision == "balanced":
+        from loracle.evaluation.metrics import divide_prior
+
+        return divide_prior(probs, prior).argmax(-1)
+    raise ValueError(f"decision must be 'argmax' or 'balanced', got {decision!r}")
+
+
 def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: int | None = None, *,
                      model_factory: Any = None, batch_size: int | None = None, progress: bool = False,
-                     ranks: Any = None, calibration: str = "run") -> dict[str, Any]:
+                     ranks: Any = None, calibration: str = "run", decision: str = "auto") -> dict[str, Any]:
     """Predict ``examples`` with a classification run's round (default: its last), raw and calibrated.
 
     Args:
@@ -198,10 +226,14 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
             (:meth:`RoundCalibration.choose`; ``temperature`` is the round's cross-fitted one, fitted on the
             ``calibration_items`` the run was configured with). Every run that cross-fits records both
             calibrations' test ECE each round (``ece_calibrated`` and ``ece_calibrated_<items>``).
+        decision: ``auto`` (the default), ``argmax`` or ``balanced`` (module docstring, :func:`decide`).
 
     Returns:
-        ``{"round", "n_labels", "calibration", "members", "raw", "calibrated", "label_names"}`` (``raw`` and
-        ``calibrated`` are ``[N, C]`` tensors).
+        ``{"round", "n_labels", "calibration", "members", "raw", "calibrated", "label_names", "prior", "decision",
+        "predicted"}``: ``raw`` and ``calibrated`` ``[N, C]``; ``prior`` ``[C]`` the class prior the calibrated
+        probabilities carry (the pool's where the round moved them there, else the one the round's labels gave its
+        training, :func:`~loracle.evaluation.label_shift.training_prior`); ``decision`` the one applied (``auto``
+        resolved) and ``predicted`` ``[N]`` its classes.
 
     Raises:
         LoracleError: the folder is not a run, the run is not classification, has no completed round (or not
@@ -212,11 +244,15 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     from loracle.modeling.build import ModelBuilder
     from loracle.modeling.precision import resolve_precision
 
+    if decision not in DECISIONS:
+        raise LoracleError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
     state = RunState.open(run_dir)
     try:
         config = ALConfig.from_dict(state.config)
         label_names = state.label_names
         rows = {r["round"]: r for r in state.rounds()}
+        labels_by_round = {t: [int(y) for y in state.labels(max_round=t).values()] for t in rows}
+        initial = [int(y) for y in state.labels(max_round=0).values()]
     finally:
         state.close()
     if config.task_kind != "classification" or not label_names:
@@ -246,5 +282,24 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
                                                batch_size=batch_size or config.eval_batch_size,
                                                precision=resolve_precision(config.precision, device),
                                                ranks=ranks, progress=progress, calibration=chosen)
+    prior = carried_prior(calibration, labels_by_round[round_index], len(label_names), config)
+    if decision == "auto":
+        from loracle.active.strategies.diversity import is_imbalanced
+
+        decision = "balanced" if is_imbalanced(torch.tensor(initial, dtype=torch.long), len(label_names)) \
+            else "argmax"
     return {"round": round_index, "n_labels": row["n_labels"], "calibration": calibration.method,
-            "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names}
+            "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names,
+            "prior": prior, "decision": decision, "predicted": decide(calibrated, prior, decision)}
+
+
+def carried_prior(calibration: RoundCalibration, labels: list[int], classes: int, config: Any) -> torch.Tensor:
+    """``[C]`` the class prior a round's calibrated probabilities carry: the pool's where the round moved them
+    there, else the prior its labels gave the training under the run's loss."""
+    from loracle.evaluation.label_shift import training_prior
+
+    if calibration.pool_prior is not None:
+        prior = torch.tensor(calibration.pool_prior, dtype=torch.float64)
+        return prior / prior.sum()
+    counts = torch.bincount(torch.tensor(labels, dtype=torch.long), minlength=classes)
+    return training_prior(counts, config.train.class_weight, config.train.logit_adjustment or 0.0)

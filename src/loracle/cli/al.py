@@ -346,6 +346,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                          "choice where the fold models were far over-confident out of fold (a task the model "
                          "learns little of; the run's log shows both calibrations' test ECE each round); none: "
                          "the round model raw")
+    predict.add_argument("--decision", choices=("auto", "argmax", "balanced"), default="auto",
+                         help="which class each item is predicted to be. argmax: the most probable (the most "
+                         "accurate); balanced: the most probable once the class prior the calibrated probabilities "
+                         "carry is divided out (the best mean per-class recall: on an imbalanced task argmax all "
+                         "but never predicts a rare class); auto (default): balanced where the run's round-0 "
+                         "labels are imbalanced, argmax elsewhere. The probabilities written are the same")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     predict.set_defaults(func=cmd_predict)
 
@@ -569,25 +575,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     ranks = Ranks.current()
     result = predict_with_run(args.run_dir, examples, args.round, batch_size=args.batch_size,
                               progress=args.progress and sys.stderr.isatty(), ranks=ranks,
-                              calibration=args.calibration)
+                              calibration=args.calibration, decision=args.decision)
     names, raw, calibrated = result["label_names"], result["raw"], result["calibrated"]
+    predicted = result["predicted"]
     output = Path(args.output) if args.output else Path(args.run_dir) / "predictions.jsonl"
     summary: dict[str, Any] = {"round": result["round"], "labels": result["n_labels"],
                                "calibration": result["calibration"], "members": result["members"],
-                               "items": len(examples), "output": str(output)}
+                               "decision": result["decision"], "items": len(examples), "output": str(output)}
     labels = [e.label for e in examples]
     if labels and all(y is not None for y in labels):
+        from loracle.evaluation.metrics import accuracy, macro_f1, per_class_recall
+
         gold = torch.tensor(labels)
         keys = ("accuracy", "macro_f1", "ece", "ece_floor", "nll", "brier")
         summary["metrics"] = {name: {k: round(float(v), 4) for k, v in classification_metrics(p, gold).items()
                                      if k in keys} for name, p in (("model", raw), ("calibrated", calibrated))}
+        # the written predictions: the decision's classes (argmax of the calibrated probabilities or not)
+        decided = torch.nn.functional.one_hot(predicted, len(names)).double()
+        summary["metrics"]["calibrated"].update(
+            accuracy=round(accuracy(decided, gold), 4), macro_f1=round(macro_f1(decided, gold), 4),
+            recall={names[c]: round(float(r), 4) for c, r in enumerate(per_class_recall(decided, gold)) if r == r})
 
     def write() -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = output.with_name(f".{output.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as handle:
-            for e, p, q, y in zip(examples, calibrated.tolist(), raw.max(-1).values.tolist(), labels):
-                best = max(range(len(p)), key=p.__getitem__)
+            for e, p, q, y, best in zip(examples, calibrated.tolist(), raw.max(-1).values.tolist(), labels,
+                                        predicted.tolist()):
                 row = {"id": e.id, "text": e.text, "prediction": names[best], "confidence": round(p[best], 6),
                        "probabilities": {n: round(v, 6) for n, v in zip(names, p)}, "model_confidence": round(q, 6)}
                 if y is not None:

@@ -189,8 +189,25 @@ def prior_corrected(probs: torch.Tensor, train_labels: torch.Tensor) -> torch.Te
     if probs.dim() != 2 or not len(labels) or int(labels.min()) < 0 or int(labels.max()) >= probs.shape[1]:
         raise ValueError(f"probs must be [N, C] and train_labels non-empty in 0..C-1; got probs "
                          f"{tuple(probs.shape)} and {len(labels)} labels")
-    counts = torch.bincount(labels, minlength=probs.shape[1]).double().clamp_min(0.5)
-    corrected = probs.double() / (counts / counts.sum())
+    return divide_prior(probs, torch.bincount(labels, minlength=probs.shape[1]).double().clamp_min(0.5))
+
+
+def divide_prior(probs: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """``p_c / π_c``, renormalised over the last axis: ``probs`` that carry the class prior ``π`` with it divided
+    out (:func:`prior_corrected` takes ``π`` from training labels). Their argmax maximises balanced accuracy (the
+    mean of the per-class recalls) when ``probs`` are calibrated under ``π``.
+
+    Args:
+        probs: ``[..., C]`` probabilities.
+        prior: ``[C]`` positive class shares (normalised here).
+
+    Raises:
+        ValueError: ``prior`` is not ``C`` positive numbers.
+    """
+    prior = torch.as_tensor(prior, dtype=torch.float64).reshape(-1)
+    if len(prior) != probs.shape[-1] or not bool((prior > 0).all()):
+        raise ValueError(f"prior must be {probs.shape[-1]} positive class shares, got {prior.tolist()}")
+    corrected = probs.double() / (prior / prior.sum())
     return (corrected / corrected.sum(-1, keepdim=True)).to(probs.dtype)
 
 

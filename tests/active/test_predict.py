@@ -207,3 +207,40 @@ def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_re
         plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
                                  calibration="ensemble")
         assert plain["members"] == 3 and not torch.allclose(plain["calibrated"], out["calibrated"])
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_path, toy_data, monkeypatch,
+                                                                          imbalanced):
+    """Each round records the accuracy, macro-F1 and per-class recall of the classes `al predict` names by default
+    from its calibrated test predictions: the argmax on a balanced run; on one whose round-0 labels count as
+    imbalanced, the argmax with the carried class prior (here the pool's: the shift is forced) divided out."""
+    from loracle.evaluation.metrics import accuracy, divide_prior, macro_f1, per_class_recall
+
+    monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
+    if imbalanced:
+        monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
+    config = fast_config(toy_data, rounds=1, calibration="matched", calibration_folds=2)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    rounds, test, labels = _recorded(tmp_path / "run")
+    for row in rounds:
+        m = row["metrics"]
+        out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
+        assert out["decision"] == ("balanced" if imbalanced else "argmax")
+        assert m["decision_balanced"] == float(imbalanced)
+        expected = divide_prior(out["calibrated"], out["prior"]).argmax(-1) if imbalanced \
+            else out["calibrated"].argmax(-1)
+        assert torch.equal(out["predicted"], expected)
+        picked = torch.nn.functional.one_hot(out["predicted"], 2).double()
+        assert m["accuracy_calibrated"] == pytest.approx(accuracy(picked, labels), abs=1e-9)
+        assert m["macro_f1_calibrated"] == pytest.approx(macro_f1(picked, labels), abs=1e-9)
+        for c, r in enumerate(per_class_recall(picked, labels)):
+            assert m[f"recall_{c}_calibrated"] == pytest.approx(r, abs=1e-9)
+        if row["round"] > 0:  # the forced shift moved round 1 to the pool's prior: the prior carried is that one
+            state = RunState.open(tmp_path / "run")
+            try:
+                initial = torch.bincount(torch.tensor([int(y) for y in state.labels(max_round=0).values()]),
+                                         minlength=2).double() + 0.5
+            finally:
+                state.close()
+            assert torch.allclose(out["prior"], initial / initial.sum())

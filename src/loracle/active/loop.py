@@ -432,14 +432,18 @@ class ActiveLearningLoop:
 
             return p if shift is None else shift_prior(p, *shift)
 
+        reported = None  # the round's calibrated test predictions, as `al predict` gives them
+
         if temperatures is not None:
             from loracle.evaluation.calibration import apply_temperature
             from loracle.evaluation.metrics import classification_metrics
 
             for items, value in temperatures.items():  # the configured one plain, the other with its name
                 suffix = "" if items == c.calibration_items and not averaged else f"_{items}"
-                calibrated = classification_metrics(to_pool(apply_temperature(
-                    result["probs"].clamp_min(1e-12).log(), value)), result["labels"])
+                moved = to_pool(apply_temperature(result["probs"].clamp_min(1e-12).log(), value))
+                if not suffix:
+                    reported = moved
+                calibrated = classification_metrics(moved, result["labels"])
                 metrics.update({f"{k}_calibrated{suffix}": float(calibrated[k])
                                 for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics[f"temperature{suffix}"] = float(value)
@@ -452,20 +456,25 @@ class ActiveLearningLoop:
             metrics.update({f"{k}_ensemble": float(ensemble[k]) for k in ("accuracy", "macro_f1", "ece", "ece_floor",
                                                                            "nll", "brier")})
             if ensemble_mode:  # the ensemble, in the pool's class prior, is the round's calibrated prediction
-                calibrated = classification_metrics(to_pool(members.mean(0)), result["labels"])
+                reported = to_pool(members.mean(0))
+                calibrated = classification_metrics(reported, result["labels"])
                 metrics.update({f"{k}_calibrated": float(calibrated[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics["ensemble_members"] = len(members)
             if matched is not None:  # the same mean at the temperature that sets its confidence to the estimate
                 from loracle.evaluation.calibration import apply_temperature
 
-                scored = classification_metrics(to_pool(apply_temperature(members.mean(0).clamp_min(1e-12).log(),
-                                                                          matched["temperature_matched"])),
-                                                result["labels"])
+                output = to_pool(apply_temperature(members.mean(0).clamp_min(1e-12).log(),
+                                                   matched["temperature_matched"]))
+                if matched_mode:
+                    reported = output
+                scored = classification_metrics(output, result["labels"])
                 suffix = "calibrated" if matched_mode else "matched"
                 metrics.update({f"{k}_{suffix}": float(scored[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics.update(matched)
                 if matched_mode:
                     metrics["ensemble_members"] = len(members)
+        if reported is not None:  # the classes `al predict` names by default, from the calibrated predictions
+            metrics.update(self._decided_metrics(reported, result["labels"], labelled, shift, train_config))
         if c.calibration == "auto" and temperatures is not None:  # which of the two this round's output is
             metrics["calibration_temperature"] = float(not ensemble_mode)
         if shift is not None:
@@ -632,6 +641,33 @@ class ActiveLearningLoop:
         return pool_prior_shift(counts([int(y) for y in self.state.labels(max_round=0).values()]),
                                 counts([int(e.label) for e in labelled]), train_config.class_weight,
                                 train_config.logit_adjustment)
+
+    def _decided_metrics(self, probs: torch.Tensor, labels: torch.Tensor, labelled: list[Example],
+                         shift: tuple[torch.Tensor, torch.Tensor] | None, train_config: Any) -> dict[str, float]:
+        """``accuracy_calibrated``, ``macro_f1_calibrated`` and ``recall_<c>_calibrated`` of the classes ``al predict``
+        names by default from the round's calibrated test predictions ``probs`` (``decision="auto"``:
+        :func:`~loracle.active.predict.decide`, ``balanced`` where the round-0 labels are imbalanced), and
+        ``decision_balanced`` (1.0 where that decision was ``balanced``)."""
+        from loracle.active.predict import decide
+        from loracle.active.strategies.diversity import is_imbalanced
+        from loracle.evaluation.label_shift import training_prior
+        from loracle.evaluation.metrics import accuracy, macro_f1, per_class_recall
+
+        classes = probs.shape[-1]
+        if shift is not None:
+            prior = shift[1] / shift[1].sum()
+        else:
+            counts = torch.bincount(torch.tensor([int(e.label) for e in labelled], dtype=torch.long),
+                                    minlength=classes)
+            prior = training_prior(counts, train_config.class_weight, train_config.logit_adjustment or 0.0)
+        initial = torch.tensor([int(y) for y in self.state.labels(max_round=0).values()], dtype=torch.long)
+        balanced = is_imbalanced(initial, classes)
+        picked = torch.nn.functional.one_hot(decide(probs, prior, "balanced" if balanced else "argmax"),
+                                             classes).double()
+        out = {"accuracy_calibrated": accuracy(picked, labels), "macro_f1_calibrated": macro_f1(picked, labels),
+               "decision_balanced": float(balanced)}
+        out.update({f"recall_{i}_calibrated": r for i, r in enumerate(per_class_recall(picked, labels)) if r == r})
+        return out
 
     def _stop_set_probs(self, built: Built, needed: bool = False) -> torch.Tensor | None:
         """The round model's deterministic predictions on the fixed stop set, raw: for the stopping criteria, and

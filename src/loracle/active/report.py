@@ -52,7 +52,9 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``, and
             ``ece_calibrated`` and the noise floor where present; for an ensemble round, also the test ECE
             the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave,
-            and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``).
+            and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``); the
+            accuracy and macro-F1 of the classes ``al predict`` names by default from the calibrated predictions
+            (``accuracy_calibrated``, ``macro_f1_calibrated``, ``decision_balanced``) where present.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
             (the last round scores nothing).
 
@@ -81,6 +83,10 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         if metrics.get("ece_matched") is not None:  # scored beside every cross-fitted calibration
             notes.append(f"{format_value(metrics['ece_matched'])} for the ensemble at the matched temperature "
                          f"{format_value(metrics.get('temperature_matched'), 2)}")
+    if metrics.get("macro_f1_calibrated") is not None:  # the classes `al predict` names by default
+        decision = "balanced decision" if metrics.get("decision_balanced") else "argmax"
+        notes.append(f"calibrated output ({decision}): accuracy {format_value(metrics.get('accuracy_calibrated'))}, "
+                     f"macro-F1 {format_value(metrics['macro_f1_calibrated'])}")
     floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))
     if floor is not None and floor == floor:
         notes.append(f"noise floor {format_value(floor)}")
@@ -150,7 +156,7 @@ def run_summary(state: RunState) -> dict[str, Any]:
            for key in ("accuracy", "macro_f1", "ece", "ece_floor", "nll", "brier", "ece_calibrated",
                        "ece_floor_calibrated", "nll_calibrated",
                        "brier_calibrated", "temperature", "accuracy_ensemble", "ece_ensemble", "macro_f1_balanced",
-                       "accuracy_balanced")
+                       "accuracy_balanced", "accuracy_calibrated", "macro_f1_calibrated")
            if any(key in r["metrics"] for r in rounds)},
     }
     stopping = None

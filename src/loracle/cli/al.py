@@ -474,12 +474,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     both = any("ensemble_members" in r["metrics"] and other in r["metrics"] for r in summary["rounds"])
     # a matched run: the plain ensemble's ECE too ("ECE ens."), for `al predict --calibration ensemble`
     plain = any("temperature_matched" in r["metrics"] and "ece_matched" not in r["metrics"] for r in summary["rounds"])
-    header = ["round", "labels", *(label for _, label in METRICS), "ECE cal.", *(["ECE ens."] if plain else []),
+    # the macro-F1 of the classes `al predict` names by default from the calibrated predictions ("F1 cal.")
+    decided = any("macro_f1_calibrated" in r["metrics"] for r in summary["rounds"])
+    header = ["round", "labels", *(label for _, label in METRICS), *(["F1 cal."] if decided else []), "ECE cal.",
+              *(["ECE ens."] if plain else []),
               *(["ECE T"] if both else []), "ECE floor", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
         cells = [str(r["round"]), str(r["n_labels"]), *(format_value(r["metrics"].get(key)) for key, _ in METRICS),
+                 *([format_value(r["metrics"].get("macro_f1_calibrated"))] if decided else []),
                  format_value(r["metrics"].get("ece_calibrated")),
                  *([format_value(r["metrics"].get("ece_ensemble"))] if plain else []),
                  *([format_value(r["metrics"].get(other, r["metrics"].get("ece_calibrated")

@@ -156,14 +156,11 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="+", metavar="TASK=RUN,RUN,...",
-                        help="a task's name and its finished run folders")
-    parser.add_argument("--name", default="calibration_choice", help="results file name (without .json)")
-    args = parser.parse_args()
+def task_runs(specs: list[str]) -> dict[str, list[Path]]:
+    """``{task: [run folder, ...]}`` from ``TASK=RUN,RUN,...`` arguments; exits with a one-line message for a
+    malformed one or a folder that holds no run."""
     tasks = {}
-    for spec in args.tasks:
+    for spec in specs:
         task, _, runs = spec.partition("=")
         folders = [Path(r) for r in runs.split(",") if r]
         missing = [str(f) for f in folders if not (f / "state.sqlite").exists()]
@@ -171,7 +168,16 @@ def main() -> None:
             sys.exit(f"expected TASK=RUN,RUN,... with run folders holding state.sqlite; got {spec!r}"
                      + (f" (no run at {', '.join(missing)})" if missing else ""))
         tasks[task] = folders
-    result = summarise(tasks)
+    return tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tasks", nargs="+", metavar="TASK=RUN,RUN,...",
+                        help="a task's name and its finished run folders")
+    parser.add_argument("--name", default="calibration_choice", help="results file name (without .json)")
+    args = parser.parse_args()
+    result = summarise(task_runs(args.tasks))
     (HERE / "results" / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))
 

@@ -104,13 +104,9 @@ def main() -> None:
     parser.add_argument("tasks", nargs="+", metavar="TASK=RUN[,RUN...]")
     parser.add_argument("--name", default="decision", help="results file name (without .json)")
     args = parser.parse_args()
-    tasks = {}
-    for spec in args.tasks:
-        task, _, runs = spec.partition("=")
-        if not runs:
-            raise SystemExit(f"expected TASK=RUN[,RUN...], got {spec!r}")
-        tasks[task] = [Path(r) for r in runs.split(",")]
-    result = summarise(tasks)
+    from bench_calibration_choice import task_runs  # the same TASK=RUN,... arguments
+
+    result = summarise(task_runs(args.tasks))
     out = HERE / "results" / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown(result))

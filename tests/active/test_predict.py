@@ -30,6 +30,13 @@ def _recorded(run_dir):
         state.close()
 
 
+def _finished(tmp_path, data, **overrides):
+    """A finished one-query-round run in ``tmp_path / "run"`` (``fast_config`` with ``overrides``): its rounds, test
+    items and test labels."""
+    assert run_active_learning(fast_config(data, rounds=1, **overrides), tmp_path / "run", tiny_factory) == "done"
+    return _recorded(tmp_path / "run")
+
+
 def _reloaded(run_dir, test, labels, t, calibration, method, members, recorded, suffix):
     """``al predict --calibration <calibration>`` on round ``t``: the method and member count it reports, and the
     test ECE / NLL / Brier the run recorded as ``<key><suffix>``."""
@@ -137,9 +144,7 @@ def test_auto_calibration_picks_by_the_fitted_temperature_and_reloads_as_recorde
     from loracle.active.report import format_round_line
 
     monkeypatch.setattr("loracle.evaluation.calibration.fit_temperature_from_folds", lambda *a, **k: fitted)
-    config = fast_config(toy_data, rounds=1, calibration="auto", calibration_folds=2)
-    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
-    rounds, test, labels = _recorded(tmp_path / "run")
+    rounds, test, labels = _finished(tmp_path, toy_data, calibration="auto", calibration_folds=2)
     for row in rounds:
         m = row["metrics"]
         assert m["calibration_temperature"] == float(chosen == "temperature")
@@ -220,9 +225,7 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
     monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
     if imbalanced:
         monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
-    config = fast_config(toy_data, rounds=1, calibration="matched", calibration_folds=2)
-    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
-    rounds, test, labels = _recorded(tmp_path / "run")
+    rounds, test, labels = _finished(tmp_path, toy_data, calibration="matched", calibration_folds=2)
     for row in rounds:
         m = row["metrics"]
         out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)

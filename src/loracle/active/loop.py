@@ -473,7 +473,7 @@ class ActiveLearningLoop:
                 metrics.update(matched)
                 if matched_mode:
                     metrics["ensemble_members"] = len(members)
-        if reported is not None:  # the classes `al predict` names by default, from the calibrated predictions
+        if reported is not None and c.task_kind == "classification":  # what `al predict` names by default
             metrics.update(self._decided_metrics(reported, result["labels"], labelled, shift, train_config))
         if c.calibration == "auto" and temperatures is not None:  # which of the two this round's output is
             metrics["calibration_temperature"] = float(not ensemble_mode)

@@ -93,6 +93,9 @@ STRATEGIES: dict[str, dict] = {
     # Margin weighted by k-NN density in the frozen encoder's feature space (k=20, β=1), its prior correction "auto".
     # It trains the fold models too (al run's default calibration), as auto reuses its runs on a balanced task.
     "density_margin": {"strategy": "density_margin", "calibrate": True},
+    # density_margin whose margin is that of the round's committee: the round model and the fold models the
+    # calibration trains anyway, averaged (a query ensemble, Beluch et al. 2018; ``committee=True``).
+    "density_committee": {"strategy": "density_margin", "calibrate": True, "strategy_options": {"committee": True}},
     # al run's default since 0.3: density_margin on a task whose round-0 sample is balanced, class_balance on one
     # whose is not. It picks what those two pick on each dataset (checked at every query by same_picks_check) and
     # reuses their runs.

@@ -623,3 +623,68 @@ def test_cross_fit_reruns_a_finished_rounds_calibration(tmp_path, toy_data):
     assert torch.allclose(probs["test_probs"].sum(-1), torch.ones(probs["test_probs"].shape[:2]))
     assert [r["metrics"] for r in state.rounds()] == before
     state.close()
+
+
+# -- the query committee: the round model and its cross-fitted fold models ---------------------------------------
+def test_committee_is_the_round_model_and_its_fold_models_and_resumes(tmp_path, toy_data, monkeypatch):
+    from loracle.active.strategies.density import DensityMarginStrategy
+    from loracle.modeling.build import ModelBuilder
+
+    config = fast_config(toy_data, rounds=1, strategy="density_margin", strategy_options={"committee": True},
+                         calibration="matched", mc_samples=0)
+    assert run_active_learning(config, tmp_path / "ref", tiny_factory) == "done"
+    seen = []
+    real_scores = DensityMarginStrategy.scores
+
+    def recording(self, signals, rng):
+        seen.append(signals)
+        return real_scores(self, signals, rng)
+
+    def fault(point, round_index):
+        if (point, round_index) == ("score", 0):  # every signal measured and stored, no query committed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DensityMarginStrategy, "scores", recording)
+    monkeypatch.setattr(loop_module, "_fault", fault)
+    state, builder = create_run(config, tmp_path / "run", tiny_factory)
+    with pytest.raises(KeyboardInterrupt):
+        ActiveLearningLoop(state, tiny_factory, builder).run()
+    committee = seen[0].committee_probs
+    assert committee.shape == (POOL - 6, 4, 2)  # the round model and its 3 fold models, one pass each
+    assert torch.equal(committee[:, 0], seen[0].probs.mean(1))
+    labelled = state.labels(max_round=0)
+    examples = state.pool_examples([i for i in range(POOL) if i not in labelled])
+    for i in range(3):
+        assert state.get_signal(f"round0/chunk-fold{i}/probs") is not None
+        member = builder.load(tmp_path / "run" / "rounds" / "000" / "folds" / str(i))
+        expected = mc_probs(member.model, member.task, examples, samples=0, precision="fp32")[:, 0]
+        assert torch.allclose(committee[:, 1 + i], expected, atol=1e-4)
+    assert (committee[:, 1:] - committee[:, :1]).abs().max() > 1e-3  # members that differ, not copies
+    state.close()
+    monkeypatch.setattr(loop_module, "_fault", lambda point, round_index: None)
+    loaded = []
+    real_load = ModelBuilder.load
+    monkeypatch.setattr(ModelBuilder, "load", lambda self, folder: (loaded.append(str(folder)),
+                                                                    real_load(self, folder))[1])
+    assert resume(tmp_path / "run", tiny_factory) == "done"
+    assert not [f for f in loaded if "folds" in f]  # the stored fold predictions were reused, not recomputed
+    assert torch.equal(seen[-1].committee_probs, committee)
+    ref, run = opened(tmp_path / "ref"), opened(tmp_path / "run")
+    assert run.label_rows() == ref.label_rows()
+    assert run.get_signal("round0/chunk-fold0/probs") is None  # dropped with the chunk signals once the queries commit
+    ref.close()
+    run.close()
+
+
+def test_committee_without_fold_models_is_the_round_model_alone(tmp_path, toy_data, monkeypatch, capfd):
+    from loracle.active.strategies.density import DensityMarginStrategy
+
+    seen = []
+    real_scores = DensityMarginStrategy.scores
+    monkeypatch.setattr(DensityMarginStrategy, "scores",
+                        lambda self, signals, rng: (seen.append(signals), real_scores(self, signals, rng))[1])
+    config = fast_config(toy_data, rounds=1, strategy="density_margin", strategy_options={"committee": True})
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    assert seen[0].committee_probs.shape == (POOL - 6, 1, 2)
+    assert torch.equal(seen[0].committee_probs[:, 0], seen[0].probs.mean(1))
+    assert "the query committee is the round model alone" in capfd.readouterr().err

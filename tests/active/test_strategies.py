@@ -445,7 +445,33 @@ def test_density_margin_prior_correction_follows_the_labelled_shares():
     assert off.select(Signals(0, 2, probs=p, base_embeddings=feats), 1, rng())[0].tolist() == [1]
 
 
+def test_density_margin_committee_ranks_by_the_members_mean():
+    # the round model (probs) finds item 0 the closer call; its two fold models are sure of item 0 and split on
+    # item 1, so the committee's mean makes item 1 the closer call.
+    p = torch.tensor([[[0.55, 0.45]], [[0.8, 0.2]]])
+    committee = torch.tensor([[[0.55, 0.45], [0.95, 0.05], [0.9, 0.1]],
+                              [[0.8, 0.2], [0.3, 0.7], [0.5, 0.5]]])
+    feats = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # equal density
+    signals = Signals(0, 2, probs=p, committee_probs=committee, base_embeddings=feats)
+    alone = build_strategy("density_margin", neighbours=1, prior_correction=False)
+    assert "committee_probs" not in alone.requires and alone.select(signals, 1, rng())[0].tolist() == [0]
+    strategy = build_strategy("density_margin", neighbours=1, prior_correction=False, committee=True)
+    assert strategy.requires == {"probs", "committee_probs", "base_embeddings"}
+    assert strategy.select(signals, 1, rng())[0].tolist() == [1]
+    mean = committee.mean(1)  # (0.8, 0.2) and (0.5333, 0.4667): margins 0.6 and 0.0667
+    assert strategy.scores(signals, rng()).tolist() == pytest.approx(
+        [1 - float(mean[0, 0] - mean[0, 1]), 1 - float(mean[1, 0] - mean[1, 1])])
+    # a committee of the round model alone is the round model's margin
+    solo = Signals(0, 2, probs=p, committee_probs=p, base_embeddings=feats)
+    assert strategy.scores(solo, rng()).tolist() == pytest.approx(alone.scores(solo, rng()).tolist())
+    with pytest.raises(ValueError, match="needs signals \\['committee_probs'\\]"):
+        strategy.select(Signals(0, 2, probs=p, base_embeddings=feats), 1, rng())
+    with pytest.raises(ValueError, match="committee_probs \\[N, M, C\\] matching probs"):
+        strategy.scores(Signals(0, 2, probs=p, committee_probs=committee[:1], base_embeddings=feats), rng())
+
+
 @pytest.mark.parametrize("options, message", [
+    ({"committee": "yes"}, "committee must be true or false"),
     ({"neighbours": 0}, "neighbours must be an integer >= 1"),
     ({"neighbours": 2.5}, "neighbours must be an integer >= 1"),
     ({"beta": -1}, "beta must be a number >= 0"),

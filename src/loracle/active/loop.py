@@ -828,6 +828,41 @@ class ActiveLearningLoop:
                 _fault("score_chunk", t)
         return {name: torch.cat([done[k][name] for k in range(len(starts))]) for name in names}
 
+    def _committee_probs(self, t: int, built: Built, round_probs: torch.Tensor,
+                         candidates: list[int]) -> torch.Tensor:
+        """``[N, 1 + K, C]``: the round model's prediction on the candidates (the mean of ``round_probs``' samples)
+        and each fold model's that the round's checkpoint kept (``folds/<i>``, trained by the cross-fitting;
+        one deterministic pass each), the round model alone where it kept none. Each fold's predictions are
+        stored before the next is made, so a resumed query does not repeat them; the round model is loaded
+        back onto the shared base model afterwards."""
+        from loracle.uncertainty.sampling import mc_probs
+
+        c, state = self.config, self.state
+        folds = self._checkpoint_dir(t) / "folds"
+        kept = sorted((p for p in folds.iterdir() if p.is_dir() and p.name.isdigit()),
+                      key=lambda p: int(p.name)) if folds.is_dir() else []
+        if not kept and self.ranks.is_writer:
+            log(f"round {t}: the round kept no fold models (calibration {c.calibration!r} or under "
+                f"{2 * c.calibration_folds} labels); the query committee is the round model alone")
+        members = [round_probs.float().mean(1)]
+        examples = None
+        for i, folder in enumerate(kept):
+            name = f"round{t}/chunk-fold{i}/probs"  # deleted with the round's other chunk signals once chosen
+            probs = state.get_signal(name)
+            if probs is None or len(probs) != len(candidates):
+                examples = examples if examples is not None else state.pool_examples(candidates)
+                member = self.builder.load(folder)
+                self.ranks.place(member.model)
+                with self._cached(member):
+                    probs = self.ranks.map(lambda part: mc_probs(member.model, member.task, part, samples=0,
+                                                                 batch_size=c.eval_batch_size,
+                                                                 precision=self.precision), examples)[:, 0].float()
+                self.ranks.writer(lambda: state.put_signal(name, probs))
+            members.append(probs)
+        if examples is not None:  # a fold model took the shared base model: put the round model back
+            self.ranks.place(self.builder.load(self._checkpoint_dir(t)).model)
+        return torch.stack(members, 1)
+
     def _query(self, t: int, built: Built) -> list[int]:
         c, state = self.config, self.state
         labels = state.labels()
@@ -839,6 +874,8 @@ class ActiveLearningLoop:
         if k > len(unlabelled_idx):
             raise LoracleError(f"pool exhausted: {len(unlabelled_idx)} unlabelled items available / {k} requested")
         requires = self.strategy.requires
+        if "committee_probs" in requires:  # the round model is the committee's first member
+            requires = requires | {"probs"}
         start = time.perf_counter()
         self.ranks.place(built.model)
         # Generation scores new answers every round: caching their prefix states would only grow the cache.
@@ -860,6 +897,8 @@ class ActiveLearningLoop:
                 extra["labelled_embeddings"] = self.ranks.map(lambda part: self.scorer.measure(
                     frozenset({"embeddings"}), built.model, built.task, part, 0)["embeddings"],
                     state.pool_examples(sorted(labels)))
+        if "committee_probs" in requires:
+            extra["committee_probs"] = self._committee_probs(t, built, extra["probs"], unlabelled_idx)
         self._save_cache()
         if "labelled_labels" in requires:
             extra["labelled_labels"] = torch.tensor([labels[i] for i in sorted(labels)], dtype=torch.long)

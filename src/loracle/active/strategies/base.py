@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
-SIGNAL_NAMES = frozenset({"probs", "base_probs", "embeddings", "labelled_embeddings", "base_embeddings",
-                          "labelled_base_embeddings", "initial_labels",
+SIGNAL_NAMES = frozenset({"probs", "committee_probs", "base_probs", "embeddings", "labelled_embeddings",
+                          "base_embeddings", "labelled_base_embeddings", "initial_labels",
                           "answer_scores", "base_answer_scores", "labelled_labels"})
 #: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
 ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
@@ -45,6 +45,10 @@ class Signals:
             cold-start choice of the initial set, before any label).
         n: number of candidates.
         probs: ``[N, S, C]`` predictions of the current fine-tuned model, or None.
+        committee_probs: ``[N, M, C]`` one deterministic prediction per member of the round's committee: the round
+            model (its mean over ``probs``' samples) first, then each cross-fitted fold model the round kept
+            (``calibration`` ``matched``, ``ensemble`` or ``auto``; a query ensemble, Beluch et al., CVPR 2018),
+            or None. ``M = 1`` where the round kept no fold models.
         base_probs: ``[N, S, C]`` predictions that play STAR's ``U_base`` (the adapter-free base model, or a linear
             probe on frozen features; see :class:`~loracle.active.strategies.star.StarStrategy`), or None.
         embeddings: ``[N, D]`` candidate features, or None.
@@ -68,6 +72,7 @@ class Signals:
     round_index: int
     n: int
     probs: torch.Tensor | None = None
+    committee_probs: torch.Tensor | None = None
     base_probs: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     labelled_embeddings: torch.Tensor | None = None

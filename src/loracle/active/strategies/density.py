@@ -53,16 +53,21 @@ class DensityMarginStrategy(Strategy):
             (:func:`loracle.evaluation.metrics.prior_corrected`, arXiv 2007.07314) before the margin: ``True``,
             ``False``, or ``"auto"`` (the default: when the labelled set's rarest class holds less than half of an
             even share, the rule of :class:`~loracle.active.strategies.diversity.BadgeStrategy`).
+        committee: take ``p̄_i`` as the mean prediction of the round's committee (``signals.committee_probs``: the
+            round model and the cross-fitted fold models that calibration trained, a query ensemble as in Beluch
+            et al., CVPR 2018) instead of the round model's alone. The fold models cost no training (the
+            calibration trains them anyway), one pass over the pool each.
 
     Raises:
-        ValueError: for ``neighbours < 1``, ``beta < 0`` or a ``prior_correction`` that is not true, false or
-            ``"auto"``.
+        ValueError: for ``neighbours < 1``, ``beta < 0``, a ``prior_correction`` that is not true, false or
+            ``"auto"``, or a ``committee`` that is not true or false.
     """
 
     name = "density_margin"
     requires = frozenset({"probs", "base_embeddings"})
 
-    def __init__(self, neighbours: int = 20, beta: float = 1.0, prior_correction: bool | str = "auto") -> None:
+    def __init__(self, neighbours: int = 20, beta: float = 1.0, prior_correction: bool | str = "auto",
+                 committee: bool = False) -> None:
         if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
             raise ValueError(f"DensityMarginStrategy: neighbours must be an integer >= 1, got {neighbours!r}")
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
@@ -70,9 +75,12 @@ class DensityMarginStrategy(Strategy):
         if not (isinstance(prior_correction, bool) or prior_correction == "auto"):
             raise ValueError(f"DensityMarginStrategy: prior_correction must be true, false or 'auto', got "
                              f"{prior_correction!r}")
+        if not isinstance(committee, bool):
+            raise ValueError(f"DensityMarginStrategy: committee must be true or false, got {committee!r}")
         self.neighbours, self.beta, self.prior_correction = neighbours, float(beta), prior_correction
-        if prior_correction is not False:
-            self.requires = frozenset({"probs", "base_embeddings", "labelled_labels"})
+        self.committee = committee
+        self.requires = (type(self).requires | ({"labelled_labels"} if prior_correction is not False else set())
+                         | ({"committee_probs"} if committee else set()))
 
     def corrects(self, labelled_labels: torch.Tensor | None, num_classes: int) -> bool:
         """Whether this selection divides the prior out (for ``"auto"``: the labelled set is imbalanced)."""
@@ -85,6 +93,12 @@ class DensityMarginStrategy(Strategy):
         if probs.dim() != 3 or features.dim() != 2 or len(probs) != len(features):
             raise ValueError(f"density_margin needs probs [N, S, C] and base_embeddings [N, D] with the same N, "
                              f"got {tuple(probs.shape)} and {tuple(features.shape)}")
+        if self.committee:
+            committee = signals.committee_probs
+            if committee.dim() != 3 or committee.shape[0] != len(probs) or committee.shape[2] != probs.shape[2]:
+                raise ValueError(f"density_margin needs committee_probs [N, M, C] matching probs [N, S, C], got "
+                                 f"{tuple(committee.shape)} and {tuple(probs.shape)}")
+            probs = committee
         mean = probs.double().mean(1)
         if self.corrects(signals.labelled_labels, mean.shape[-1]):
             from loracle.evaluation.metrics import prior_corrected
@@ -98,7 +112,7 @@ class DensityMarginStrategy(Strategy):
 
     def __repr__(self) -> str:
         return (f"DensityMarginStrategy(neighbours={self.neighbours}, beta={self.beta}, "
-                f"prior_correction={self.prior_correction!r})")
+                f"prior_correction={self.prior_correction!r}, committee={self.committee})")
 
 
 register_strategy("density_margin", DensityMarginStrategy)

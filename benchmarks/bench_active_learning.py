@@ -32,7 +32,9 @@ labelled set's rarest class holds under half an even share; where it has no runs
 of the spec it picks as on that dataset, ``same_picks_as``, whose rule ``same_picks_check`` checks);
 ``random_kmeans`` / ``random_typiclust`` (random queries after a cold-start initial set: compare their round 0 with
 ``--stop-after-round 0``; the results' ``round0`` entries pair every strategy's initial set with random's);
-``power_entropy`` (stochastic batch, β=1); ``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
+``power_entropy`` (stochastic batch, β=1); ``density_committee`` (``density_margin`` ranking by the margin of the
+mean of the round model and the fold models its calibration trains: a query ensemble at no extra training);
+``star_published`` (the paper: λ_t = min(1, 0.1(t+1)), U_base from the
 adapter-free model, only U_base min-max normalised, B-only weight decay 0.5, MC dropout); ``star_improved`` (both
 terms normalised, λ_t = (t+1)/T reaching 1 at the last round, U_base from a linear probe on the frozen encoder,
 same constraint). The MC strategies use S=4 samples here (the library's default is 8) to fit the benchmark on the

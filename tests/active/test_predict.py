@@ -9,7 +9,7 @@ import pytest
 import torch
 from al_helpers import small_config, tiny_factory
 
-from loracle.active.loop import run_active_learning
+from loracle.active.loop import ActiveLearningLoop, run_active_learning
 from loracle.active.predict import RoundCalibration, predict_with_run
 from loracle.active.state import RunState
 from loracle.errors import LoracleError
@@ -35,6 +35,13 @@ def _finished(tmp_path, data, **overrides):
     items and test labels."""
     assert run_active_learning(fast_config(data, rounds=1, **overrides), tmp_path / "run", tiny_factory) == "done"
     return _recorded(tmp_path / "run")
+
+
+def _recorded_shift(run_dir, t):
+    """``(train prior, pool prior)`` the round's checkpoint moves its calibrated predictions between."""
+    calibration = RoundCalibration.read(run_dir / "rounds" / f"{t:03d}")
+    return (torch.tensor(calibration.train_prior, dtype=torch.float64),
+            torch.tensor(calibration.pool_prior, dtype=torch.float64))
 
 
 def _reloaded(run_dir, test, labels, t, calibration, method, members, recorded, suffix):
@@ -219,19 +226,36 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
                                                                           imbalanced):
     """Each round records the accuracy, macro-F1 and per-class recall of the classes `al predict` names by default
     from its calibrated test predictions: the argmax on a balanced run; on one whose round-0 labels count as
-    imbalanced, the argmax with the carried class prior (here the pool's: the shift is forced) divided out."""
-    from loracle.evaluation.metrics import accuracy, divide_prior, macro_f1, per_class_recall
+    imbalanced, the ``f1`` decision under the class weights the round fitted on the unlabelled stop-set items in
+    its calibration (here moved to the pool's prior: the shift is forced), which `al predict` reuses."""
+    from loracle.evaluation.label_shift import shift_prior
+    from loracle.evaluation.metrics import accuracy, f1_log_weights, macro_f1, per_class_recall
 
     monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
     if imbalanced:
         monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
-    rounds, test, labels = _finished(tmp_path, toy_data, calibration="matched", calibration_folds=2)
+    rounds, test, labels = _finished(tmp_path, toy_data, calibration="matched", calibration_folds=2,
+                                     stopping=["stabilizing_predictions"])
     for row in rounds:
         m = row["metrics"]
         out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
-        assert out["decision"] == ("balanced" if imbalanced else "argmax")
-        assert m["decision_balanced"] == float(imbalanced)
-        expected = divide_prior(out["calibrated"], out["prior"]).argmax(-1) if imbalanced \
+        assert out["decision"] == ("f1" if imbalanced else "argmax")
+        assert m["decision_f1"] == float(imbalanced)
+        weights = torch.tensor([m["decision_weight_0"], m["decision_weight_1"]], dtype=torch.float64)
+        # the weights: fitted on the stop set's unlabelled items, calibrated as the round reports (the stored
+        # stop-set predictions are the matched ensemble's, before the move to the pool's prior)
+        state = RunState.open(tmp_path / "run")
+        try:
+            stop = state.get_signal(f"stop_probs/{row['round']}").double()
+            labelled = set(state.labels(max_round=row["round"]))
+            stop_items = ActiveLearningLoop(state, tiny_factory)._stop_indices()
+        finally:
+            state.close()
+        keep = torch.tensor([i not in labelled for i in stop_items])
+        if "pool_prior_0" in m:
+            stop = shift_prior(stop, *_recorded_shift(tmp_path / "run", row["round"]))
+        assert torch.allclose(weights, f1_log_weights(stop[keep]))
+        expected = (out["calibrated"].double().log() + weights).argmax(-1) if imbalanced \
             else out["calibrated"].argmax(-1)
         assert torch.equal(out["predicted"], expected)
         picked = torch.nn.functional.one_hot(out["predicted"], 2).double()

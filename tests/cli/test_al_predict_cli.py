@@ -4,6 +4,7 @@ labels, and clear errors for data or rounds that do not fit the run."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -86,12 +87,22 @@ def test_unlabelled_data_and_an_earlier_round(run_dir, tmp_path, capsys):
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"] and all("label" not in r for r in rows)
 
 
+def state_metrics(run_dir):
+    """The last round's recorded metrics."""
+    state = RunState.open(run_dir)
+    try:
+        return state.rounds()[-1]["metrics"]
+    finally:
+        state.close()
+
+
 def test_decision_balanced_divides_out_the_prior_and_auto_follows_the_round0_labels(run_dir, tmp_path, capsys,
                                                                                      monkeypatch):
     """``--decision balanced``: each prediction is the argmax of the calibrated probabilities divided by the class
     prior they carry (here the training prior of the last round's labels), the probabilities written unchanged and
-    the printed accuracy that of the written predictions. ``auto`` is ``argmax`` on this balanced run and
-    ``balanced`` once the round-0 labels count as imbalanced."""
+    the printed accuracy that of the written predictions. ``--decision f1`` adds the round's recorded class weights
+    to the log-probabilities. ``auto`` is ``argmax`` on this balanced run and ``f1`` once the round-0 labels
+    count as imbalanced."""
     import torch
 
     from loracle.active.predict import predict_with_run
@@ -130,12 +141,19 @@ def test_decision_balanced_divides_out_the_prior_and_auto_follows_the_round0_lab
     for name in names:
         mine = [r for r in rows if r["label"] == name]
         assert recall[name] == pytest.approx(sum(r["prediction"] == name for r in mine) / len(mine))
-    # auto: balanced where the round-0 labels are imbalanced
+    # f1: the argmax under the class weights the last round recorded (fitted on its stop set)
+    f1, f1_rows = predict("--decision", "f1")
+    metrics = state_metrics(run_dir)
+    weights = [metrics["decision_weight_0"], metrics["decision_weight_1"]]
+    for r in f1_rows:
+        scores = {n: math.log(r["probabilities"][n]) + weights[i] for i, n in enumerate(names)}
+        assert r["prediction"] == max(scores, key=scores.get)
+    # auto: f1 where the round-0 labels are imbalanced
     monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
     auto, auto_rows = predict()
-    assert auto["decision"] == "balanced" and [r["prediction"] for r in auto_rows] == \
-        [r["prediction"] for r in rows]
-    with pytest.raises(LoracleError, match="decision must be one of auto, argmax, balanced"):
+    assert auto["decision"] == "f1" and [r["prediction"] for r in auto_rows] == \
+        [r["prediction"] for r in f1_rows]
+    with pytest.raises(LoracleError, match="decision must be one of auto, argmax, balanced, f1"):
         predict_with_run(run_dir, [], decision="fair")
 
 

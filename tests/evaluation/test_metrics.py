@@ -183,3 +183,72 @@ def test_ece_floor_is_the_ece_of_a_calibrated_model_on_this_many_items():
         ece_floor(probs, draws=0)
     with pytest.raises(ValueError, match="shape"):
         ece_floor(torch.zeros(0, 2))
+
+
+# -- the expected-macro-F1 decision ---------------------------------------------------------------------------------
+def test_expected_macro_f1_by_hand_and_batched() -> None:
+    from loracle.evaluation.metrics import expected_macro_f1
+
+    probs = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]], dtype=torch.float64)
+    # class 0: E[TP] 0.9 + 0.6, 2 predicted, E[#true] 1.8; class 1: 0.7, 1 predicted, 1.2
+    expected = 0.5 * (2 * 1.5 / (2 + 1.8) + 2 * 0.7 / (1 + 1.2))
+    assert float(expected_macro_f1(probs, torch.tensor([0, 0, 1]))) == pytest.approx(expected, abs=1e-12)
+    candidates = torch.tensor([[0, 0, 1], [1, 1, 1], [0, 1, 1]])
+    batched = expected_macro_f1(probs, candidates)
+    assert batched.shape == (3,)
+    for g in range(3):
+        assert float(batched[g]) == pytest.approx(float(expected_macro_f1(probs, candidates[g])), abs=1e-12)
+    # certain probabilities: the estimate is the macro-F1 itself
+    labels = torch.tensor([0, 1, 1, 0, 1, 2])
+    picks = torch.tensor([0, 1, 0, 0, 2, 2])
+    onehot = torch.nn.functional.one_hot(labels, 3).double()
+    assert float(expected_macro_f1(onehot, picks)) == pytest.approx(
+        macro_f1(torch.nn.functional.one_hot(picks, 3).double(), labels), abs=1e-12)
+
+
+def _rare_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibrated probabilities of a 10%-minority task and labels drawn from them."""
+    g = torch.Generator().manual_seed(seed)
+    rare = torch.rand(n, generator=g) < 0.1
+    score = torch.randn(n, generator=g, dtype=torch.float64) + 1.5 * rare  # separation of a mediocre model
+    # the exact posterior of that mixture: p(rare | score) with prior 0.1
+    logit = math.log(0.1 / 0.9) + 1.5 * score - 1.5 ** 2 / 2
+    p1 = torch.sigmoid(logit)
+    labels = (torch.rand(n, generator=g, dtype=torch.float64) < p1).long()
+    return torch.stack([1 - p1, p1], 1), labels
+
+
+def test_f1_weights_find_the_best_threshold_and_beat_argmax_and_balanced() -> None:
+    from loracle.active.predict import decide
+    from loracle.evaluation.metrics import expected_macro_f1, f1_log_weights
+
+    probs, labels = _rare_task(8000, 0)
+    weights = f1_log_weights(probs)
+    picks = decide(probs, torch.tensor([0.9, 0.1]), "f1")
+    # against every threshold on p(rare), exactly: the grid's step of 0.1 in log-odds loses under 0.002
+    order = probs[:, 1].argsort(descending=True)
+    best = max(float(expected_macro_f1(probs, torch.zeros(len(probs), dtype=torch.long).index_fill(0, order[:k], 1)))
+               for k in range(0, len(probs), 20))
+    assert float(expected_macro_f1(probs, picks)) > best - 0.002
+    assert float(weights[1] - weights[0]) > 0.5  # the rare class is named far more often than by the argmax
+    actual = {d: macro_f1(torch.nn.functional.one_hot(decide(probs, torch.tensor([0.9, 0.1]), d), 2).double(),
+                          labels) for d in ("argmax", "balanced", "f1")}
+    assert actual["f1"] > actual["argmax"] + 0.05
+    assert actual["f1"] > actual["balanced"] + 0.01
+    assert actual["f1"] == pytest.approx(float(expected_macro_f1(probs, picks)), abs=0.03)  # the estimate holds
+
+
+def test_f1_weights_leave_a_perfect_argmax_and_handle_many_classes() -> None:
+    from loracle.evaluation.metrics import expected_macro_f1, f1_log_weights
+
+    certain = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 2, 1]), 3).double()
+    assert torch.equal(f1_log_weights(certain), torch.zeros(3, dtype=torch.float64))
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(600, 4, generator=g, dtype=torch.float64) * 1.5
+                          + torch.tensor([2.0, 0.0, -1.0, -2.0], dtype=torch.float64), 1)
+    weights = f1_log_weights(probs)
+    chosen = float(expected_macro_f1(probs, (probs.log() + weights).argmax(-1)))
+    assert chosen > float(expected_macro_f1(probs, probs.argmax(-1))) + 0.02
+    assert f1_log_weights(torch.zeros(0, 3)).tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        f1_log_weights(torch.zeros(3))

@@ -417,6 +417,7 @@ class ActiveLearningLoop:
             out_of_fold, stop_probs, shift, self._stop_unlabelled(t))
         if matched_mode:
             temperature = matched["temperature_matched"]
+        raw_stop = stop_probs
         if stop_probs is not None:  # the stop set in the round's calibration (the round model raw for an ensemble)
             from loracle.evaluation.calibration import apply_temperature
 
@@ -474,7 +475,11 @@ class ActiveLearningLoop:
                 if matched_mode:
                     metrics["ensemble_members"] = len(members)
         if reported is not None and c.task_kind == "classification":  # what `al predict` names by default
-            metrics.update(self._decided_metrics(reported, result["labels"], labelled, shift, train_config))
+            weights = None if raw_stop is None else self._decision_weights(
+                raw_stop, out_of_fold["stop_probs"] if averaged else None, temperature, shift, t)
+            if weights is not None:
+                metrics.update({f"decision_weight_{i}": float(w) for i, w in enumerate(weights)})
+            metrics.update(self._decided_metrics(reported, result["labels"], labelled, shift, train_config, weights))
         if c.calibration == "auto" and temperatures is not None:  # which of the two this round's output is
             metrics["calibration_temperature"] = float(not ensemble_mode)
         if shift is not None:
@@ -615,10 +620,7 @@ class ActiveLearningLoop:
         return temperatures, out_of_fold
 
     def _stop_indices(self) -> list[int]:
-        c = self.config
-        n = self.state.pool_size()
-        rng = np.random.default_rng(derived_seed(c.seed, 0, "stop"))
-        return sorted(rng.choice(n, min(c.stop_set_size, n), replace=False).tolist())
+        return stop_set_indices(self.config, self.state.pool_size())
 
     def _pool_prior(self, labelled: list[Example], train_config: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The ``(source, target)`` class priors that move the round's calibrated predictions from the prior its
@@ -642,14 +644,35 @@ class ActiveLearningLoop:
                                 counts([int(e.label) for e in labelled]), train_config.class_weight,
                                 train_config.logit_adjustment)
 
+    def _decision_weights(self, stop_probs: torch.Tensor, folds_stop: torch.Tensor | None, temperature: float | None,
+                          shift: tuple[torch.Tensor, torch.Tensor] | None, t: int) -> torch.Tensor:
+        """``[C]`` the ``f1`` decision's log class weights (:func:`~loracle.evaluation.metrics.f1_log_weights`),
+        fitted on the stop set's unlabelled items in the round's reported calibration: the mean of the round
+        model's and (``folds_stop``, for an ensemble) its fold models' predictions, at ``temperature``, moved to the
+        pool's prior by ``shift``, as :class:`~loracle.active.predict.RoundCalibration` builds them. Unlabelled
+        pool items, not the test inputs, so the recorded macro-F1 is that of weights fitted without the test set,
+        and ``al predict`` applies the same weights to any number of items."""
+        from loracle.evaluation.calibration import apply_temperature
+        from loracle.evaluation.label_shift import shift_prior
+        from loracle.evaluation.metrics import f1_log_weights
+
+        members = [stop_probs.double()] + ([] if folds_stop is None else list(folds_stop.double()))
+        probs = torch.stack(members).mean(0)
+        if temperature is not None:
+            probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
+        if shift is not None:
+            probs = shift_prior(probs, *shift)
+        keep = self._stop_unlabelled(t)
+        return f1_log_weights(probs[keep] if bool(keep.any()) else probs)
+
     def _decided_metrics(self, probs: torch.Tensor, labels: torch.Tensor, labelled: list[Example],
-                         shift: tuple[torch.Tensor, torch.Tensor] | None, train_config: Any) -> dict[str, float]:
+                         shift: tuple[torch.Tensor, torch.Tensor] | None, train_config: Any,
+                         weights: torch.Tensor | None = None) -> dict[str, float]:
         """``accuracy_calibrated``, ``macro_f1_calibrated`` and ``recall_<c>_calibrated`` of the classes ``al predict``
-        names by default from the round's calibrated test predictions ``probs`` (``decision="auto"``:
-        :func:`~loracle.active.predict.decide`, ``balanced`` where the round-0 labels are imbalanced), and
-        ``decision_balanced`` (1.0 where that decision was ``balanced``)."""
-        from loracle.active.predict import decide
-        from loracle.active.strategies.diversity import is_imbalanced
+        names by default from the round's calibrated test predictions ``probs`` (``decision="auto"``,
+        :func:`~loracle.active.predict.auto_decision`: ``f1`` where the round-0 labels are imbalanced, with the class
+        ``weights`` of :meth:`_decision_weights`), and ``decision_f1`` (1.0 where that decision was ``f1``)."""
+        from loracle.active.predict import auto_decision, decide
         from loracle.evaluation.label_shift import training_prior
         from loracle.evaluation.metrics import accuracy, macro_f1, per_class_recall
 
@@ -660,12 +683,10 @@ class ActiveLearningLoop:
             counts = torch.bincount(torch.tensor([int(e.label) for e in labelled], dtype=torch.long),
                                     minlength=classes)
             prior = training_prior(counts, train_config.class_weight, train_config.logit_adjustment or 0.0)
-        initial = torch.tensor([int(y) for y in self.state.labels(max_round=0).values()], dtype=torch.long)
-        balanced = is_imbalanced(initial, classes)
-        picked = torch.nn.functional.one_hot(decide(probs, prior, "balanced" if balanced else "argmax"),
-                                             classes).double()
+        decision = auto_decision([int(y) for y in self.state.labels(max_round=0).values()], classes)
+        picked = torch.nn.functional.one_hot(decide(probs, prior, decision, weights), classes).double()
         out = {"accuracy_calibrated": accuracy(picked, labels), "macro_f1_calibrated": macro_f1(picked, labels),
-               "decision_balanced": float(balanced)}
+               "decision_f1": float(decision == "f1")}
         out.update({f"recall_{i}_calibrated": r for i, r in enumerate(per_class_recall(picked, labels)) if r == r})
         return out
 
@@ -934,6 +955,13 @@ class ActiveLearningLoop:
             return chosen
 
         return self.ranks.broadcast(self.ranks.writer(select))
+
+
+def stop_set_indices(config: ALConfig, pool_size: int) -> list[int]:
+    """The pool indices of a run's fixed stop set: ``stop_set_size`` items drawn once from the whole pool by the
+    run's seed (unlabelled at first; queries label some of them as rounds go on)."""
+    rng = np.random.default_rng(derived_seed(config.seed, 0, "stop"))
+    return sorted(rng.choice(pool_size, min(config.stop_set_size, pool_size), replace=False).tolist())
 
 
 def stop_decision(state: RunState, criteria: list[str], upto: int | None = None) -> Any:

@@ -19,12 +19,16 @@ This is the same rule the loop applies to the test set when it records ``ece_cal
 round does"); the tests check that reloading a round's folder reproduces those numbers.
 
 Which class each item is predicted to be is a separate choice, the ``decision`` (:func:`decide`): the most probable
-class (``argmax``, the most accurate decision when the probabilities are calibrated), or the most probable once
-the class prior the calibrated probabilities carry is divided out (``balanced``, the decision that maximises the
-mean per-class recall). On an imbalanced task the two differ greatly: the calibrated probabilities follow the
-pool's prior, in which a 10% class is rarely the most probable one, so ``argmax`` all but never predicts it.
-``auto`` (the default) is ``balanced`` where the run's round-0 labels are imbalanced (the regime rule of
-``strategy="auto"``, :func:`~loracle.active.strategies.diversity.is_imbalanced`) and ``argmax`` elsewhere.
+class (``argmax``, the most accurate decision when the probabilities are calibrated); the most probable once the
+class prior the calibrated probabilities carry is divided out (``balanced``, the decision that maximises the mean
+per-class recall); or the most probable under the class weights that maximise the expected macro-F1 of the items
+predicted (``f1``, the decision-theoretic F-measure decision of arXiv 1206.4625, computed from the calibrated
+probabilities alone). On an imbalanced task they differ greatly: the calibrated probabilities follow the pool's
+prior, in which a 10% class is rarely the most probable one, so ``argmax`` all but never predicts it, while
+``balanced`` names it so often that precision and accuracy collapse. ``auto`` (the default) is ``f1`` where the
+run's round-0 labels are imbalanced (the regime rule of ``strategy="auto"``,
+:func:`~loracle.active.strategies.diversity.is_imbalanced`) and ``argmax`` elsewhere (:func:`auto_decision`;
+measured in the README, "Command line").
 """
 
 from __future__ import annotations
@@ -190,13 +194,25 @@ def round_probs(builder: Any, folder: str | Path, examples: Sequence[Any], *, ba
     return outputs[0], calibration.apply(outputs).float(), calibration
 
 
-DECISIONS = ("auto", "argmax", "balanced")
+DECISIONS = ("auto", "argmax", "balanced", "f1")
 
 
-def decide(probs: torch.Tensor, prior: torch.Tensor, decision: str) -> torch.Tensor:
+def auto_decision(initial_labels: Sequence[int], num_classes: int) -> str:
+    """``decision="auto"``: ``f1`` where the round-0 labels (a random sample of the pool) are imbalanced (the regime
+    rule of ``strategy="auto"``, :func:`~loracle.active.strategies.diversity.is_imbalanced`), ``argmax``
+    elsewhere."""
+    from loracle.active.strategies.diversity import is_imbalanced
+
+    return "f1" if is_imbalanced(torch.tensor(list(initial_labels), dtype=torch.long), num_classes) else "argmax"
+
+
+def decide(probs: torch.Tensor, prior: torch.Tensor, decision: str,
+           log_weights: torch.Tensor | None = None) -> torch.Tensor:
     """``[N]`` the predicted class of each row of the calibrated ``probs`` ``[N, C]`` under ``decision``:
-    ``argmax``, or ``balanced``: the argmax of ``probs`` with the class ``prior`` ``[C]`` they carry divided out
-    (:func:`loracle.evaluation.metrics.divide_prior`).
+    ``argmax``; ``balanced``: the argmax of ``probs`` with the class ``prior`` ``[C]`` they carry divided out
+    (:func:`loracle.evaluation.metrics.divide_prior`); ``f1``: the argmax of ``log p + log_weights``, the class
+    weights that maximise the expected macro-F1 (:func:`loracle.evaluation.metrics.f1_log_weights`): those the
+    round fitted on its stop set where given, else fitted on these rows (``prior`` unused).
 
     Raises:
         ValueError: an unknown ``decision`` (``auto`` is resolved by :func:`predict_with_run`, not here).
@@ -207,7 +223,21 @@ def decide(probs: torch.Tensor, prior: torch.Tensor, decision: str) -> torch.Ten
         from loracle.evaluation.metrics import divide_prior
 
         return divide_prior(probs, prior).argmax(-1)
-    raise ValueError(f"decision must be 'argmax' or 'balanced', got {decision!r}")
+    if decision == "f1":
+        from loracle.evaluation.metrics import f1_log_weights
+
+        weights = f1_log_weights(probs) if log_weights is None else torch.as_tensor(log_weights, dtype=torch.float64)
+        return (probs.double().clamp_min(1e-12).log() + weights).argmax(-1)
+    raise ValueError(f"decision must be 'argmax', 'balanced' or 'f1', got {decision!r}")
+
+
+def recorded_weights(metrics: dict[str, Any], num_classes: int) -> torch.Tensor | None:
+    """``[C]`` the ``f1`` decision's log class weights a round recorded (``decision_weight_<c>``: fitted on the
+    unlabelled stop-set items in the round's calibration), or None where it recorded none."""
+    values = [metrics.get(f"decision_weight_{c}") for c in range(num_classes)]
+    if any(v is None for v in values):
+        return None
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: int | None = None, *,
@@ -269,6 +299,8 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     if not row["checkpoint"] or not folder.is_dir():
         raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
                            f"or pick another round with --round (completed: {sorted(rows)})")
+    # the f1 decision's weights: the round's own fit its own calibration; another's are fitted on these items
+    weights = recorded_weights(row["metrics"] or {}, len(label_names)) if calibration == "run" else None
     chosen = None
     if calibration != "run":
         metrics = row["metrics"] or {}
@@ -284,13 +316,10 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
                                                ranks=ranks, progress=progress, calibration=chosen)
     prior = carried_prior(calibration, labels_by_round[round_index], len(label_names), config)
     if decision == "auto":
-        from loracle.active.strategies.diversity import is_imbalanced
-
-        decision = "balanced" if is_imbalanced(torch.tensor(initial, dtype=torch.long), len(label_names)) \
-            else "argmax"
+        decision = auto_decision(initial, len(label_names))
     return {"round": round_index, "n_labels": row["n_labels"], "calibration": calibration.method,
             "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names,
-            "prior": prior, "decision": decision, "predicted": decide(calibrated, prior, decision)}
+            "prior": prior, "decision": decision, "predicted": decide(calibrated, prior, decision, weights)}
 
 
 def carried_prior(calibration: RoundCalibration, labels: list[int], classes: int, config: Any) -> torch.Tensor:

@@ -226,10 +226,11 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
                                                                           imbalanced):
     """Each round records the accuracy, macro-F1 and per-class recall of the classes `al predict` names by default
     from its calibrated test predictions: the argmax on a balanced run; on one whose round-0 labels count as
-    imbalanced, the ``f1`` decision under the class weights the round fitted on the unlabelled stop-set items in
-    its calibration (here moved to the pool's prior: the shift is forced), which `al predict` reuses."""
+    imbalanced, the argmax with the carried class prior (here the pool's: the shift is forced) divided out. Each
+    round also records the ``f1`` decision's class weights, fitted on the unlabelled stop-set items in its
+    calibration (moved to the pool's prior), which `al predict --decision f1` reuses."""
     from loracle.evaluation.label_shift import shift_prior
-    from loracle.evaluation.metrics import accuracy, f1_log_weights, macro_f1, per_class_recall
+    from loracle.evaluation.metrics import accuracy, divide_prior, f1_log_weights, macro_f1, per_class_recall
 
     monkeypatch.setattr("loracle.evaluation.label_shift.shares_differ", lambda *a, **k: True)
     if imbalanced:
@@ -239,8 +240,8 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
     for row in rounds:
         m = row["metrics"]
         out = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory)
-        assert out["decision"] == ("f1" if imbalanced else "argmax")
-        assert m["decision_f1"] == float(imbalanced)
+        assert out["decision"] == ("balanced" if imbalanced else "argmax")
+        assert m["decision_balanced"] == float(imbalanced)
         weights = torch.tensor([m["decision_weight_0"], m["decision_weight_1"]], dtype=torch.float64)
         # the weights: fitted on the stop set's unlabelled items, calibrated as the round reports (the stored
         # stop-set predictions are the matched ensemble's, before the move to the pool's prior)
@@ -255,9 +256,11 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
         if "pool_prior_0" in m:
             stop = shift_prior(stop, *_recorded_shift(tmp_path / "run", row["round"]))
         assert torch.allclose(weights, f1_log_weights(stop[keep]))
-        expected = (out["calibrated"].double().log() + weights).argmax(-1) if imbalanced \
+        expected = divide_prior(out["calibrated"], out["prior"]).argmax(-1) if imbalanced \
             else out["calibrated"].argmax(-1)
         assert torch.equal(out["predicted"], expected)
+        f1 = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory, decision="f1")
+        assert torch.equal(f1["predicted"], (f1["calibrated"].double().log() + weights).argmax(-1))
         picked = torch.nn.functional.one_hot(out["predicted"], 2).double()
         assert m["accuracy_calibrated"] == pytest.approx(accuracy(picked, labels), abs=1e-9)
         assert m["macro_f1_calibrated"] == pytest.approx(macro_f1(picked, labels), abs=1e-9)

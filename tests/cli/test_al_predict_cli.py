@@ -101,7 +101,7 @@ def test_decision_balanced_divides_out_the_prior_and_auto_follows_the_round0_lab
     """``--decision balanced``: each prediction is the argmax of the calibrated probabilities divided by the class
     prior they carry (here the training prior of the last round's labels), the probabilities written unchanged and
     the printed accuracy that of the written predictions. ``--decision f1`` adds the round's recorded class weights
-    to the log-probabilities. ``auto`` is ``argmax`` on this balanced run and ``f1`` once the round-0 labels
+    to the log-probabilities. ``auto`` is ``argmax`` on this balanced run and ``balanced`` once the round-0 labels
     count as imbalanced."""
     import torch
 
@@ -143,16 +143,17 @@ def test_decision_balanced_divides_out_the_prior_and_auto_follows_the_round0_lab
         assert recall[name] == pytest.approx(sum(r["prediction"] == name for r in mine) / len(mine))
     # f1: the argmax under the class weights the last round recorded (fitted on its stop set)
     f1, f1_rows = predict("--decision", "f1")
+    assert f1["decision"] == "f1"
     metrics = state_metrics(run_dir)
     weights = [metrics["decision_weight_0"], metrics["decision_weight_1"]]
     for r in f1_rows:
         scores = {n: math.log(r["probabilities"][n]) + weights[i] for i, n in enumerate(names)}
         assert r["prediction"] == max(scores, key=scores.get)
-    # auto: f1 where the round-0 labels are imbalanced
+    # auto: balanced where the round-0 labels are imbalanced
     monkeypatch.setattr("loracle.active.strategies.diversity.is_imbalanced", lambda *a, **k: True)
     auto, auto_rows = predict()
-    assert auto["decision"] == "f1" and [r["prediction"] for r in auto_rows] == \
-        [r["prediction"] for r in f1_rows]
+    assert auto["decision"] == "balanced" and [r["prediction"] for r in auto_rows] == \
+        [r["prediction"] for r in rows]
     with pytest.raises(LoracleError, match="decision must be one of auto, argmax, balanced, f1"):
         predict_with_run(run_dir, [], decision="fair")
 

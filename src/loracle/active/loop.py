@@ -670,8 +670,9 @@ class ActiveLearningLoop:
                          weights: torch.Tensor | None = None) -> dict[str, float]:
         """``accuracy_calibrated``, ``macro_f1_calibrated`` and ``recall_<c>_calibrated`` of the classes ``al predict``
         names by default from the round's calibrated test predictions ``probs`` (``decision="auto"``,
-        :func:`~loracle.active.predict.auto_decision`: ``f1`` where the round-0 labels are imbalanced, with the class
-        ``weights`` of :meth:`_decision_weights`), and ``decision_f1`` (1.0 where that decision was ``f1``)."""
+        :func:`~loracle.active.predict.auto_decision`: ``balanced`` where the round-0 labels are imbalanced), and
+        ``decision_balanced`` (1.0 where that decision was ``balanced``). ``weights``: the ``f1`` decision's, for
+        when it is the one taken (:meth:`_decision_weights`)."""
         from loracle.active.predict import auto_decision, decide
         from loracle.evaluation.label_shift import training_prior
         from loracle.evaluation.metrics import accuracy, macro_f1, per_class_recall
@@ -686,7 +687,7 @@ class ActiveLearningLoop:
         decision = auto_decision([int(y) for y in self.state.labels(max_round=0).values()], classes)
         picked = torch.nn.functional.one_hot(decide(probs, prior, decision, weights), classes).double()
         out = {"accuracy_calibrated": accuracy(picked, labels), "macro_f1_calibrated": macro_f1(picked, labels),
-               "decision_f1": float(decision == "f1")}
+               "decision_balanced": float(decision == "balanced")}
         out.update({f"recall_{i}_calibrated": r for i, r in enumerate(per_class_recall(picked, labels)) if r == r})
         return out
 

@@ -54,7 +54,7 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
             the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave,
             and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``); the
             accuracy and macro-F1 of the classes ``al predict`` names by default from the calibrated predictions
-            (``accuracy_calibrated``, ``macro_f1_calibrated``, ``decision_f1``) where present.
+            (``accuracy_calibrated``, ``macro_f1_calibrated``, ``decision_balanced``) where present.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
             (the last round scores nothing).
 
@@ -84,8 +84,7 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
             notes.append(f"{format_value(metrics['ece_matched'])} for the ensemble at the matched temperature "
                          f"{format_value(metrics.get('temperature_matched'), 2)}")
     if metrics.get("macro_f1_calibrated") is not None:  # the classes `al predict` names by default
-        decision = ("macro-F1 decision" if metrics.get("decision_f1") else  # earlier runs: decision_balanced
-                    "balanced decision" if metrics.get("decision_balanced") else "argmax")
+        decision = "balanced decision" if metrics.get("decision_balanced") else "argmax"
         notes.append(f"calibrated output ({decision}): accuracy {format_value(metrics.get('accuracy_calibrated'))}, "
                      f"macro-F1 {format_value(metrics['macro_f1_calibrated'])}")
     floor = metrics.get("ece_floor_calibrated", metrics.get("ece_floor"))

@@ -351,9 +351,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                          "accurate); balanced: the most probable once the class prior the calibrated probabilities "
                          "carry is divided out (the best mean per-class recall); f1: the most probable under the "
                          "class weights that maximise the expected macro-F1, fitted by the round on unlabelled pool "
-                         "items (on an imbalanced task argmax all but never predicts a rare class, balanced "
-                         "predicts it so often that precision falls); auto (default): f1 where the run's round-0 "
-                         "labels are imbalanced, argmax elsewhere. The probabilities written are the same")
+                         "items (on an imbalanced task argmax all but never predicts a rare class); auto (default): "
+                         "balanced where the run's round-0 labels are imbalanced, argmax elsewhere. The "
+                         "probabilities written are the same")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     predict.set_defaults(func=cmd_predict)
 

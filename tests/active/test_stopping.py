@@ -9,6 +9,7 @@ import torch
 
 from loracle.active.stopping import (
     STOPPING_CRITERIA,
+    AgreementPlateau,
     AnyOf,
     MaxRounds,
     OverallUncertainty,
@@ -55,6 +56,7 @@ def test_state_dict_round_trip_resumes_the_same_decisions():
     rng = np.random.default_rng(1)
     preds = [rng.integers(0, 3, 50) for _ in range(2)] + [np.zeros(50, dtype=int)] * 4
     for make in (lambda: StabilizingPredictions(window=2), lambda: OverallUncertainty(0.5),
+                 lambda: AgreementPlateau(min_rise=0.0, patience=2),
                  lambda: build_stopping_criterion(["stabilizing_predictions", "max_rounds"],
                                                   max_rounds={"max_rounds": 5})):
         straight = make()
@@ -67,6 +69,43 @@ def test_state_dict_round_trip_resumes_the_same_decisions():
             resumed.load_state_dict(state)
             got.append(resumed.update(t, onehotish(p)))
         assert got == expected
+
+
+def flip(labels, idx):
+    out = labels.copy()
+    out[idx] = 1 - out[idx]
+    return out
+
+
+def test_agreement_plateau_stops_once_kappa_stops_rising_below_one():
+    """Each round changes fewer predictions than the last, then as many as the last (noise at a constant level):
+    kappa rises, then levels off well below 1. StabilizingPredictions never stops; the plateau does, at the first
+    comparison that fails to beat the best before it by ``min_rise``."""
+    rng = np.random.default_rng(0)
+    rounds = [rng.integers(0, 2, 1000)]
+    for changed in (300, 150, 100, 100, 100):  # items whose prediction flips from the previous round
+        rounds.append(flip(rounds[-1], rng.choice(1000, changed, replace=False)))
+    kappas = [cohen_kappa(a, b) for a, b in zip(rounds, rounds[1:])]
+    assert kappas[0] < kappas[1] < kappas[2] < 0.85 and abs(kappas[3] - kappas[2]) < 0.05
+    plateau, stabilizing = AgreementPlateau(min_rise=0.01), StabilizingPredictions()
+    decisions = [plateau.update(t, onehotish(p, c=2)) for t, p in enumerate(rounds)]
+    assert not any(stabilizing.update(t, onehotish(p, c=2)).stop for t, p in enumerate(rounds))
+    # the first round where kappa is not above the best before it by more than 0.01
+    first = next(t + 1 for t in range(1, len(kappas)) if kappas[t] - max(kappas[:t]) <= 0.01)
+    assert [d.stop for d in decisions] == [t >= first for t in range(len(rounds))]
+    assert "1 of the 2" in decisions[1].reason and "still stabilising" in decisions[2].reason
+    d = decisions[first]
+    assert d.values["kappa"] == pytest.approx(kappas[:first])
+    assert d.values["rise"] == pytest.approx(kappas[first - 1] - max(kappas[:first - 1]))
+    assert d.reason.startswith("labelling more is unlikely to help much: agreement between rounds stopped rising")
+    # patience 2 asks for two comparisons in a row that fail to rise
+    patient = AgreementPlateau(min_rise=0.01, patience=2)
+    stops = [patient.update(t, onehotish(p, c=2)).stop for t, p in enumerate(rounds)]
+    assert stops.index(True) > first
+    with pytest.raises(ValueError, match="min_rise must be a number in \\[0, 2\\), got -0.1; patience must be an int"):
+        AgreementPlateau(min_rise=-0.1, patience=0)
+    with pytest.raises(ValueError, match="stop set must stay fixed"):
+        patient.update(6, onehotish([0, 1], c=2))
 
 
 def test_overall_uncertainty_by_hand():
@@ -89,8 +128,9 @@ def test_max_rounds_any_of_and_errors():
     d = both.update(1, p)
     assert d.stop and d.reason.startswith("round budget reached: 2 of 2") and set(d.values) == {
         "overall_uncertainty", "max_rounds"}
-    assert set(STOPPING_CRITERIA) == {"stabilizing_predictions", "overall_uncertainty", "max_rounds"}
-    with pytest.raises(ValueError, match="valid: \\['max_rounds', 'overall_uncertainty'"):
+    assert set(STOPPING_CRITERIA) == {"stabilizing_predictions", "agreement_plateau", "overall_uncertainty",
+                                      "max_rounds"}
+    with pytest.raises(ValueError, match="valid: \\['agreement_plateau', 'max_rounds', 'overall_uncertainty'"):
         build_stopping_criterion("kappa")
     with pytest.raises(ValueError, match="does not take options \\['patience'\\]"):
         build_stopping_criterion("overall_uncertainty", patience=2)

@@ -223,8 +223,9 @@ class ALConfig:
         calibrate_scores: strategies see temperature-scaled probabilities (with ``calibration`` left to its
             default, it is then ``temperature``).
         stopping: stopping criteria checked every round on a fixed unlabelled stop set
-            (``stabilizing_predictions``: Cohen's kappa between rounds; ``overall_uncertainty``: mean normalised
-            entropy), reported as "labelling more is unlikely to help" with their numbers; ``[]`` for none.
+            (``stabilizing_predictions``: Cohen's kappa between rounds near 1; ``agreement_plateau``: that kappa
+            no longer rising; ``overall_uncertainty``: mean normalised entropy), reported as "labelling more is
+            unlikely to help" with their numbers; ``[]`` for none.
         stop_set_size: items of the seeded stop set drawn from the pool.
         stop_early: end the run at the first round where a stopping criterion says stop.
         oracle: ``simulated`` (labels from the data, hidden from the strategy) or ``human``.
@@ -274,7 +275,8 @@ class ALConfig:
     calibration_fold_steps: str = "round"
     calibration_prior: str = "pool"
     calibrate_scores: bool = False
-    stopping: list[str] = field(default_factory=lambda: ["stabilizing_predictions", "overall_uncertainty"])
+    stopping: list[str] = field(default_factory=lambda: ["stabilizing_predictions", "agreement_plateau",
+                                                         "overall_uncertainty"])
     stop_set_size: int = 1000
     stop_early: bool = False
     oracle: str = "simulated"

@@ -98,6 +98,8 @@ STRATEGIES: dict[str, dict] = {
     # density_margin whose margin is that of the round's committee: the round model and the fold models the
     # calibration trains anyway, averaged (a query ensemble, Beluch et al. 2018; ``committee=True``).
     "density_committee": {"strategy": "density_margin", "calibrate": True, "strategy_options": {"committee": True}},
+    # CAL (arXiv 2109.03764): one deterministic pass, as in the paper; no calibration (accuracy first)
+    "cal": {"strategy": "cal"},
     # al run's default since 0.3: density_margin on a task whose round-0 sample is balanced, class_balance on one
     # whose is not. It picks what those two pick on each dataset (checked at every query by same_picks_check) and
     # reuses their runs.
@@ -155,7 +157,8 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
     return ALConfig(
         model=args.model, data=data, strategy=spec["strategy"], strategy_options=spec.get("strategy_options", {}),
         initial_mode=spec.get("initial_mode", "random"), initial_size=100, query_size=100, rounds=args.rounds, pool_size=args.pool_size or None, test_size=args.test_size,
-        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto", "class_balance") else 0,
+        mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto", "class_balance",
+                                                 "cal") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,

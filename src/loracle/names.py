@@ -11,7 +11,7 @@ from __future__ import annotations
 #: ``loracle.active.strategies.STRATEGIES``
 STRATEGY_NAMES: tuple[str, ...] = ("random", "entropy", "least_confidence", "margin", "bald", "power_entropy",
                                    "power_bald", "star", "star_published", "kcenter", "kmeans", "badge", "diverse_margin",
-                                   "density_margin", "class_balance", "auto",
+                                   "density_margin", "cal", "class_balance", "auto",
                                    "typiclust",
                                    "sequence_nll", "token_entropy", "nll_variance", "star_generation")
 

@@ -20,7 +20,8 @@ def final_labels(run_dir):
         state.close()
 
 
-@pytest.mark.parametrize("strategy", ["star", "kcenter", "badge_prior", "density_margin", "auto", "class_balance"])
+@pytest.mark.parametrize("strategy", ["star", "kcenter", "badge_prior", "density_margin", "auto", "class_balance",
+                                      "cal"])
 def test_run_labels_and_report(tmp_path, toy_data, strategy):
     # badge_prior: BADGE with the labelled set's class prior divided out (the loop hands it the labels)
     config = small_config(toy_data, strategy="badge", strategy_options={"prior_correction": True}) \
@@ -58,6 +59,30 @@ def test_run_labels_and_report(tmp_path, toy_data, strategy):
                                              torch.tensor(list(state.labels(max_round=t).values())))
         assert r["metrics"]["macro_f1_balanced"] == pytest.approx(expected["macro_f1_balanced"])
         assert r["metrics"]["accuracy_balanced"] == pytest.approx(expected["accuracy_balanced"])
+    state.close()
+
+
+def test_cal_sees_the_round_models_predictions_on_the_labelled_set(tmp_path, toy_data, monkeypatch):
+    """The loop hands ``cal`` one row per label: the round model's deterministic prediction and features of that
+    labelled item."""
+    from loracle.active.strategies.contrastive import ContrastiveStrategy
+
+    seen = []
+    real = ContrastiveStrategy.scores
+
+    def spy(self, signals, rng):
+        seen.append(signals)
+        return real(self, signals, rng)
+
+    monkeypatch.setattr(ContrastiveStrategy, "scores", spy)
+    assert run_active_learning(small_config(toy_data, strategy="cal", rounds=1), tmp_path / "run",
+                               tiny_factory) == "done"
+    (signals,) = seen
+    state = RunState.open(tmp_path / "run")
+    labels = state.labels(max_round=0)
+    assert signals.labelled_probs.shape == (len(labels), 2) and signals.labelled_embeddings.shape[0] == len(labels)
+    assert torch.allclose(signals.labelled_probs.sum(1), torch.ones(len(labels)), atol=1e-5)
+    assert signals.n == state.pool_size() - len(labels)
     state.close()
 
 

@@ -92,6 +92,7 @@ def all_signals(n=40, s=3, c=3, d=5, m=6, seed=0, round_index=2):
                    base_probs=torch.softmax(torch.randn(n, s, c, generator=g), -1),
                    embeddings=torch.randn(n, d, generator=g),
                    labelled_embeddings=torch.randn(m, d, generator=g),
+                   labelled_probs=torch.softmax(torch.randn(m, c, generator=g), -1),
                    base_embeddings=torch.randn(n, d + 2, generator=g),
                    labelled_base_embeddings=torch.randn(m, d + 2, generator=g),
                    labelled_labels=torch.arange(m) % c,
@@ -636,3 +637,52 @@ def test_class_balance_errors():
                                               labelled_labels=torch.tensor([0, 1])), 1, rng())
     with pytest.raises(TypeError, match="use select"):
         ClassBalanceStrategy().scores(Signals(0, 1), rng())
+
+
+# --- cal (contrastive) ---------------------------------------------------------------------------------------------
+
+def test_neighbour_divergence_by_hand():
+    from loracle.active.strategies.contrastive import neighbour_divergence
+
+    # labelled items at x = 0 and x = 10 predicted (0.9, 0.1) and (0.2, 0.8); candidates at x = 1 and x = 9
+    f64 = torch.float64
+    labelled_x, labelled_q = torch.tensor([[0.0], [10.0]], dtype=f64), torch.tensor([[0.9, 0.1], [0.2, 0.8]], dtype=f64)
+    x, p = torch.tensor([[1.0], [9.0]], dtype=f64), torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=f64)
+
+    def kl(q, r):
+        return sum(a * np.log(a / b) for a, b in zip(q, r))
+
+    one = neighbour_divergence(p, x, labelled_q, labelled_x, neighbours=1)
+    assert one.tolist() == pytest.approx([kl([0.9, 0.1], [0.5, 0.5]), kl([0.2, 0.8], [0.25, 0.75])])
+    both = neighbour_divergence(p, x, labelled_q, labelled_x, neighbours=5)  # more than M: every labelled item
+    assert both[0] == pytest.approx((kl([0.9, 0.1], [0.5, 0.5]) + kl([0.2, 0.8], [0.5, 0.5])) / 2)
+    chunked = neighbour_divergence(p, x, labelled_q, labelled_x, neighbours=1, chunk=1)
+    assert torch.equal(chunked, one)
+
+
+def test_cal_picks_the_candidate_predicted_unlike_its_neighbours():
+    """Two labelled clusters, predicted 0 and 1. A candidate inside cluster 0 that the model predicts as class 1
+    (contrastive) is picked first; one at the boundary predicted (0.5, 0.5) next; candidates predicted like their
+    neighbours last, however uncertain the model is elsewhere."""
+    g = torch.Generator().manual_seed(0)
+    centre = torch.tensor([[0.0, 0.0], [8.0, 0.0]])
+    labelled_x = torch.cat([centre[0] + 0.3 * torch.randn(5, 2, generator=g),
+                            centre[1] + 0.3 * torch.randn(5, 2, generator=g)])
+    labelled_q = torch.tensor([[0.9, 0.1]] * 5 + [[0.1, 0.9]] * 5)
+    x = torch.tensor([[0.1, 0.1], [4.0, 0.0], [0.2, -0.1], [7.9, 0.2]])
+    p = torch.tensor([[0.15, 0.85], [0.5, 0.5], [0.88, 0.12], [0.12, 0.88]])
+    signals = Signals(1, 4, probs=p[:, None, :].repeat(1, 2, 1), embeddings=x, labelled_embeddings=labelled_x,
+                      labelled_probs=labelled_q)
+    idx, scores = build_strategy("cal", neighbours=3).select(signals, 4, rng())
+    assert idx.tolist()[:2] == [0, 1] and scores[0] > scores[1] > 5 * max(scores[2], scores[3])
+    # margin sampling would pick the boundary item first: CAL is not uncertainty by another name
+    assert build_strategy("margin").select(signals, 1, rng())[0].tolist() == [1]
+
+
+def test_cal_errors():
+    with pytest.raises(ValueError, match="neighbours must be an int >= 1"):
+        build_strategy("cal", neighbours=0)
+    bad = Signals(1, 2, probs=torch.full((2, 1, 2), 0.5), embeddings=torch.zeros(2, 3),
+                  labelled_embeddings=torch.zeros(1, 4), labelled_probs=torch.full((1, 2), 0.5))
+    with pytest.raises(ValueError, match="cal needs probs \\[N, S, C\\], embeddings"):
+        build_strategy("cal").select(bad, 1, rng())

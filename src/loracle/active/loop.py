@@ -919,6 +919,12 @@ class ActiveLearningLoop:
                 extra["labelled_embeddings"] = self.ranks.map(lambda part: self.scorer.measure(
                     frozenset({"embeddings"}), built.model, built.task, part, 0)["embeddings"],
                     state.pool_examples(sorted(labels)))
+            if "labelled_probs" in requires:  # one deterministic pass, rows in the order of labelled_labels
+                from loracle.uncertainty.sampling import mc_probs
+
+                extra["labelled_probs"] = self.ranks.map(lambda part: mc_probs(
+                    built.model, built.task, part, samples=0, batch_size=c.eval_batch_size,
+                    precision=self.precision)[:, 0].float(), state.pool_examples(sorted(labels)))
         if "committee_probs" in requires:
             extra["committee_probs"] = self._committee_probs(t, built, extra["probs"], unlabelled_idx)
         self._save_cache()

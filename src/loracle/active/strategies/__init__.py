@@ -8,6 +8,7 @@ One module per family; importing the package registers every strategy in :data:`
 - :mod:`.star`: ``star``, ``star_published`` (STAR's dynamic uncertainty);
 - :mod:`.diversity`: ``kcenter`` (core-set), ``badge``, ``diverse_margin`` (uncertain, then clustered);
 - :mod:`.density`: ``density_margin`` (margin weighted by k-NN density in the base model's feature space);
+- :mod:`.contrastive`: ``cal`` (predicted unlike the nearest labelled items in the model's feature space);
 - :mod:`.balance`: ``class_balance`` (fill the rare classes' deficit with a base-feature probe's likeliest members);
 - :mod:`.switch`: ``auto`` (density_margin on a balanced task, class_balance on an imbalanced one);
 - :mod:`.stochastic`: ``power_entropy``, ``power_bald`` (stochastic batch acquisition);
@@ -32,6 +33,7 @@ from loracle.active.strategies.base import (
     top_k,
 )
 from loracle.active.strategies.cold_start import ClusterStrategy, KMeansCentroidStrategy, TypiClustStrategy
+from loracle.active.strategies.contrastive import ContrastiveStrategy
 from loracle.active.strategies.density import DensityMarginStrategy
 from loracle.active.strategies.diversity import BadgeStrategy, DiverseUncertaintyStrategy, KCenterGreedy
 from loracle.active.strategies.random import RandomStrategy
@@ -48,6 +50,7 @@ __all__ = [
     "BadgeStrategy",
     "ClassBalanceStrategy",
     "ClusterStrategy",
+    "ContrastiveStrategy",
     "DensityMarginStrategy",
     "DiverseUncertaintyStrategy",
     "ImbalanceSwitchStrategy",

@@ -30,7 +30,7 @@ import torch
 
 #: Signals a strategy may require (the attribute names of :class:`Signals`).
 SIGNAL_NAMES = frozenset({"probs", "committee_probs", "base_probs", "embeddings", "labelled_embeddings",
-                          "base_embeddings", "labelled_base_embeddings", "initial_labels",
+                          "labelled_probs", "base_embeddings", "labelled_base_embeddings", "initial_labels",
                           "answer_scores", "base_answer_scores", "labelled_labels"})
 #: The signals of generation tasks (the model's own greedy answer scored; no class distribution exists).
 ANSWER_SIGNALS = frozenset({"answer_scores", "base_answer_scores"})
@@ -52,7 +52,10 @@ class Signals:
         base_probs: ``[N, S, C]`` predictions that play STAR's ``U_base`` (the adapter-free base model, or a linear
             probe on frozen features; see :class:`~loracle.active.strategies.star.StarStrategy`), or None.
         embeddings: ``[N, D]`` candidate features, or None.
-        labelled_embeddings: ``[M, D]`` features of the labelled set, or None.
+        labelled_embeddings: ``[M, D]`` features of the labelled set (rows in the order of ``labelled_labels``),
+            or None.
+        labelled_probs: ``[M, C]`` the current model's deterministic predictions on the labelled set (same rows),
+            or None.
         base_embeddings: ``[N, D']`` features of the frozen, adapter-free base model (its last hidden states
             mean-pooled; :func:`loracle.active.pool.base_features`), the same every round, or None.
         labelled_base_embeddings: ``[M, D']`` the same base-model features of the labelled set (rows in the order
@@ -76,6 +79,7 @@ class Signals:
     base_probs: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     labelled_embeddings: torch.Tensor | None = None
+    labelled_probs: torch.Tensor | None = None
     base_embeddings: torch.Tensor | None = None
     labelled_base_embeddings: torch.Tensor | None = None
     answer_scores: torch.Tensor | None = None

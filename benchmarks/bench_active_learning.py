@@ -170,6 +170,7 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
 
     torch.set_num_threads(1)
     from loracle.active.loop import resume, run_active_learning
+    from loracle.active.state import RunState
 
     runs = Path(args.runs)
     last_cost: dict[str, float] = {}
@@ -184,7 +185,12 @@ def worker(jobs: list[tuple[str, str]], seeds: list[int], args: argparse.Namespa
                     return
                 start = time.time()
                 if (run_dir / "state.sqlite").exists():
-                    status = resume(run_dir, stop_after_round=t)
+                    state = RunState.open(run_dir)
+                    planned = state.config.get("rounds")
+                    state.close()
+                    # a finished run of fewer rounds is extended, with the labels a longer run would have asked for
+                    more = {"rounds": args.rounds} if planned is not None and args.rounds > planned else {}
+                    status = resume(run_dir, stop_after_round=t, **more)
                 else:
                     status = run_active_learning(config_for(name, dataset, seed, args), run_dir, stop_after_round=t)
                 last_cost[key] = time.time() - start

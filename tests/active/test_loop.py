@@ -9,6 +9,7 @@ import torch
 
 from loracle.active.loop import ActiveLearningLoop, create_run, resume, run_active_learning
 from loracle.active.state import RunState
+from loracle.errors import LoracleError
 from al_helpers import small_config, tiny_factory
 
 
@@ -116,6 +117,26 @@ def test_same_seed_same_selection_and_resume_midway(tmp_path, toy_data, strategy
     assert final_labels(tmp_path / "a")[0] == final_labels(tmp_path / "c")[0]
     ra, rb = final_labels(tmp_path / "a")[1], final_labels(tmp_path / "b")[1]
     assert [r["metrics"]["accuracy"] for r in ra] == [r["metrics"]["accuracy"] for r in rb]
+
+
+def test_resume_extends_a_finished_run_to_what_a_longer_run_labels(tmp_path, toy_data):
+    """A finished 1-round run resumed with rounds=2 queries from its last round and ends with the labels and
+    metrics of a 2-round run; a plan below the rounds already queried, or beyond the pool, is refused."""
+    run_active_learning(small_config(toy_data, rounds=2), tmp_path / "long", tiny_factory)
+    assert run_active_learning(small_config(toy_data, rounds=1), tmp_path / "short", tiny_factory) == "done"
+    assert len(final_labels(tmp_path / "short")[0]) == 10
+    assert resume(tmp_path / "short", tiny_factory, rounds=2) == "done"
+    (rows_long, rounds_long), (rows_short, rounds_short) = final_labels(tmp_path / "long"), final_labels(tmp_path / "short")
+    assert [r[:3] for r in rows_short] == [r[:3] for r in rows_long] and len(rows_short) == 14
+    assert [r["metrics"]["accuracy"] for r in rounds_short] == [r["metrics"]["accuracy"] for r in rounds_long]
+    assert json.loads((tmp_path / "short" / "report.json").read_text())["labels"] == 14
+    with pytest.raises(LoracleError, match="already queried round 2; plan at least 2 rounds"):
+        resume(tmp_path / "short", tiny_factory, rounds=1)
+    with pytest.raises(LoracleError, match="label budget exceeds the pool: 6 initial \\+ 99 rounds x 4"):
+        resume(tmp_path / "short", tiny_factory, rounds=99)
+    with pytest.raises(LoracleError, match="only \\['budget', 'progress', 'rounds'\\] can change on resume"):
+        resume(tmp_path / "short", tiny_factory, seed=3)
+    assert final_labels(tmp_path / "short")[0] == rows_short  # the refusals changed nothing
 
 
 def test_budget_and_config_errors(tmp_path, toy_data):

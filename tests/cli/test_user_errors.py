@@ -353,3 +353,12 @@ def test_bugs_keep_their_traceback(run_dir, monkeypatch):
     monkeypatch.setattr("loracle.active.report.run_summary", bug)
     with pytest.raises(KeyError):
         main(["al", "status", str(run_dir)])
+
+
+def test_resume_with_a_plan_the_pool_cannot_hold(run_dir, capsys):
+    message = error_of(["al", "resume", str(run_dir), "--rounds", "5"], capsys)
+    assert message == ("label budget exceeds the pool: 4 initial + 5 rounds x 2 = 14 labels requested, but the pool "
+                       "has 6 items; plan fewer rounds")
+    assert "rounds must be a positive integer or None, got -1" in error_of(
+        ["al", "resume", str(run_dir), "--rounds", "-1"], capsys)
+    assert labels_in(run_dir) == {0: 0}  # nothing changed

@@ -1011,19 +1011,22 @@ def run_active_learning(config: ALConfig, run_dir: str | Path, model_factory: Mo
 
 def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_after_round: int | None = None,
            **overrides: Any) -> str:
-    """Continue a run from its last completed step.
+    """Continue a run from its last completed step, or extend a finished one.
 
     Args:
         run_dir: the run folder.
         model_factory: as in :class:`ActiveLearningLoop`.
         stop_after_round: as in :meth:`ActiveLearningLoop.run`.
-        **overrides: config fields that may change on resume without changing results (``progress``).
+        **overrides: config fields that may change on resume: ``progress``, and ``rounds`` / ``budget`` to plan
+            more (or fewer) rounds. Every round is seeded by its index alone, so a run extended from 5 to 9 rounds
+            labels and scores exactly what a 9-round run would have; the last round of the shorter run, which
+            chose no queries, chooses them now.
 
     Raises:
-        LoracleError: for a folder without a run, a run in use by another process, or overrides other than
-            ``progress``.
+        LoracleError: for a folder without a run, a run in use by another process, other overrides, a plan
+            shorter than the rounds already queried, or more labels than the pool holds.
     """
-    allowed = {"progress"}
+    allowed = {"progress", "rounds", "budget"}
     if set(overrides) - allowed:
         raise LoracleError(f"only {sorted(allowed)} can change on resume, got {sorted(overrides)}")
     if not (Path(run_dir) / "state.sqlite").exists():
@@ -1032,6 +1035,8 @@ def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_
     with _writer_lock(ranks, run_dir):
         state = RunState.open(run_dir)
         try:
+            if {"rounds", "budget"} & set(overrides):
+                _check_new_plan(state, overrides)
             if overrides:
                 def override() -> None:
                     with state.transaction() as db:
@@ -1041,6 +1046,26 @@ def resume(run_dir: str | Path, model_factory: ModelFactory | None = None, stop_
             return ActiveLearningLoop(state, model_factory, ranks=ranks).run(stop_after_round)
         finally:
             state.close()
+
+
+def _check_new_plan(state: RunState, overrides: dict[str, Any]) -> None:
+    """Raise a :class:`LoracleError` unless ``overrides`` (``rounds``, ``budget``) plan at least the rounds the run
+    has already queried and no more labels than its pool holds."""
+    try:
+        config = ALConfig.from_dict({**state.config, **overrides})
+    except ValueError as err:
+        raise LoracleError(str(err)) from None
+    problems = [p for p in config.validate() if "rounds" in p or "budget" in p]
+    if problems:
+        raise LoracleError("; ".join(problems))
+    queried = max(state.query_rounds(), default=0)
+    if config.n_rounds < queried:
+        raise LoracleError(f"the run has already queried round {queried}; plan at least {queried} rounds "
+                           f"(--rounds {queried}), got {config.n_rounds}")
+    if config.total_labels > state.pool_size():
+        raise LoracleError(f"label budget exceeds the pool: {config.initial_size} initial + {config.n_rounds} "
+                           f"rounds x {config.query_size} = {config.total_labels} labels requested, but the pool has "
+                           f"{state.pool_size()} items; plan fewer rounds")
 
 
 @contextlib.contextmanager

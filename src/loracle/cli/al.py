@@ -295,6 +295,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     resume.add_argument("run_dir", help="the run folder")
     resume.add_argument("--no-progress", dest="progress", action="store_false", default=None,
                         help="no progress bars even on a terminal")
+    resume.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="plan N query rounds in all: more than the run was started with extends it (a "
+                             "finished run queries again from its last round), with the labels an N-round run "
+                             "would have asked for")
+    resume.add_argument("--budget", type=int, default=None, metavar="LABELS",
+                        help="plan this many labels in all, initial set included (as `al run --budget`)")
     resume.set_defaults(func=cmd_resume)
 
     label = sub.add_parser("label", help="answer pending queries (terminal), or export/import them (CSV, Label "
@@ -445,7 +451,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from loracle.active.loop import resume
 
-    overrides = {} if args.progress is None else {"progress": args.progress}
+    overrides = {name: getattr(args, name) for name in ("progress", "rounds", "budget")
+                 if getattr(args, name) is not None}
     return _finish(resume(args.run_dir, **overrides), args.run_dir)
 
 

@@ -30,14 +30,16 @@ HERE = Path(__file__).resolve().parent
 CRITERIA = ("stabilizing_predictions", "agreement_plateau", "overall_uncertainty")
 
 
-def replay(run: Path, criteria: tuple[str, ...]) -> dict:
-    """One run's curve and, per criterion, the first round where it says stop (None: never)."""
+def replay(run: Path, criteria: tuple[str, ...], max_labels: int | None = None) -> dict:
+    """One run's curve and, per criterion, the first round where it says stop (None: never); with
+    ``max_labels``, the run as if it had ended at its last round of at most that many labels."""
     from loracle.active.loop import stop_decision
     from loracle.active.state import RunState
 
     state = RunState.open(run)
     try:
-        rows = sorted(state.rounds(), key=lambda r: r["round"])
+        rows = [r for r in sorted(state.rounds(), key=lambda r: r["round"])
+                if max_labels is None or r["n_labels"] <= max_labels]
         out = {"run": str(run), "n_labels": [r["n_labels"] for r in rows],
                "accuracy": [r["metrics"]["accuracy"] for r in rows],
                "macro_f1_balanced": [r["metrics"].get("macro_f1_balanced", r["metrics"].get("macro_f1"))
@@ -51,7 +53,7 @@ def replay(run: Path, criteria: tuple[str, ...]) -> dict:
                     first = row["round"]
                     break
             out["stop_round"][name] = first
-        last = stop_decision(state, ["agreement_plateau"])  # every round's kappa with its predecessor
+        last = stop_decision(state, ["agreement_plateau"], upto=rows[-1]["round"])  # each kappa with the round before
         out["kappa"] = None if last is None else last.values["agreement_plateau"]["kappa"]
         return out
     finally:
@@ -109,15 +111,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tasks", nargs="+", help="task=run_folder[,run_folder...] (folders may be globs)")
     parser.add_argument("--name", default="stopping", help="results file name under benchmarks/results")
+    parser.add_argument("--max-labels", type=int, default=None,
+                        help="treat every run as ending at its last round of at most this many labels")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent / "src"))
-    result: dict = {"criteria": list(CRITERIA), "tasks": {}}
+    result: dict = {"criteria": list(CRITERIA), "max_labels": args.max_labels, "tasks": {}}
     for spec in args.tasks:
         task, _, folders = spec.partition("=")
         paths = sorted(p for f in folders.split(",") for p in (glob.glob(f) or [f]))
         if not task or not paths:
             parser.error(f"expected task=folder[,folder...], got {spec!r}")
-        runs = [replay(Path(p), CRITERIA) for p in paths]
+        runs = [replay(Path(p), CRITERIA, args.max_labels) for p in paths]
         result["tasks"][task] = {**summarise(runs, CRITERIA), "per_run": runs}
     out = HERE / "results" / f"{args.name}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -87,7 +87,7 @@ def test_agreement_plateau_stops_once_kappa_stops_rising_below_one():
         rounds.append(flip(rounds[-1], rng.choice(1000, changed, replace=False)))
     kappas = [cohen_kappa(a, b) for a, b in zip(rounds, rounds[1:])]
     assert kappas[0] < kappas[1] < kappas[2] < 0.85 and abs(kappas[3] - kappas[2]) < 0.05
-    plateau, stabilizing = AgreementPlateau(min_rise=0.01), StabilizingPredictions()
+    plateau, stabilizing = AgreementPlateau(min_rise=0.01, patience=1), StabilizingPredictions()
     decisions = [plateau.update(t, onehotish(p, c=2)) for t, p in enumerate(rounds)]
     assert not any(stabilizing.update(t, onehotish(p, c=2)).stop for t, p in enumerate(rounds))
     # the first round where kappa is not above the best before it by more than 0.01
@@ -99,7 +99,8 @@ def test_agreement_plateau_stops_once_kappa_stops_rising_below_one():
     assert d.values["rise"] == pytest.approx(kappas[first - 1] - max(kappas[:first - 1]))
     assert d.reason.startswith("labelling more is unlikely to help much: agreement between rounds stopped rising")
     # patience 2 asks for two comparisons in a row that fail to rise
-    patient = AgreementPlateau(min_rise=0.01, patience=2)
+    patient = AgreementPlateau()  # the default: min_rise 0.01, patience 2
+    assert (patient.min_rise, patient.patience) == (0.01, 2)
     stops = [patient.update(t, onehotish(p, c=2)).stop for t, p in enumerate(rounds)]
     assert stops.index(True) > first
     with pytest.raises(ValueError, match="min_rise must be a number in \\[0, 2\\), got -0.1; patience must be an int"):

@@ -155,7 +155,29 @@ class _RoundKappas:
         self.last_round = state.get("last_round")
 
 
-class StabilizingPredictions(StoppingCriterion):
+class _KappaCriterion(StoppingCriterion):
+    """A criterion that reads the round-to-round kappas (:class:`_RoundKappas`): their history is its state."""
+
+    def __init__(self) -> None:
+        self.history_ = _RoundKappas()
+
+    def _observe(self, round_index: int, stop_set_probs: torch.Tensor | np.ndarray,
+                 n_labels: int | None) -> tuple[list[float], dict[str, Any]]:
+        """Add the round's kappa with the previous round; every kappa so far and the decision's base values."""
+        self.history_.update(round_index, stop_set_probs)
+        values: dict[str, Any] = {"kappa": list(self.history_.kappas), "round": round_index}
+        if n_labels is not None:
+            values["n_labels"] = n_labels
+        return self.history_.kappas, values
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.history_.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history_.load_state_dict(state)
+
+
+class StabilizingPredictions(_KappaCriterion):
     """Stop when predictions stop changing (Bloodgood & Vijay-Shanker, CoNLL 2009).
 
     After each round the predicted labels ``argmax_c p̄`` on the stop set are compared with the previous round's by
@@ -178,17 +200,13 @@ class StabilizingPredictions(StoppingCriterion):
             problems.append(f"window must be an int >= 1, got {window!r}")
         if problems:
             raise ValueError("StabilizingPredictions: " + "; ".join(problems))
+        super().__init__()
         self.threshold, self.window = float(threshold), window
-        self.history_ = _RoundKappas()
 
     def update(self, round_index: int, stop_set_probs: torch.Tensor | np.ndarray, *,
                n_labels: int | None = None) -> StopDecision:
-        self.history_.update(round_index, stop_set_probs)
-        kappas = self.history_.kappas
+        kappas, values = self._observe(round_index, stop_set_probs, n_labels)
         recent = kappas[-self.window:]
-        values: dict[str, Any] = {"kappa": list(kappas), "round": round_index}
-        if n_labels is not None:
-            values["n_labels"] = n_labels
         shown = ", ".join(f"{k:.3f}" for k in recent)
         if len(recent) < self.window:
             return StopDecision(False, f"predictions not yet stable: {len(recent)} of the {self.window} round-to-"
@@ -201,17 +219,11 @@ class StabilizingPredictions(StoppingCriterion):
         return StopDecision(False, f"predictions still changing: mean kappa {mean:.3f} over the last {self.window} "
                             f"rounds ({shown}) < {self.threshold:g}", values)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.history_.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history_.load_state_dict(state)
-
     def __repr__(self) -> str:
         return f"StabilizingPredictions(threshold={self.threshold}, window={self.window})"
 
 
-class AgreementPlateau(StoppingCriterion):
+class AgreementPlateau(_KappaCriterion):
     """Stop when predictions stop getting more stable: the round-to-round kappa has stopped rising.
 
     The kappas are :class:`StabilizingPredictions`' (Cohen's kappa between consecutive rounds' predicted labels on
@@ -242,16 +254,12 @@ class AgreementPlateau(StoppingCriterion):
             problems.append(f"patience must be an int >= 1, got {patience!r}")
         if problems:
             raise ValueError("AgreementPlateau: " + "; ".join(problems))
+        super().__init__()
         self.min_rise, self.patience = float(min_rise), patience
-        self.history_ = _RoundKappas()
 
     def update(self, round_index: int, stop_set_probs: torch.Tensor | np.ndarray, *,
                n_labels: int | None = None) -> StopDecision:
-        self.history_.update(round_index, stop_set_probs)
-        kappas = self.history_.kappas
-        values: dict[str, Any] = {"kappa": list(kappas), "round": round_index}
-        if n_labels is not None:
-            values["n_labels"] = n_labels
+        kappas, values = self._observe(round_index, stop_set_probs, n_labels)
         if len(kappas) < self.patience + 1:
             return StopDecision(False, f"predictions not yet stable: {len(kappas)} of the {self.patience + 1} "
                                 "round-to-round comparisons needed" + (
@@ -266,12 +274,6 @@ class AgreementPlateau(StoppingCriterion):
                                 f"{self.min_rise:g})", values)
         return StopDecision(False, f"predictions still stabilising: kappa {shown} rose {rise:+.3f} over the best "
                             f"before ({best:.3f})", values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.history_.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history_.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"AgreementPlateau(min_rise={self.min_rise}, patience={self.patience})"

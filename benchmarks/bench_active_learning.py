@@ -105,6 +105,8 @@ STRATEGIES: dict[str, dict] = {
     # reuses their runs.
     "auto": {"strategy": "auto", "calibrate": True,
              "same_picks_as": {"rotten_tomatoes": "density_margin", "rotten_tomatoes_imbalanced": "class_balance"}},
+    # auto with the round model (and its fold models) stopped at the step the cross-fitting's held-out loss picks
+    "auto_folds": {"strategy": "auto", "calibrate": True, "train_steps": "folds"},
     # auto as in 0.2's measurements: BADGE with the prior correction on for the imbalanced task.
     "density_badge": {"strategy": "auto", "strategy_options": {"imbalanced": "badge"},
                       "same_picks_as": {"rotten_tomatoes": "density_margin"}},
@@ -160,6 +162,7 @@ def config_for(name: str, dataset: str, seed: int, args: argparse.Namespace):
         mc_samples=4 if spec["strategy"] not in ("random", "badge", "density_margin", "auto", "class_balance",
                                                  "cal") else 0,
         calibration=None if spec.get("calibrate") else "none", calibration_folds=args.calibration_folds,
+        train_steps=spec.get("train_steps", "fixed"),
         stopping=["stabilizing_predictions", "overall_uncertainty"], stop_set_size=500,
         cache_dir=str(Path(args.runs) / "cache"), seed=seed, progress=False,
         train={"class_weight": None if args.class_weight == "none" else args.class_weight})

@@ -688,3 +688,63 @@ def test_committee_without_fold_models_is_the_round_model_alone(tmp_path, toy_da
     assert seen[0].committee_probs.shape == (POOL - 6, 1, 2)
     assert torch.equal(seen[0].committee_probs[:, 0], seen[0].probs.mean(1))
     assert "the query committee is the round model alone" in capfd.readouterr().err
+
+
+# -- train_steps="folds": the round stops where its cross-fitting's held-out loss says -----------------------------
+def test_train_steps_folds_stops_the_round_and_its_fold_models_at_the_chosen_step(tmp_path, toy_data, monkeypatch):
+    """The fold models are copied at the round model's epoch ends; the step the rule picks (forced here to the
+    first) is where the round model stops, under its whole schedule, and what the saved fold adapters and their
+    stored predictions are; the pooled held-out loss per candidate step is kept for audit."""
+    import loracle.training.selection as selection
+
+    real_rule, seen = selection.stop_step_by_loss, []
+
+    def earliest(losses, tolerance=1.0):
+        seen.append((sorted(losses), real_rule(losses, tolerance), {s: float(v.mean()) for s, v in losses.items()}))
+        return min(losses)
+
+    monkeypatch.setattr(selection, "stop_step_by_loss", earliest)
+    recipe = {"epochs": 1, "min_steps": 6, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0}
+    config = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2, train_steps="folds",
+                         train=recipe)
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    # round 0 (6 labels): 3 steps an epoch, 2 epochs; round 1 (10 labels): 5 steps an epoch, 2 epochs
+    assert [s for s, _, _ in seen] == [[3, 6], [5, 10]]
+    state = opened(tmp_path / "run")
+    try:
+        loop = ActiveLearningLoop(state, tiny_factory)
+        test = state.test_examples()
+        for row, (steps, _, means) in zip(state.rounds(), seen):
+            t, m, folder = row["round"], row["metrics"], tmp_path / "run" / row["checkpoint"]
+            assert (m["train_steps"], m["train_steps_planned"]) == (steps[0], steps[-1])
+            assert int(state.get_signal(f"calibration_oof/{t}/stop_step")) == steps[0]
+            curve = state.get_signal(f"calibration_oof/{t}/loss_by_step")
+            assert curve[:, 0].tolist() == steps and curve[:, 1].tolist() == pytest.approx([means[s] for s in steps])
+            assert read_adapter_info(folder)["extra"]["train_config"]["stop_step"] == steps[0]
+            stored = state.get_signal(f"calibration_oof/{t}/test_probs")
+            for i in range(2):  # the saved fold adapter is the one restored at the chosen step
+                built = loop.builder.load(folder / "folds" / str(i))
+                probs = evaluate(built.model, built.task, test, samples=0, batch_size=16, return_probs=True)["probs"]
+                assert torch.allclose(probs, stored[i], atol=1e-5)
+    finally:
+        state.close()
+    # the same run with the whole schedule: other fold models, the round model at its planned steps
+    fixed = fast_config(toy_data, rounds=1, calibration="ensemble", calibration_folds=2, train=recipe)
+    assert run_active_learning(fixed, tmp_path / "fixed", tiny_factory) == "done"
+    state = opened(tmp_path / "fixed")
+    try:
+        assert [r["metrics"]["train_steps"] for r in state.rounds()] == [6, 10]
+        assert state.get_signal("calibration_oof/0/stop_step") is None
+        folds_state = opened(tmp_path / "run")
+        assert not torch.allclose(state.get_signal("calibration_oof/0/test_probs"),
+                                  folds_state.get_signal("calibration_oof/0/test_probs"), atol=1e-4)
+        folds_state.close()
+    finally:
+        state.close()
+
+
+def test_train_steps_is_validated(toy_data):
+    with pytest.raises(ValueError, match="train_steps must be one of"):
+        fast_config(toy_data, train_steps="early")
+    with pytest.raises(ValueError, match="calibration_fold_steps='round'"):
+        fast_config(toy_data, train_steps="folds", calibration_fold_steps="epochs")

@@ -38,6 +38,11 @@ def test_round_line_shows_three_decimals_and_na_for_what_is_missing():
     assert line == ("round 4 (500 labels): accuracy 0.900, macro-F1 n/a, ECE n/a; train 1.0 s, evaluate n/a, "
                     "score n/a")
     assert "\n" not in line and "\r" not in line
+    # a round stopped early by --train-steps folds says where; one that took its planned steps says nothing
+    early = format_round_line(1, 200, {"accuracy": 0.7, "train_steps": 52.0, "train_steps_planned": 104.0},
+                              {"train": 2.0})
+    assert early.endswith("score n/a; stopped at step 52 of 104 by the folds' held-out loss")
+    assert "stopped" not in format_round_line(1, 200, {"train_steps": 104.0, "train_steps_planned": 104.0}, {})
     # the calibrated ECE says what calibrated it
     scaled = {"accuracy": 0.9, "macro_f1": 0.8, "ece": 0.1, "ece_calibrated": 0.04}
     assert "ECE 0.100 (0.040 after temperature scaling);" in format_round_line(1, 200, scaled, {})

@@ -107,3 +107,68 @@ def test_validation_fraction_is_validated() -> None:
     for bad in (-0.1, 0.6, True, "0.2"):
         with pytest.raises(ValueError, match="validation_fraction must be in"):
             TrainConfig(validation_fraction=bad)
+
+
+# -- stopping at a step chosen after training (al run --train-steps folds) -----------------------------------------
+def test_stop_step_by_loss_keeps_a_flat_curve_and_stops_a_rising_one() -> None:
+    from loracle.training.selection import stop_step_by_loss
+
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(300, generator=generator) * 0.3
+    # flat: every step within noise of the others, so the last step (the whole schedule) is kept
+    flat = {10: 0.64 + noise, 20: 0.632 + noise.roll(1), 30: 0.64 + noise.roll(2)}
+    assert stop_step_by_loss(flat) == 30
+    # rising well beyond its standard error after step 20: stop there
+    rising = {10: 0.69 + noise, 20: 0.66 + noise, 30: 0.75 + noise, 40: 0.80 + noise}
+    assert stop_step_by_loss(rising) == 20
+    # by hand: mean differences to the best step (20) of 0.01 +- 0.1 / sqrt(4) ... step 30 is 0.01 above with
+    # differences (0, 0.02, 0, 0.02): standard error 0.0058, so 0.01 is 1.73 errors: out at 1, in at 2
+    base = torch.tensor([0.5, 0.6, 0.7, 0.8])
+    by_hand = {20: base, 30: base + torch.tensor([0.0, 0.02, 0.0, 0.02])}
+    assert stop_step_by_loss(by_hand) == 20
+    assert stop_step_by_loss(by_hand, tolerance=2.0) == 30
+    assert stop_step_by_loss({5: base}) == 5
+
+
+def test_stop_step_by_loss_errors() -> None:
+    from loracle.training.selection import stop_step_by_loss
+
+    with pytest.raises(ValueError, match="at least one step"):
+        stop_step_by_loss({})
+    with pytest.raises(ValueError, match="same items"):
+        stop_step_by_loss({1: torch.zeros(3), 2: torch.zeros(4)})
+
+
+def test_a_snapshot_restored_equals_training_stopped_at_that_step(task) -> None:
+    """StepSnapshots' copy at step s, put into a fresh adapter, is the model ``stop_step=s`` trains: the same
+    weights, with the whole run's learning-rate schedule (not one shortened to s steps, as max_steps would)."""
+    from loracle.adapters.io import adapter_state
+    from loracle.training.selection import StepSnapshots
+
+    config = TrainConfig(epochs=4, batch_size=8, lr=5e-2, progress=False, seed=2)
+    steps = config.epoch_end_steps(len(EXAMPLES))
+    assert steps == [5, 10, 15, 20]
+    full = adapted(seed=0)
+    probes = []
+    copies = StepSnapshots(full, steps[:2], lambda: probes.append(full.training) or torch.tensor(len(probes)))
+    result = train(full, task, EXAMPLES, config, callbacks=[copies])
+    assert result.steps == 20 and sorted(copies.states) == [5, 10] and int(copies.probes[10]) == 2
+    assert probes == [False, False] and full.training is False  # probed in eval mode; train() ends in eval
+    stopped = adapted(seed=0)
+    result = train(stopped, task, EXAMPLES, config.replace(stop_step=10))
+    assert result.steps == 10 and result.history[-1]["lr"] > 0  # the 20-step schedule, cut at 10
+    shortened = adapted(seed=0)
+    train(shortened, task, EXAMPLES, config.replace(max_steps=10))
+    restored = adapted(seed=0)
+    copies.restore(restored, 10)
+    want, got = adapter_state(stopped), adapter_state(restored)
+    assert set(want) == set(got) and all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+    assert not all(torch.allclose(want[k], adapter_state(shortened)[k], atol=1e-6) for k in want)
+    assert not all(torch.allclose(want[k], adapter_state(full)[k], atol=1e-6) for k in want)
+    with pytest.raises(KeyError):
+        copies.restore(restored, 15)
+
+
+def test_stop_step_is_validated() -> None:
+    with pytest.raises(ValueError, match="stop_step must be an integer >= 1"):
+        TrainConfig(stop_step=0)

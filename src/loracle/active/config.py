@@ -56,6 +56,8 @@ KEEPS_FOLDS = ("auto", "ensemble", "matched")
 CALIBRATION_ITEMS = ("initial", "labelled")
 #: How long a cross-fitting fold model trains (``ALConfig.calibration_fold_steps``).
 CALIBRATION_FOLD_STEPS = ("round", "epochs")
+#: How many optimiser steps a round's model takes (``ALConfig.train_steps``).
+TRAIN_STEPS = ("fixed", "folds")
 #: Which class prior the calibrated predictions carry (``ALConfig.calibration_prior``).
 CALIBRATION_PRIORS = ("pool", "labelled")
 
@@ -209,6 +211,16 @@ class ALConfig:
             the round's model (the same learning-rate schedule over 2/3 of the labels); ``epochs``: as many epochs
             as the round's model, so fewer steps (the rule before 0.2: at 200 labels 72 steps against the round
             model's 104, fold models under-trained and under-confident; README, "Active learning").
+        train_steps: how long the round's model trains: ``fixed``: the recipe's whole schedule (``train.epochs``,
+            at least ``train.min_steps``); ``folds``: the cross-fitting's fold models are copied at each of the
+            round model's epoch ends, and the round model and its fold models stop at the latest of those steps
+            whose held-out loss, pooled over the folds (each labelled item scored by the model that did not train
+            on it), is within one standard error of the lowest (:func:`loracle.training.selection.stop_step_by_loss`;
+            the learning-rate schedule stays the whole run's). A model that memorises labels it cannot generalise
+            from stops before it turns over-confident; where the loss curve is flat the whole schedule is kept.
+            Needs cross-fitting (``calibration`` other than ``none``, ``calibration_fold_steps="round"``); rounds
+            with fewer than ``2 * calibration_folds`` labels train the whole schedule. No extra training: the
+            copies are of adapters and heads. README, "Training recipe".
         calibration_prior: ``pool`` (default): when the labels queried so far differ in class shares from the
             round-0 sample beyond chance (1% level), the calibrated predictions the round reports are moved from
             the class prior the model was trained under (the labelled set's shares; uniform with
@@ -273,6 +285,7 @@ class ALConfig:
     calibration_folds: int = 3
     calibration_items: str = "initial"
     calibration_fold_steps: str = "round"
+    train_steps: str = "fixed"
     calibration_prior: str = "pool"
     calibrate_scores: bool = False
     stopping: list[str] = field(default_factory=lambda: ["stabilizing_predictions", "agreement_plateau",
@@ -366,6 +379,11 @@ class ALConfig:
         if self.calibration_fold_steps not in CALIBRATION_FOLD_STEPS:
             p.append(f"calibration_fold_steps must be one of {list(CALIBRATION_FOLD_STEPS)}, got "
                      f"{self.calibration_fold_steps!r}")
+        if self.train_steps not in TRAIN_STEPS:
+            p.append(f"train_steps must be one of {list(TRAIN_STEPS)}, got {self.train_steps!r}")
+        elif self.train_steps == "folds" and self.calibration_fold_steps != "round":
+            p.append("train_steps='folds' stops the round model at a step its fold models chose, so they must "
+                     "take its steps: use calibration_fold_steps='round' (or train_steps='fixed')")
         if self.calibration_prior not in CALIBRATION_PRIORS:
             p.append(f"calibration_prior must be one of {list(CALIBRATION_PRIORS)}, got {self.calibration_prior!r}")
         if not isinstance(self.calibration_folds, int) or self.calibration_folds < 2:

@@ -384,11 +384,14 @@ class ActiveLearningLoop:
         # an ensemble (a matched ensemble's is fitted below, once the round model has predicted the stop set).
         temperature = None if temperatures is None or averaged else temperatures[c.calibration_items]
         calibrate_seconds = time.perf_counter() - start
+        planned_steps = train_config.steps_for(len(labelled))
+        if out_of_fold is not None and "stop_step" in out_of_fold:  # train_steps="folds": stop where they said
+            train_config = train_config.replace(stop_step=int(out_of_fold["stop_step"]))
         built = self._fresh(t) if c.fresh_adapter or t == 0 else self._load_round(t - 1)
         with self._cached(built):
             start = time.perf_counter()
-            train(built.model, built.task, labelled, train_config,
-                  callbacks=[_FaultCallback(t)] if os.environ.get(FAULT_ENV) and record else [])
+            trained = train(built.model, built.task, labelled, train_config,
+                            callbacks=[_FaultCallback(t)] if os.environ.get(FAULT_ENV) and record else [])
             train_seconds = time.perf_counter() - start
             built.model.eval()
             _fault("evaluate", t)
@@ -485,6 +488,7 @@ class ActiveLearningLoop:
         if shift is not None:
             metrics.update({f"pool_prior_{i}": float(v) for i, v in enumerate(shift[1])})
         metrics["evaluate_seconds"] = evaluate_seconds
+        metrics.update({"train_steps": float(trained.steps), "train_steps_planned": float(planned_steps)})
 
         def save() -> None:
             final = self._checkpoint_dir(t)
@@ -560,6 +564,7 @@ class ActiveLearningLoop:
         small."""
         from loracle.evaluation.calibration import fit_temperature_from_folds
         from loracle.training import train
+        from loracle.training.selection import StepSnapshots, stop_step_by_loss
         from loracle.uncertainty.sampling import mc_probs
 
         c = self.config
@@ -578,34 +583,70 @@ class ActiveLearningLoop:
                                                progress=False)
         order = np.random.default_rng(derived_seed(c.seed, t, "calibrate")).permutation(len(labelled))
         folds = [order[i::k] for i in range(k)]
-        pairs, test_probs, stop_probs = [], [], []
+        # train_steps="folds": each fold model's adapter is copied at the round model's epoch ends, and the round
+        # (its fold models with it) stops at the step where the pooled held-out loss stops falling
+        candidates = (train_config.epoch_end_steps(len(labelled))
+                      if c.train_steps == "folds" and c.calibration_fold_steps == "round" else None)
         unlabelled = self.state.pool_examples(self._stop_indices())  # for calibration="matched"'s fold agreement
-        for i, held in enumerate(folds):
-            held_set = set(held.tolist())
-            fit_on = [e for j, e in enumerate(labelled) if j not in held_set]
-            held_out = [labelled[j] for j in held]
-            built = self.builder.fresh(head_seed=derived_seed(c.seed, t, "calibrate") + i + 1,
-                                       adapter_seed=derived_seed(c.seed, t, "calibrate") + i + 1)
+
+        def predict(model: nn.Module, task: Any, items: list[Example]) -> torch.Tensor:
+            return self.ranks.map(lambda part: mc_probs(model, task, part, samples=0, batch_size=c.eval_batch_size,
+                                                        precision=self.precision), items)[:, 0]
+
+        def fold_model(i: int) -> Built:
+            seed = derived_seed(c.seed, t, "calibrate") + i + 1
+            built = self.builder.fresh(head_seed=seed, adapter_seed=seed)
             self.ranks.place(built.model)
-            with self._cached(built):
-                train(built.model, built.task, fit_on, fold_config.replace(seed=train_config.seed + i + 1))
-                probs = self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
-                                                             batch_size=c.eval_batch_size,
-                                                             precision=self.precision), held_out)[:, 0]
-                test_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
-                                                                       batch_size=c.eval_batch_size,
-                                                                       precision=self.precision), self.test)[:, 0])
-                stop_probs.append(self.ranks.map(lambda part: mc_probs(built.model, built.task, part, samples=0,
-                                                                       batch_size=c.eval_batch_size,
-                                                                       precision=self.precision), unlabelled)[:, 0])
+            return built
+
+        def finish(i: int, built: Built, held_out: list[Example], fit_on: list[Example],
+                   probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            """The fold model's held-out, test and stop-set predictions (prefix cache attached); its adapter
+            staged for the round's checkpoint."""
+            if probs is None:
+                probs = predict(built.model, built.task, held_out)
+            test, stop = predict(built.model, built.task, self.test), predict(built.model, built.task, unlabelled)
             if c.calibration in KEEPS_FOLDS:
                 from loracle.adapters import save_adapter
 
                 self.ranks.writer(lambda: save_adapter(built.model, staging / str(i),
                                                        extra={"round": t, "fold": i, "n_labels": len(fit_on),
                                                               "label_names": self.label_names}))
+            return probs, test, stop
+
+        parts, outputs, snapshots = [], [], []
+        for i, held in enumerate(folds):
+            held_set = set(held.tolist())
+            fit_on = [e for j, e in enumerate(labelled) if j not in held_set]
+            held_out = [labelled[j] for j in held]
+            parts.append((fit_on, held_out))
+            built = fold_model(i)
+            with self._cached(built):
+                copies = None if candidates is None else StepSnapshots(
+                    built.model, candidates, lambda: predict(built.model, built.task, held_out))
+                train(built.model, built.task, fit_on, fold_config.replace(seed=train_config.seed + i + 1),
+                      callbacks=[] if copies is None else [copies])
+                if copies is None:
+                    outputs.append(finish(i, built, held_out, fit_on))
+            snapshots.append(copies)
+        stop_step, curve = None, None
+        if candidates is not None:
+            labels = [torch.tensor([e.label for e in held_out]) for _, held_out in parts]
+            losses = {s: torch.cat([-copies.probes[s].double().clamp_min(1e-12).log()[torch.arange(len(y)), y]
+                                    for copies, y in zip(snapshots, labels)]) for s in candidates}
+            stop_step = stop_step_by_loss(losses)
+            curve = torch.tensor([[s, float(losses[s].mean())] for s in candidates], dtype=torch.float64)
+            for i, ((fit_on, held_out), copies) in enumerate(zip(parts, snapshots)):
+                built = fold_model(i)
+                copies.restore(built.model, stop_step)
+                with self._cached(built):
+                    outputs.append(finish(i, built, held_out, fit_on, probs=copies.probes[stop_step]))
+        pairs, test_probs, stop_probs = [], [], []
+        for (fit_on, held_out), (probs, test, stop) in zip(parts, outputs):
             initial = torch.tensor([e.id in initial_ids for e in held_out], dtype=torch.bool)
             pairs.append((probs.clamp_min(1e-12).log(), torch.tensor([e.label for e in held_out]), initial))
+            test_probs.append(test)
+            stop_probs.append(stop)
         # The round-0 items are a sample of the pool: where the round's predictions are moved to the pool's class
         # prior (_pool_prior), their temperature is fitted on what is reported, the moved predictions; every
         # labelled item together follows the labelled set's prior, the one the models were trained under.
@@ -617,6 +658,8 @@ class ActiveLearningLoop:
         out_of_fold = {"log_probs": torch.cat([z for z, _, _ in pairs]).float(),
                        "labels": torch.cat([y for _, y, _ in pairs]), "initial": torch.cat([k for _, _, k in pairs]),
                        "test_probs": torch.stack(test_probs).float(), "stop_probs": torch.stack(stop_probs).float()}
+        if stop_step is not None:  # where the round stops, and the pooled held-out loss at each candidate step
+            out_of_fold.update({"stop_step": torch.tensor(stop_step), "loss_by_step": curve})
         return temperatures, out_of_fold
 
     def _stop_indices(self) -> list[int]:

@@ -56,7 +56,8 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
             accuracy and macro-F1 of the classes ``al predict`` names by default from the calibrated predictions
             (``accuracy_calibrated``, ``macro_f1_calibrated``, ``decision_balanced``) where present.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
-            (the last round scores nothing).
+            (the last round scores nothing). A round whose model stopped before its planned steps
+            (``train_steps`` below ``train_steps_planned``: ``al run --train-steps folds``) says where.
 
     Returns:
         The line, without a newline.
@@ -93,6 +94,9 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
     if notes:
         shown += f" ({'; '.join(notes)})"
     times = ", ".join(f"{phase} {_seconds(phase_seconds.get(phase))}" for phase in PHASES)
+    steps, planned = metrics.get("train_steps"), metrics.get("train_steps_planned")
+    if steps is not None and planned is not None and steps < planned:  # train_steps="folds" stopped it early
+        times += f"; stopped at step {int(steps)} of {int(planned)} by the folds' held-out loss"
     return f"round {round_index} ({n_labels} labels): {shown}; {times}"
 
 

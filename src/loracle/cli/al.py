@@ -48,7 +48,7 @@ loracle.active.ALConfig) from a YAML file; command-line flags override it.
 _PLAIN_FIELDS = ("model", "data", "test_data", "task_kind", "text_field", "max_length", "strategy", "initial_size",
                  "initial_mode", "query_size", "rounds", "budget", "oracle", "seed", "mc_samples", "mc_dropout",
                  "mc_posterior", "progress", "label_field", "calibration", "calibration_folds", "calibration_items",
-                 "calibration_fold_steps", "calibration_prior", "calibrate_scores",
+                 "calibration_fold_steps", "train_steps", "calibration_prior", "calibrate_scores",
                  "stop_set_size", "stop_early", "precision", "prefix_cache", "cache_dir", "answer_field",
                  "max_new_tokens", "stop_strings", "answer_mode", "answer_pattern", "prompt_template")
 #: ``al run`` flags where 0 means None ("all")
@@ -264,6 +264,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _option(g, "--calibration-fold-steps", field="calibration_fold_steps", choices=("round", "epochs"),
             metavar="RULE", help="round: each fold model takes as many optimiser steps as the round's model; "
             "epochs: as many epochs (fewer steps on its smaller set)")
+    _option(g, "--train-steps", field="train_steps", choices=("fixed", "folds"), metavar="RULE",
+            help="fixed: the round's model trains the recipe's whole schedule; folds: it stops at the latest of its "
+            "epoch ends where the cross-fitting folds' pooled held-out loss is within one standard error of its "
+            "lowest (no extra training; needs calibration and --calibration-fold-steps round)")
     _option(g, "--calibration-prior", field="calibration_prior", choices=("pool", "labelled"), metavar="WHICH",
             help="pool: when the queried labels' class shares differ from the random round-0 sample's beyond "
             "chance, move the calibrated predictions from the labelled set's class prior to that sample's (a "

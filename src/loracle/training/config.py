@@ -44,6 +44,10 @@ class TrainConfig:
         log_path: append one JSON line of metrics per epoch here (``None``: no file).
         cpu: force training on the CPU even when a GPU is present.
         max_steps: stop after this many optimiser steps (``None``: run all epochs); the schedule ends there.
+        stop_step: end training after this many optimiser steps while keeping the learning-rate schedule of the
+            whole run (early stopping at a step chosen elsewhere, e.g. by ``al run --train-steps folds``;
+            ``None``: run to the end). Unlike ``max_steps`` it does not shorten the schedule, so the model is the
+            full run's at that step.
         min_steps: run more epochs than ``epochs`` when needed to take at least this many optimiser steps
             (``None``: exactly ``epochs``). Sizes training by the labelled set: 100 labels at batch 16 are 7
             steps an epoch, too few to fit a head and an adapter in 3 epochs.
@@ -92,6 +96,7 @@ class TrainConfig:
     cpu: bool = False
     max_steps: int | None = None
     min_steps: int | None = None
+    stop_step: int | None = None
     eval_batch_size: int = 32
     class_weight: str | None = None
     label_smoothing: float = 0.0
@@ -121,6 +126,8 @@ class TrainConfig:
             positive_int("max_steps", self.max_steps)
         if self.min_steps is not None:
             positive_int("min_steps", self.min_steps)
+        if self.stop_step is not None:
+            positive_int("stop_step", self.stop_step)
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr!r}")
         if self.head_lr is not None and (not isinstance(self.head_lr, (int, float)) or self.head_lr <= 0):
@@ -235,6 +242,13 @@ class TrainConfig:
         steps_per_epoch = math.ceil(math.ceil(max(n_examples, 1) / self.batch_size) / self.grad_accum)
         total = steps_per_epoch * self.epochs_for(n_examples)
         return total if self.max_steps is None else min(total, self.max_steps)
+
+    def epoch_end_steps(self, n_examples: int) -> list[int]:
+        """The optimiser steps at which each epoch of training on ``n_examples`` ends (one process; the last is
+        :meth:`steps_for`): the candidate stopping points of ``al run --train-steps folds``."""
+        steps_per_epoch = math.ceil(math.ceil(max(n_examples, 1) / self.batch_size) / self.grad_accum)
+        total = self.steps_for(n_examples)
+        return sorted({min(steps_per_epoch * e, total) for e in range(1, self.epochs_for(n_examples) + 1)})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict of every field."""

@@ -237,7 +237,8 @@ def _run(model: nn.Module, task: "Task", examples: list["Example"], config: Trai
                     logs = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0]}
                     if any(cb.on_step_end(result.steps, logs) for cb in callbacks):
                         stop = True
-                    if result.steps >= total_steps:
+                    if result.steps >= total_steps or (config.stop_step is not None
+                                                       and result.steps >= config.stop_step):
                         stop = True
                     if stop:
                         break

@@ -93,3 +93,77 @@ class BestWeights:
         parameters = dict(self.model.named_parameters())
         for name, value in self._state.items():
             parameters[name].data.copy_(value)
+
+
+class StepSnapshots:
+    """A :func:`loracle.training.train` callback: at each of ``steps``, a copy of the adapter
+    (:func:`loracle.adapters.io.adapter_state`) and what ``probe()`` returns (e.g. log-probabilities on a held-out
+    fold), so that a step chosen after training can be restored (:meth:`restore`) without training again.
+
+    The copies live in CPU memory: an adapter and a head, not the model. ``probe`` runs with the model in eval
+    mode (no dropout); training mode is put back after it.
+    """
+
+    def __init__(self, model: nn.Module, steps: Sequence[int], probe: Callable[[], torch.Tensor]) -> None:
+        self.model, self.steps, self.probe = model, set(int(s) for s in steps), probe
+        self.probes: dict[int, torch.Tensor] = {}
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_step_end(self, step: int, logs: dict[str, float]) -> None:
+        from loracle.adapters.io import adapter_state
+
+        if step not in self.steps:
+            return None
+        self.states[step] = {k: v.detach().to("cpu", copy=True) for k, v in adapter_state(self.model).items()}
+        self.model.eval()
+        try:
+            self.probes[step] = self.probe()
+        finally:
+            self.model.train()
+        return None
+
+    def on_epoch_end(self, epoch: int, logs: dict) -> None:
+        return None
+
+    def restore(self, model: nn.Module, step: int) -> None:
+        """Load the adapter copied at ``step`` into ``model`` (the same base model with a fresh adapter of the
+        same configuration).
+
+        Raises:
+            KeyError: no copy was taken at ``step``.
+        """
+        from loracle.adapters.io import adapter_state
+
+        saved = self.states[step]
+        with torch.no_grad():
+            for key, target in adapter_state(model).items():
+                target.copy_(saved[key].to(device=target.device, dtype=target.dtype))
+
+
+def stop_step_by_loss(losses: dict[int, torch.Tensor], tolerance: float = 1.0) -> int:
+    """The step to stop at, from per-item held-out losses ``{step: [N]}`` measured on the same items at each
+    step (cross-fitted: each item's loss comes from a model that did not train on it).
+
+    The latest step whose mean loss is within ``tolerance`` standard errors of the lowest mean (the standard
+    error of the per-item loss differences between the two steps; the "one-standard-error rule" of Breiman et
+    al. 1984, leaning to the longer training): where the curve is flat the whole run is kept, where the loss
+    clearly rises again (a model memorising labels it cannot generalise from) training stops near its minimum.
+
+    Raises:
+        ValueError: no steps, or steps measured on different numbers of items.
+    """
+    if not losses:
+        raise ValueError("stop_step_by_loss needs the losses of at least one step")
+    sizes = {int(v.numel()) for v in losses.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"stop_step_by_loss needs the same items at every step; got sizes {sorted(sizes)}")
+    steps = sorted(losses)
+    means = {s: float(losses[s].double().mean()) for s in steps}
+    best = min(steps, key=lambda s: (means[s], s))
+    n = sizes.pop()
+    for step in reversed(steps):
+        difference = losses[step].double() - losses[best].double()
+        error = float(difference.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+        if means[step] - means[best] <= tolerance * error:
+            return step
+    return best

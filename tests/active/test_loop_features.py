@@ -748,3 +748,24 @@ def test_train_steps_is_validated(toy_data):
         fast_config(toy_data, train_steps="early")
     with pytest.raises(ValueError, match="calibration_fold_steps='round'"):
         fast_config(toy_data, train_steps="folds", calibration_fold_steps="epochs")
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+def test_train_steps_auto_stops_by_folds_unless_round_zero_is_imbalanced(tmp_path, toy_data, monkeypatch,
+                                                                         imbalanced):
+    import loracle.active.strategies.diversity as diversity
+    import loracle.training.selection as selection
+
+    monkeypatch.setattr(selection, "stop_step_by_loss", lambda losses, tolerance=1.0: min(losses))
+    real = diversity.is_imbalanced
+    monkeypatch.setattr(diversity, "is_imbalanced", lambda labels, c: True if imbalanced else real(labels, c))
+    config = fast_config(toy_data, rounds=0, calibration="matched", calibration_folds=2, train_steps="auto",
+                         train={"epochs": 1, "min_steps": 6, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0})
+    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
+    state = opened(tmp_path / "run")
+    try:
+        (row,) = state.rounds()
+        assert row["metrics"]["train_steps"] == (6 if imbalanced else 3)
+        assert (state.get_signal("calibration_oof/0/stop_step") is None) == imbalanced
+    finally:
+        state.close()

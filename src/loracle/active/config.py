@@ -57,7 +57,7 @@ CALIBRATION_ITEMS = ("initial", "labelled")
 #: How long a cross-fitting fold model trains (``ALConfig.calibration_fold_steps``).
 CALIBRATION_FOLD_STEPS = ("round", "epochs")
 #: How many optimiser steps a round's model takes (``ALConfig.train_steps``).
-TRAIN_STEPS = ("fixed", "folds")
+TRAIN_STEPS = ("fixed", "folds", "auto")
 #: Which class prior the calibrated predictions carry (``ALConfig.calibration_prior``).
 CALIBRATION_PRIORS = ("pool", "labelled")
 
@@ -218,9 +218,12 @@ class ALConfig:
             on it), is within one standard error of the lowest (:func:`loracle.training.selection.stop_step_by_loss`;
             the learning-rate schedule stays the whole run's). A model that memorises labels it cannot generalise
             from stops before it turns over-confident; where the loss curve is flat the whole schedule is kept.
-            Needs cross-fitting (``calibration`` other than ``none``, ``calibration_fold_steps="round"``); rounds
-            with fewer than ``2 * calibration_folds`` labels train the whole schedule. No extra training: the
-            copies are of adapters and heads. README, "Training recipe".
+            ``auto``: ``folds`` unless the round-0 labels are imbalanced (the ``auto`` strategy's rule): on a
+            10%-minority task the pooled held-out loss is lowest near the class prior, and stopping there costs
+            macro-F1. Needs cross-fitting (``calibration`` other than ``none``, ``calibration_fold_steps="round"``;
+            ``auto`` trains the whole schedule without it); rounds with fewer than ``2 * calibration_folds``
+            labels train the whole schedule. No extra training: the copies are of adapters and heads. README,
+            "Training recipe".
         calibration_prior: ``pool`` (default): when the labels queried so far differ in class shares from the
             round-0 sample beyond chance (1% level), the calibrated predictions the round reports are moved from
             the class prior the model was trained under (the labelled set's shares; uniform with

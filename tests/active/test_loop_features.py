@@ -692,15 +692,16 @@ def test_committee_without_fold_models_is_the_round_model_alone(tmp_path, toy_da
 
 # -- train_steps="folds": the round stops where its cross-fitting's held-out loss says -----------------------------
 def test_train_steps_folds_stops_the_round_and_its_fold_models_at_the_chosen_step(tmp_path, toy_data, monkeypatch):
-    """The fold models are copied at the round model's epoch ends; the step the rule picks (forced here to the
-    first) is where the round model stops, under its whole schedule, and what the saved fold adapters and their
+    """The fold models are copied at the round model's epoch ends; the rule reads the round-0 items' held-out
+    losses; the step it picks (forced here to the first) is where the round model stops, under its whole schedule, and what the saved fold adapters and their
     stored predictions are; the pooled held-out loss per candidate step is kept for audit."""
     import loracle.training.selection as selection
 
-    real_rule, seen = selection.stop_step_by_loss, []
+    real_rule, seen, sizes = selection.stop_step_by_loss, [], []
 
     def earliest(losses, tolerance=1.0):
         seen.append((sorted(losses), real_rule(losses, tolerance), {s: float(v.mean()) for s, v in losses.items()}))
+        sizes.append({len(v) for v in losses.values()})
         return min(losses)
 
     monkeypatch.setattr(selection, "stop_step_by_loss", earliest)
@@ -710,6 +711,8 @@ def test_train_steps_folds_stops_the_round_and_its_fold_models_at_the_chosen_ste
     assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
     # round 0 (6 labels): 3 steps an epoch, 2 epochs; round 1 (10 labels): 5 steps an epoch, 2 epochs
     assert [s for s, _, _ in seen] == [[3, 6], [5, 10]]
+    # the loss is the round-0 items' (calibration_items="initial"), not the 4 queried ones'
+    assert sizes == [{6}, {6}]
     state = opened(tmp_path / "run")
     try:
         loop = ActiveLearningLoop(state, tiny_factory)
@@ -748,24 +751,3 @@ def test_train_steps_is_validated(toy_data):
         fast_config(toy_data, train_steps="early")
     with pytest.raises(ValueError, match="calibration_fold_steps='round'"):
         fast_config(toy_data, train_steps="folds", calibration_fold_steps="epochs")
-
-
-@pytest.mark.parametrize("imbalanced", [False, True])
-def test_train_steps_auto_stops_by_folds_unless_round_zero_is_imbalanced(tmp_path, toy_data, monkeypatch,
-                                                                         imbalanced):
-    import loracle.active.strategies.diversity as diversity
-    import loracle.training.selection as selection
-
-    monkeypatch.setattr(selection, "stop_step_by_loss", lambda losses, tolerance=1.0: min(losses))
-    real = diversity.is_imbalanced
-    monkeypatch.setattr(diversity, "is_imbalanced", lambda labels, c: True if imbalanced else real(labels, c))
-    config = fast_config(toy_data, rounds=0, calibration="matched", calibration_folds=2, train_steps="auto",
-                         train={"epochs": 1, "min_steps": 6, "batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.0})
-    assert run_active_learning(config, tmp_path / "run", tiny_factory) == "done"
-    state = opened(tmp_path / "run")
-    try:
-        (row,) = state.rounds()
-        assert row["metrics"]["train_steps"] == (6 if imbalanced else 3)
-        assert (state.get_signal("calibration_oof/0/stop_step") is None) == imbalanced
-    finally:
-        state.close()

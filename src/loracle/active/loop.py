@@ -586,7 +586,7 @@ class ActiveLearningLoop:
         # train_steps="folds": each fold model's adapter is copied at the round model's epoch ends, and the round
         # (its fold models with it) stops at the step where the pooled held-out loss stops falling
         candidates = (train_config.epoch_end_steps(len(labelled))
-                      if self._stops_by_folds() and c.calibration_fold_steps == "round" else None)
+                      if c.train_steps == "folds" and c.calibration_fold_steps == "round" else None)
         unlabelled = self.state.pool_examples(self._stop_indices())  # for calibration="matched"'s fold agreement
 
         def predict(model: nn.Module, task: Any, items: list[Example]) -> torch.Tensor:
@@ -632,8 +632,13 @@ class ActiveLearningLoop:
         stop_step, curve = None, None
         if candidates is not None:
             labels = [torch.tensor([e.label for e in held_out]) for _, held_out in parts]
+            # the loss of the items that stand for the pool: with calibration_items="initial" the round-0 items (a
+            # random sample), not the queried ones, which a strategy picks for being hard
+            keep = torch.tensor([c.calibration_items != "initial" or e.id in initial_ids
+                                 for _, held_out in parts for e in held_out], dtype=torch.bool)
+            keep = keep if bool(keep.any()) else torch.ones_like(keep)
             losses = {s: torch.cat([-copies.probes[s].double().clamp_min(1e-12).log()[torch.arange(len(y)), y]
-                                    for copies, y in zip(snapshots, labels)]) for s in candidates}
+                                    for copies, y in zip(snapshots, labels)])[keep] for s in candidates}
             stop_step = stop_step_by_loss(losses)
             curve = torch.tensor([[s, float(losses[s].mean())] for s in candidates], dtype=torch.float64)
             for i, ((fit_on, held_out), copies) in enumerate(zip(parts, snapshots)):
@@ -661,18 +666,6 @@ class ActiveLearningLoop:
         if stop_step is not None:  # where the round stops, and the pooled held-out loss at each candidate step
             out_of_fold.update({"stop_step": torch.tensor(stop_step), "loss_by_step": curve})
         return temperatures, out_of_fold
-
-    def _stops_by_folds(self) -> bool:
-        """Whether the round's model stops where its fold models' held-out loss says (``train_steps``): always under
-        ``folds``; under ``auto`` unless the round-0 labels are imbalanced (``auto`` strategy's rule, measured
-        there: on a 10%-minority task the held-out loss is lowest near the class prior, and stopping there costs
-        macro-F1)."""
-        if self.config.train_steps != "auto":
-            return self.config.train_steps == "folds"
-        from loracle.active.strategies.diversity import is_imbalanced
-
-        initial = torch.tensor([e.label for e in self.state.labelled_examples(max_round=0)])
-        return not is_imbalanced(initial, len(self.label_names or ()) or int(initial.max()) + 1)
 
     def _stop_indices(self) -> list[int]:
         return stop_set_indices(self.config, self.state.pool_size())

@@ -264,11 +264,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _option(g, "--calibration-fold-steps", field="calibration_fold_steps", choices=("round", "epochs"),
             metavar="RULE", help="round: each fold model takes as many optimiser steps as the round's model; "
             "epochs: as many epochs (fewer steps on its smaller set)")
-    _option(g, "--train-steps", field="train_steps", choices=("fixed", "folds", "auto"), metavar="RULE",
+    _option(g, "--train-steps", field="train_steps", choices=("fixed", "folds"), metavar="RULE",
             help="fixed: the round's model trains the recipe's whole schedule; folds: it stops at the latest of its "
             "epoch ends where the cross-fitting folds' pooled held-out loss is within one standard error of its "
-            "lowest (no extra training; needs calibration and --calibration-fold-steps round); auto: folds unless "
-            "the round-0 labels are imbalanced")
+            "lowest, on the round-0 items under --calibration-items initial (no extra training; needs calibration "
+            "and --calibration-fold-steps round)")
     _option(g, "--calibration-prior", field="calibration_prior", choices=("pool", "labelled"), metavar="WHICH",
             help="pool: when the queried labels' class shares differ from the random round-0 sample's beyond "
             "chance, move the calibrated predictions from the labelled set's class prior to that sample's (a "

@@ -97,6 +97,37 @@ def test_load_into_wrong_model_names_key_and_folder(tmp_path):
         load_adapter(tiny_bert(), tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("model_kind", ["bert", "llama"])
+def test_export_peft_folds_a_temperature_and_prior_offset_into_the_head(model_kind, token_batch, tmp_path):
+    """The PEFT model's logits are the loracle model's divided by the temperature, plus the offset (BERT's
+    classifier has a bias to carry it; Llama's ``score`` has none, so it takes the temperature alone and refuses an
+    offset); the loracle model itself is left unchanged."""
+    peft = pytest.importorskip("peft")
+    model = apply_adapter(build(model_kind), make_config("lora", model_kind))
+    randomize(model)
+    before = logits(model, token_batch)
+    offset = torch.tensor([0.7, -0.3]) if model_kind == "bert" else None
+    export_peft(model, tmp_path, temperature=2.5, prior_offset=offset)
+    torch.testing.assert_close(logits(model, token_batch), before)
+    loaded = peft.PeftModel.from_pretrained(build(model_kind), tmp_path).eval()
+    expected = before / 2.5 + (0.0 if offset is None else offset)
+    torch.testing.assert_close(logits(loaded, token_batch), expected, rtol=1e-4, atol=1e-5)
+    if model_kind == "llama":
+        with pytest.raises(ValueError, match="'score' has no bias to carry the class-prior offset"):
+            export_peft(model, tmp_path / "o", prior_offset=torch.zeros(2))
+
+
+def test_export_peft_calibration_errors(tmp_path):
+    model = apply_adapter(tiny_bert(), make_config("lora", "bert"))
+    with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
+        export_peft(model, tmp_path, temperature=0)
+    with pytest.raises(ValueError, match="prior_offset has 3 values; 'classifier' has 2 outputs"):
+        export_peft(model, tmp_path, prior_offset=torch.zeros(3))
+    headless = apply_adapter(tiny_bert(), make_config("lora", "bert", modules_to_save=[]))
+    with pytest.raises(ValueError, match="no linear layer in the trained head"):
+        export_peft(headless, tmp_path, temperature=2.0)
+
+
 def test_import_peft_rejects_unsupported(tmp_path):
     model = apply_adapter(tiny_bert(), LoRAConfig(rank=4, target_modules=["query"]))
     export_peft(model, tmp_path)

@@ -29,20 +29,30 @@ _A_SUFFIX = ".lora_A.weight"
 _B_SUFFIX = ".lora_B.weight"
 
 
-def export_peft(model: nn.Module, folder: str | Path) -> Path:
+def export_peft(model: nn.Module, folder: str | Path, *, temperature: float | None = None,
+                prior_offset: torch.Tensor | None = None) -> Path:
     """Write ``model``'s adapters as a PEFT LoRA folder that ``peft.PeftModel.from_pretrained(base, folder)`` loads.
 
     ``target_modules`` lists the exact adapted module names, so PEFT adapts exactly the same layers.
 
+    A calibration can be folded into the saved head, so that the PEFT model's logits are ``z / temperature +
+    prior_offset`` where ``model``'s are ``z`` (a temperature, and a class-prior move ``log(target / source)``): the
+    head's output layer (:func:`head_output_layer`) ``W h + c`` is saved as ``(W / T) h + (c / T + b)``. ``model``
+    itself is not changed.
+
     Args:
         model: a model holding loracle adapters (any method).
         folder: output folder (created if needed).
+        temperature: a positive temperature to fold into the head; None for none.
+        prior_offset: ``[C]`` added to the logits after the temperature; None for none.
 
     Returns:
         The folder.
 
     Raises:
-        ValueError: the model holds no adapters.
+        ValueError: the model holds no adapters; a temperature or offset for a model whose ``modules_to_save`` hold
+            no linear layer (or one without a bias, for an offset), a temperature that is not positive, or an offset
+            whose length is not the layer's outputs.
     """
     from safetensors.torch import save_file
 
@@ -59,6 +69,8 @@ def export_peft(model: nn.Module, folder: str | Path) -> Path:
     for name in save_names:
         for key, param in model.get_submodule(name).named_parameters():
             tensors[f"{PREFIX}{name}.{key}"] = param.detach().contiguous().cpu()
+    if temperature is not None or prior_offset is not None:
+        _fold_logit_map(model, save_names, tensors, temperature, prior_offset)
     base_config = getattr(model, "config", None)
     peft_config: dict[str, Any] = {
         "peft_type": "LORA",
@@ -78,6 +90,42 @@ def export_peft(model: nn.Module, folder: str | Path) -> Path:
     (folder / PEFT_CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True))
     save_file(tensors, str(folder / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
     return folder
+
+
+def head_output_layer(model: nn.Module, head_names: list[str]) -> tuple[str, nn.Linear]:
+    """``(dotted name, layer)`` of the last ``nn.Linear`` inside the modules ``head_names`` (a classifier's trained
+    head, e.g. ``classifier`` or RoBERTa's ``classifier.out_proj``): the layer whose outputs are the logits.
+
+    Raises:
+        ValueError: no linear layer there.
+    """
+    found = [(f"{name}.{sub}" if sub else name, module) for name in head_names
+             for sub, module in model.get_submodule(name).named_modules() if isinstance(module, nn.Linear)]
+    if not found:
+        raise ValueError(f"no linear layer in the trained head ({', '.join(head_names) or 'no modules_to_save'}) to "
+                         "fold a calibration into")
+    return found[-1]
+
+
+def _fold_logit_map(model: nn.Module, save_names: list[str], tensors: dict[str, torch.Tensor],
+                    temperature: float | None, offset: torch.Tensor | None) -> None:
+    """Replace the head's output layer in ``tensors`` by one that outputs ``z / temperature + offset``."""
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    name, layer = head_output_layer(model, save_names)
+    weight_key, bias_key = f"{PREFIX}{name}.weight", f"{PREFIX}{name}.bias"
+    scale = 1.0 if temperature is None else float(temperature)
+    tensors[weight_key] = (tensors[weight_key].double() / scale).to(layer.weight.dtype).contiguous()
+    if offset is not None:
+        if layer.bias is None:
+            raise ValueError(f"the head's output layer {name!r} has no bias to carry the class-prior offset")
+        offset = torch.as_tensor(offset, dtype=torch.float64).reshape(-1)
+        if offset.numel() != layer.out_features:
+            raise ValueError(f"prior_offset has {offset.numel()} values; {name!r} has {layer.out_features} outputs")
+    if layer.bias is not None:
+        bias = tensors[bias_key].double() / scale + (0.0 if offset is None else offset)
+        tensors[bias_key] = bias.to(layer.bias.dtype).contiguous()
 
 
 _UNSUPPORTED = {

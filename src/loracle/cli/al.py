@@ -39,6 +39,7 @@ examples:
   loracle al serve runs/star     # ... or in the browser, at http://127.0.0.1:8000/
   loracle al compare runs/star runs/random --output runs/compare
   loracle al predict runs/star --data new.jsonl  # calibrated predictions on other data
+  loracle al export runs/star    # the last round as a calibrated PEFT folder
 
 `loracle al run --config run.yaml` reads the run's settings (the fields of
 loracle.active.ALConfig) from a YAML file; command-line flags override it.
@@ -122,9 +123,9 @@ def _epochs_default() -> str:
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``al`` and its sub-subcommands run/status/resume/label/compare."""
-    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, serve, compare, predict",
-                               description=DESCRIPTION, formatter_class=HelpFormatter)
+    """Register ``al`` and its sub-subcommands run/status/resume/label/serve/compare/predict/export."""
+    al = subparsers.add_parser("al", help="active learning: run, status, resume, label, serve, compare, predict, "
+                               "export", description=DESCRIPTION, formatter_class=HelpFormatter)
     sub = al.add_subparsers(dest="al_command", metavar="ACTION")
     al.set_defaults(func=lambda args: (al.print_help(), 2)[1])
 
@@ -367,6 +368,31 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                          "probabilities written are the same")
     predict.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="a round's model as a Hugging Face PEFT folder, calibrated",
+                            formatter_class=HelpFormatter,
+                            description="Write a round's model (default: the last) as a PEFT LoRA folder that "
+                            "peft.PeftModel.from_pretrained loads, with a calibration folded into its "
+                            "classification head: the PEFT model's probabilities are softmax(z / T + b) where the "
+                            "round model's logits are z (T a temperature, b the move to the pool's class prior where "
+                            "the run's queries shifted it). One model cannot hold the run's calibrated ensemble; "
+                            "the temperature stands in for it. Writes loracle_export.json beside the adapter, and "
+                            "prints the round model's and the exported model's test metrics where the run has a "
+                            "test set.")
+    export.add_argument("run_dir", help="the run folder")
+    show_default(export.add_argument("--output", "-o", metavar="DIR", help="the PEFT folder to write"),
+                 "peft in the run folder")
+    show_default(export.add_argument("--round", type=int, default=None, metavar="T", help="the round to export"),
+                 "the last completed")
+    export.add_argument("--calibration", choices=("matched", "temperature", "none"), default="matched",
+                        help="matched (default): the temperature at which the round model's mean confidence on the "
+                        "run's unlabelled stop-set items equals the round's accuracy estimate (what the run's "
+                        "matched calibration sets its ensemble's confidence to; one pass over those items); "
+                        "temperature: the round's cross-fitted temperature; none: the round model as trained")
+    show_default(export.add_argument("--batch-size", type=int, default=None, metavar="N",
+                                     help="items per forward pass"), "the run's")
+    export.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    export.set_defaults(func=cmd_export)
 
 
 def config_from_args(args: argparse.Namespace):
@@ -630,6 +656,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     ranks.writer(write)
     ranks.barrier()  # every rank has received rank 0's last message before any leaves the group at exit
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from loracle.active.export import export_round
+
+    output = Path(args.output) if args.output else Path(args.run_dir) / "peft"
+    info = export_round(args.run_dir, output, args.round, calibration=args.calibration, batch_size=args.batch_size,
+                        progress=args.progress and sys.stderr.isatty())
+    print(json.dumps(info, indent=2))
+    print(f"load it with: peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, "
+          f"num_labels={len(info['label_names'] or []) or 'N'}), {str(output)!r}); BASE: the run's model "
+          f"({info['base_model']})", file=sys.stderr)
     return 0
 
 

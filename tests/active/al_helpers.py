@@ -32,6 +32,13 @@ def write_toy_data(folder: Path, n_train: int = 60, n_test: int = 20, seed: int 
     return folder
 
 
+def save_tiny_model(folder: Path) -> Path:
+    """A tiny BERT classifier and its tokenizer saved in ``folder`` (a model folder as a user's run names it)."""
+    tiny_bert().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
 def tiny_factory(name: str, task_kind: str, num_labels: int | None):
     return tiny_bert(num_labels or 2), tiny_tokenizer()
 

@@ -14,8 +14,7 @@ import pytest
 
 from loracle.active.state import RunState
 from loracle.cli.al import main
-from active.al_helpers import write_toy_data
-from tiny_models import tiny_bert, tiny_tokenizer
+from active.al_helpers import save_tiny_model, write_toy_data
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,9 +27,7 @@ FLAGS = ["--initial-size", "6", "--query-size", "4", "--rounds", "2", "--pool-si
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("al_cli")
-    model_dir = root / "model"
-    tiny_bert().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(root / "model")
     return root, write_toy_data(root / "data"), model_dir
 
 

@@ -11,8 +11,8 @@ import torch
 from loracle.active.loop import run_active_learning, stop_set_indices
 from loracle.active.state import RunState
 from loracle.cli.al import main
-from active.al_helpers import small_config, write_toy_data
-from tiny_models import tiny_bert, tiny_tokenizer
+from active.al_helpers import save_tiny_model, small_config, write_toy_data
+from tiny_models import tiny_tokenizer
 
 peft = pytest.importorskip("peft")
 
@@ -21,9 +21,7 @@ peft = pytest.importorskip("peft")
 def run_dir(tmp_path_factory):
     """A finished two-round run (default calibration, `matched`) of a tiny model saved in a folder."""
     root = tmp_path_factory.mktemp("al_export")
-    model_dir = root / "model"
-    tiny_bert().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(root / "model")
     data = write_toy_data(root / "data")
     out = root / "run"
     config = small_config(data, model=str(model_dir), rounds=1, calibration_folds=2, stopping=[], precision="fp32",

@@ -12,17 +12,14 @@ from loracle.active.loop import run_active_learning
 from loracle.active.state import RunState
 from loracle.cli.al import main
 from loracle.errors import LoracleError
-from active.al_helpers import small_config, write_toy_data
-from tiny_models import tiny_bert, tiny_tokenizer
+from active.al_helpers import save_tiny_model, small_config, write_toy_data
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A finished run with the cross-fitted ensemble as its calibration (`--calibration ensemble`) of a tiny model
     saved in a folder (what `al predict` loads, as a user's run would), trained briefly."""
     root = tmp_path_factory.mktemp("al_predict")
-    model_dir = root / "model"
-    tiny_bert().save_pretrained(model_dir)
-    tiny_tokenizer().save_pretrained(model_dir)
+    model_dir = save_tiny_model(root / "model")
     data = write_toy_data(root / "data")
     out = root / "run"
     config = small_config(data, model=str(model_dir), rounds=1, calibration="ensemble", calibration_folds=2,

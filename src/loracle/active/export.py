@@ -65,7 +65,7 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
     """
     from loracle.active.config import ALConfig
     from loracle.active.loop import stop_set_indices
-    from loracle.active.predict import RoundCalibration
+    from loracle.active.predict import RoundCalibration, round_checkpoint
     from loracle.active.state import RunState
     from loracle.adapters import export_peft
     from loracle.evaluation.calibration import match_confidence
@@ -78,13 +78,7 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
     try:
         config = ALConfig.from_dict(state.config)
         label_names = state.label_names
-        rows = {r["round"]: r for r in state.rounds()}
-        if not rows:
-            raise LoracleError(f"{run_dir} has no completed round yet; `loracle al resume {run_dir}` trains round 0")
-        round_index = max(rows) if round_index is None else round_index
-        if round_index not in rows:
-            raise LoracleError(f"{run_dir} has no completed round {round_index}; completed: {sorted(rows)}")
-        row = rows[round_index]
+        round_index, row, folder = round_checkpoint(run_dir, {r["round"]: r for r in state.rounds()}, round_index)
         metrics = row["metrics"] or {}
         classification = config.task_kind == "classification" and bool(label_names)
         stop_items = []
@@ -96,10 +90,6 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
         test_labels = state.get_signal("test_labels") if test_probs is not None else None
     finally:
         state.close()
-    folder = Path(run_dir) / (row["checkpoint"] or "")
-    if not row["checkpoint"] or not folder.is_dir():
-        raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
-                           f"or pick another round with --round (completed: {sorted(rows)})")
     if calibration != "none" and not classification:
         raise LoracleError(f"{run_dir} is a {config.task_kind} run: a calibration can be folded only into a "
                            "classification head; export with --calibration none")

@@ -289,17 +289,7 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     if config.task_kind != "classification" or not label_names:
         raise LoracleError(f"{run_dir}: `al predict` takes classification runs; this one is {config.task_kind} "
                            f"(score its rounds with `loracle evaluate --adapter-dir {run_dir}/rounds/<t>`)")
-    if not rows:
-        raise LoracleError(f"{run_dir} has no completed round yet; `loracle al resume {run_dir}` trains round 0")
-    if round_index is None:
-        round_index = max(rows)
-    if round_index not in rows:
-        raise LoracleError(f"{run_dir} has no completed round {round_index}; completed: {sorted(rows)}")
-    row = rows[round_index]
-    folder = Path(run_dir) / (row["checkpoint"] or "")
-    if not row["checkpoint"] or not folder.is_dir():
-        raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
-                           f"or pick another round with --round (completed: {sorted(rows)})")
+    round_index, row, folder = round_checkpoint(run_dir, rows, round_index)
     # the f1 decision's weights: the round's own fit its own calibration; another's are fitted on these items
     weights = recorded_weights(row["metrics"] or {}, len(label_names)) if calibration == "run" else None
     chosen = None
@@ -321,6 +311,28 @@ def predict_with_run(run_dir: str | Path, examples: Sequence[Any], round_index: 
     return {"round": round_index, "n_labels": row["n_labels"], "calibration": calibration.method,
             "members": len(calibration.members), "raw": raw, "calibrated": calibrated, "label_names": label_names,
             "prior": prior, "decision": decision, "predicted": decide(calibrated, prior, decision, weights)}
+
+
+def round_checkpoint(run_dir: str | Path, rows: dict[int, dict[str, Any]],
+                     round_index: int | None) -> tuple[int, dict[str, Any], Path]:
+    """``(round, its row, its checkpoint folder)`` of the run's round ``round_index`` (None: the last completed),
+    from ``rows`` (``{round: row}`` of :meth:`~loracle.active.state.RunState.rounds`).
+
+    Raises:
+        LoracleError: no completed round, not ``round_index``, or its checkpoint folder is gone.
+    """
+    if not rows:
+        raise LoracleError(f"{run_dir} has no completed round yet; `loracle al resume {run_dir}` trains round 0")
+    if round_index is None:
+        round_index = max(rows)
+    if round_index not in rows:
+        raise LoracleError(f"{run_dir} has no completed round {round_index}; completed: {sorted(rows)}")
+    row = rows[round_index]
+    folder = Path(run_dir) / (row["checkpoint"] or "")
+    if not row["checkpoint"] or not folder.is_dir():
+        raise LoracleError(f"round {round_index}'s checkpoint {folder} is missing (deleted or moved?); restore it, "
+                           f"or pick another round with --round (completed: {sorted(rows)})")
+    return round_index, row, folder
 
 
 def carried_prior(calibration: RoundCalibration, labels: list[int], classes: int, config: Any) -> torch.Tensor:

@@ -465,7 +465,8 @@ def _finish(result: str, run_dir: str) -> int:
     finally:
         state.close()
     if kind == "classification":
-        print(f"predictions with calibrated confidence on other data: `loracle al predict {run_dir} --data FILE`")
+        print(f"predictions with calibrated confidence on other data: `loracle al predict {run_dir} --data FILE`; "
+              f"the last round as a calibrated PEFT adapter: `loracle al export {run_dir}`")
     from loracle.distributed import Ranks
 
     Ranks.current().barrier()  # launched: every rank is done with the group before any leaves it at exit

@@ -76,8 +76,7 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
         raise LoracleError(f"calibration must be one of {', '.join(EXPORT_CALIBRATIONS)}, got {calibration!r}")
     state = RunState.open(run_dir)
     try:
-        config = ALConfig.from_dict(state.config)
-        label_names = state.label_names
+        config, label_names = ALConfig.from_dict(state.config), state.label_names
         round_index, row, folder = round_checkpoint(run_dir, {r["round"]: r for r in state.rounds()}, round_index)
         metrics = row["metrics"] or {}
         classification = config.task_kind == "classification" and bool(label_names)

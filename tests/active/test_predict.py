@@ -184,6 +184,7 @@ def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_re
     which a temperature within bounds reaches; its formula is tested on its own.)"""
     from loracle.active.config import ALConfig
     from loracle.active.loop import ActiveLearningLoop
+    from loracle.active.report import format_round_line
 
     seen = []
     monkeypatch.setattr("loracle.evaluation.calibration.matched_accuracy", lambda a, b: seen.append((a, b)) or 0.52)
@@ -219,6 +220,17 @@ def test_matched_calibration_sets_the_ensemble_confidence_to_the_estimate_and_re
         plain = predict_with_run(tmp_path / "run", test, row["round"], model_factory=tiny_factory,
                                  calibration="ensemble")
         assert plain["members"] == 3 and not torch.allclose(plain["calibrated"], out["calibrated"])
+        # the round model alone at its own temperature (what `al export` writes): its mean confidence on the same
+        # unlabelled items is the same estimate, and its recorded test metrics are those of that temperature
+        t_export = m["temperature_export"]
+        assert 0.05 < t_export < 20 and t_export != pytest.approx(m["temperature_matched"], abs=1e-3)
+        alone = on_stop["raw"].double().log() / t_export
+        assert torch.softmax(alone, -1).max(-1).values[keep].mean().item() == pytest.approx(0.52, abs=1e-4)
+        exported = classification_metrics(torch.softmax(out["raw"].double().log() / t_export, -1), labels)
+        for key in ("ece", "nll", "brier"):
+            assert exported[key] == pytest.approx(m[f"{key}_export"], abs=1e-4), key
+        assert f"{m['ece_export']:.3f} for the round model at its matched temperature {t_export:.2f} (`al export`)" \
+            in format_round_line(row["round"], row["n_labels"], m, {})
 
 
 @pytest.mark.parametrize("imbalanced", [False, True])

@@ -106,6 +106,29 @@ def test_matched_export_loads_in_peft_with_the_matched_confidence(run_dir, tmp_p
         assert info["test"]["model"][key] == pytest.approx(metrics[key], abs=2e-4)
 
 
+def test_matched_export_uses_the_recorded_temperature_or_refits_it(run_dir, tmp_path, capsys):
+    """The export folds in the temperature the round recorded (``temperature_export``); for a run made before rounds
+    recorded it, it fits the same temperature on a pass over the unlabelled stop-set items."""
+    import shutil
+    import sqlite3
+
+    metrics = _run_facts(run_dir, 1)[0]
+    capsys.readouterr()
+    assert main(["al", "export", str(run_dir), "-o", str(tmp_path / "recorded")]) == 0
+    assert json.loads(capsys.readouterr().out)["temperature"] == metrics["temperature_export"]
+    copy = tmp_path / "older"
+    shutil.copytree(run_dir, copy)
+    db = sqlite3.connect(copy / "state.sqlite")
+    stripped = {k: v for k, v in metrics.items() if not k.endswith("_export")}
+    db.execute("UPDATE rounds SET metrics = ? WHERE round = 1", (json.dumps(stripped),))
+    db.commit()
+    db.close()
+    assert main(["al", "export", str(copy), "-o", str(tmp_path / "refit")]) == 0
+    captured = capsys.readouterr()
+    assert "export: the round model on" in captured.err
+    assert json.loads(captured.out)["temperature"] == pytest.approx(metrics["temperature_export"], rel=1e-4)
+
+
 def test_temperature_and_none(run_dir, tmp_path, capsys):
     """`temperature` folds the round's cross-fitted temperature in; `none` exports the round model as trained."""
     metrics, test, _, _, model_dir = _run_facts(run_dir, 1)

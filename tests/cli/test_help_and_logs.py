@@ -31,6 +31,7 @@ ROUND_LINE = re.compile(r"^round \d+ \(\d+ labels\): accuracy (\d\.\d{3}|n/a), m
                         r"(\d\.\d{3} for the ensemble, passed over as the temperature \d+\.\d{2} is below 1; )?"
                         r"(\d\.\d{3} with the cross-fitted temperature \d+\.\d{2}; )?"
                         r"(\d\.\d{3} for the ensemble at the matched temperature \d+\.\d{2}; )?"
+                        r"(\d\.\d{3} for the round model at its matched temperature \d+\.\d{2} \(`al export`\); )?"
                         r"(calibrated output \((argmax|balanced decision)\): accuracy \d\.\d{3}, "
                         r"macro-F1 \d\.\d{3}; )?"
                         r"noise floor \d\.\d{3}\))?; "
@@ -311,20 +312,21 @@ def test_al_run_log_has_no_bars_and_one_metrics_line_per_round(tiny, tmp_path, s
         assert line.startswith(f"round {r['round']} ({r['n_labels']} labels): accuracy "
                                f"{r['metrics']['accuracy']:.3f}, macro-F1 {r['metrics']['macro_f1']:.3f}")
     if strategy == "entropy":  # al status: the calibrated ECE (the default: the matched ensemble) and, beside it,
-        # the plain ensemble's and the cross-fitted temperature's
+        # the plain ensemble's, the cross-fitted temperature's and the exported model's (`al export`)
         status = loracle("al", "status", str(out))
         assert status.returncode == 0, status.stderr[-3000:]
         table = status.stdout.splitlines()
         header = next(line.split("  ") for line in table if line.lstrip().startswith("round "))
         header = [h.strip() for h in header if h.strip()]
-        assert header[-7:] == ["F1 cal.", "ECE cal.", "ECE ens.", "ECE T", "ECE floor", "train s", "score s"], header
+        assert header[-8:] == ["F1 cal.", "ECE cal.", "ECE ens.", "ECE T", "ECE exp.", "ECE floor", "train s",
+                               "score s"], header
         rows = [line.split() for line in table if line.split() and line.split()[0].isdigit()]
         assert len(rows) == len(report["rounds"]) == 3
         for row, r in zip(rows, report["rounds"]):
             m = r["metrics"]
             assert "temperature_matched" in m and "ece_matched" not in m
-            assert row[-7:-3] == [f"{m[k]:.3f}" for k in ("macro_f1_calibrated", "ece_calibrated", "ece_ensemble",
-                                                          "ece_calibrated_initial")]
+            assert row[-8:-3] == [f"{m[k]:.3f}" for k in ("macro_f1_calibrated", "ece_calibrated", "ece_ensemble",
+                                                          "ece_calibrated_initial", "ece_export")]
             # and the round's log line names the same output
             assert f"calibrated output (argmax): accuracy {m['accuracy_calibrated']:.3f}, macro-F1 " \
                    f"{m['macro_f1_calibrated']:.3f}" in rounds[r["round"]]

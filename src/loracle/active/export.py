@@ -13,7 +13,8 @@ PEFT adapter, and its probabilities are already calibrated; no loracle code is n
   unlabelled stop-set items (in the pool's class prior where the round moved its predictions there) equals the
   round's recorded accuracy estimate, the one ``al run --calibration matched`` sets its ensemble's confidence to
   (:func:`~loracle.evaluation.calibration.matched_accuracy`: the fold models' agreement and out-of-fold accuracy).
-  It needs one pass of the round model over those items (at most ``stop_set_size``).
+  Every cross-fitted round records it (``temperature_export``, with the test metrics ``*_export``); for a run made
+  before that, the export fits it the same way on one pass of the round model over those items.
 - ``temperature``: the round's cross-fitted temperature (``--calibration temperature`` of ``al predict``).
 - ``none``: the round model as trained.
 
@@ -81,7 +82,8 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
         metrics = row["metrics"] or {}
         classification = config.task_kind == "classification" and bool(label_names)
         stop_items = []
-        if classification and calibration == "matched":  # the stop set's items still unlabelled after the round
+        if classification and calibration == "matched" and metrics.get("temperature_export") is None:
+            # a run made before rounds recorded the temperature: the stop set's items still unlabelled after it
             labelled = set(state.labels(max_round=round_index))
             indices = stop_set_indices(config, state.pool_size())
             stop_items = [e for i, e in zip(indices, state.pool_examples(indices)) if i not in labelled]
@@ -106,7 +108,7 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
             if temperature is None:
                 raise LoracleError(f"round {round_index} of {run_dir} fitted no temperature (calibration 'none', or "
                                    "too few labels to cross-fit); use --calibration none")
-        elif estimate is None or not stop_items:
+        elif metrics.get("temperature_export") is None and (estimate is None or not stop_items):
             raise LoracleError(f"round {round_index} of {run_dir} recorded no accuracy estimate to match (it did "
                                "not cross-fit: calibration 'none' or 'temperature', or too few labels) or has no "
                                "unlabelled stop-set items; use --calibration temperature or none")
@@ -114,7 +116,9 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
     builder = ModelBuilder(config.model, config.task_kind, label_names=label_names, max_length=config.max_length,
                            adapter=config.adapter, model_factory=model_factory)
     built = builder.load(folder)
-    if calibration == "matched":
+    if calibration == "matched" and metrics.get("temperature_export") is not None:  # the run fitted it
+        temperature = float(metrics["temperature_export"])
+    elif calibration == "matched":  # a run made before rounds recorded it: the same fit, on an fp32 pass
         from loracle.progress import log
         from loracle.uncertainty.sampling import mc_probs
 

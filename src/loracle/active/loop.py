@@ -475,6 +475,10 @@ class ActiveLearningLoop:
                 suffix = "calibrated" if matched_mode else "matched"
                 metrics.update({f"{k}_{suffix}": float(scored[k]) for k in ("ece", "ece_floor", "nll", "brier")})
                 metrics.update(matched)
+                # the round model alone at its own matched temperature: what `al export` writes as a PEFT folder
+                exported = classification_metrics(to_pool(apply_temperature(
+                    result["probs"].clamp_min(1e-12).log(), matched["temperature_export"])), result["labels"])
+                metrics.update({f"{k}_export": float(exported[k]) for k in ("ece", "nll", "brier")})
                 if matched_mode:
                     metrics["ensemble_members"] = len(members)
         if reported is not None and c.task_kind == "classification":  # what `al predict` names by default
@@ -766,7 +770,9 @@ class ActiveLearningLoop:
         of the fold models' agreement there and their out-of-fold accuracy on ``calibration_items``. Labelled
         items are left out as the models trained on them agree on them and are sure of them more than of the items
         they will predict. Recorded every round that cross-fits, whichever calibration it reports:
-        ``temperature_matched``, ``accuracy_estimate``, ``fold_agreement``, ``oof_accuracy``."""
+        ``temperature_matched``, ``accuracy_estimate``, ``fold_agreement``, ``oof_accuracy``, and
+        ``temperature_export``: the temperature that sets the round model's own mean confidence on the same items
+        to the same estimate (what ``al export`` folds into the exported head, :mod:`loracle.active.export`)."""
         from loracle.evaluation.calibration import fold_agreement, match_confidence, matched_accuracy
 
         folds_stop = out_of_fold["stop_probs"]
@@ -782,6 +788,8 @@ class ActiveLearningLoop:
         target = max(matched_accuracy(agreement, oof_accuracy), 1e-3)
         ensemble = torch.cat([stop_probs.double()[None], folds_stop.double()]).mean(0)
         return {"temperature_matched": match_confidence(ensemble.clamp_min(1e-12).log(), target, offset),
+                # the round model alone matched to the same estimate: the temperature `al export` folds into its head
+                "temperature_export": match_confidence(stop_probs.double().clamp_min(1e-12).log(), target, offset),
                 "accuracy_estimate": target, "fold_agreement": agreement, "oof_accuracy": oof_accuracy}
 
     def _stop_decision(self, t: int) -> Any:

@@ -52,7 +52,8 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         metrics: test metrics; ``accuracy``, ``macro_f1`` and ``ece`` are shown, a missing one as ``n/a``, and
             ``ece_calibrated`` and the noise floor where present; for an ensemble round, also the test ECE
             the cross-fitted temperature (fitted on ``temperature_items``, the run's ``calibration_items``) gave,
-            and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``); the
+            and for every cross-fitted round the ensemble at its matched temperature (``ece_matched``) and the
+            round model at its own (``ece_export``, what ``al export`` writes); the
             accuracy and macro-F1 of the classes ``al predict`` names by default from the calibrated predictions
             (``accuracy_calibrated``, ``macro_f1_calibrated``, ``decision_balanced``) where present.
         phase_seconds: seconds of the phases ``train``, ``evaluate`` and ``score``; a missing one is ``n/a``
@@ -84,6 +85,9 @@ def format_round_line(round_index: int, n_labels: int, metrics: Mapping[str, flo
         if metrics.get("ece_matched") is not None:  # scored beside every cross-fitted calibration
             notes.append(f"{format_value(metrics['ece_matched'])} for the ensemble at the matched temperature "
                          f"{format_value(metrics.get('temperature_matched'), 2)}")
+        if metrics.get("ece_export") is not None:  # the round model alone, as `al export` writes it
+            notes.append(f"{format_value(metrics['ece_export'])} for the round model at its matched temperature "
+                         f"{format_value(metrics.get('temperature_export'), 2)} (`al export`)")
     if metrics.get("macro_f1_calibrated") is not None:  # the classes `al predict` names by default
         decision = "balanced decision" if metrics.get("decision_balanced") else "argmax"
         notes.append(f"calibrated output ({decision}): accuracy {format_value(metrics.get('accuracy_calibrated'))}, "

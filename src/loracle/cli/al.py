@@ -517,9 +517,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     plain = any("temperature_matched" in r["metrics"] and "ece_matched" not in r["metrics"] for r in summary["rounds"])
     # the macro-F1 of the classes `al predict` names by default from the calibrated predictions ("F1 cal.")
     decided = any("macro_f1_calibrated" in r["metrics"] for r in summary["rounds"])
+    # the round model alone at its matched temperature ("ECE exp."): what `al export` writes
+    exported = any("ece_export" in r["metrics"] for r in summary["rounds"])
     header = ["round", "labels", *(label for _, label in METRICS), *(["F1 cal."] if decided else []), "ECE cal.",
               *(["ECE ens."] if plain else []),
-              *(["ECE T"] if both else []), "ECE floor", "train s", "score s"]
+              *(["ECE T"] if both else []), *(["ECE exp."] if exported else []), "ECE floor", "train s", "score s"]
     widths = [max(len(h), 6) for h in header]
     print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
     for r in summary["rounds"]:
@@ -530,6 +532,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                  *([format_value(r["metrics"].get(other, r["metrics"].get("ece_calibrated")
                                                   if r["metrics"].get("calibration_temperature") else None))]
                    if both else []),
+                 *([format_value(r["metrics"].get("ece_export"))] if exported else []),
                  format_value(r["metrics"].get("ece_floor_calibrated", r["metrics"].get("ece_floor"))),
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))

@@ -143,3 +143,13 @@ def test_max_rounds_any_of_and_errors():
         stab.update(1, onehotish([0, 1]))
     with pytest.raises(ValueError, match="\\[M, C\\] or \\[M, S, C\\]"):
         stab.update(1, torch.zeros(3))
+
+
+def test_any_of_says_a_shared_wait_once():
+    """Both kappa criteria wait for their first comparisons with the same sentence; the combined reason gives it
+    once, beside the other criteria's own."""
+    both = AnyOf([StabilizingPredictions(window=3), AgreementPlateau(patience=2), OverallUncertainty(0.01)])
+    both.update(0, onehotish([0, 1, 2, 0]))
+    reason = both.update(1, onehotish([0, 1, 2, 1])).reason
+    assert reason.count("predictions not yet stable: 1 of the 3 round-to-round comparisons needed") == 1
+    assert reason.count("; ") == 1 and "model still uncertain" in reason

@@ -387,7 +387,8 @@ class AnyOf(StoppingCriterion):
         stopping = [d for d in decisions if d.stop]
         if stopping:
             return StopDecision(True, stopping[0].reason, values)
-        return StopDecision(False, "; ".join(d.reason for d in decisions), values)
+        # two criteria can wait for the same thing (both kappa rules, for their first comparisons): say it once
+        return StopDecision(False, "; ".join(dict.fromkeys(d.reason for d in decisions)), values)
 
     def state_dict(self) -> dict[str, Any]:
         return {c.name: c.state_dict() for c in self.criteria}

@@ -175,6 +175,7 @@ def test_a_recorded_prior_move_is_folded_in_with_the_temperature(run_dir, tmp_pa
     ("no round", "no completed round 9; completed: [0, 1]"),
     ("not a run", "is not an active-learning run folder"),
     ("not recorded", "recorded no accuracy estimate"),
+    ("output is a file", "is an existing file; give a folder"),
 ])
 def test_user_errors_are_one_line(run_dir, tmp_path, capsys, case, message):
     if case == "not recorded":  # a run that never cross-fitted has no estimate to match
@@ -183,10 +184,15 @@ def test_user_errors_are_one_line(run_dir, tmp_path, capsys, case, message):
         model_dir = run_dir.parent / "model"
         assert run_active_learning(small_config(data, model=str(model_dir), rounds=0, calibration="none",
                                                 stopping=[], precision="fp32", strategy="random"), other) == "done"
+    if case == "output is a file":
+        (tmp_path / "p").write_text("notes")
     args = {"no round": [str(run_dir), "--round", "9"], "not a run": [str(tmp_path)],
-            "not recorded": [str(tmp_path / "plain")]}[case]
+            "not recorded": [str(tmp_path / "plain")], "output is a file": [str(run_dir)]}[case]
     capsys.readouterr()
     assert main(["al", "export", *args, "--output", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "loracle al export: error:" in err and message in err and "Traceback" not in err
-    assert not (tmp_path / "p").exists()
+    if case == "output is a file":  # left as it was
+        assert (tmp_path / "p").read_text() == "notes"
+    else:
+        assert not (tmp_path / "p").exists()

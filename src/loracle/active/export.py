@@ -75,6 +75,8 @@ def export_round(run_dir: str | Path, output: str | Path, round_index: int | Non
 
     if calibration not in EXPORT_CALIBRATIONS:
         raise LoracleError(f"calibration must be one of {', '.join(EXPORT_CALIBRATIONS)}, got {calibration!r}")
+    if Path(output).exists() and not Path(output).is_dir():
+        raise LoracleError(f"--output {output} is an existing file; give a folder (new, or one to write into)")
     state = RunState.open(run_dir)
     try:
         config, label_names = ALConfig.from_dict(state.config), state.label_names

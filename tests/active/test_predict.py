@@ -11,6 +11,7 @@ from al_helpers import small_config, tiny_factory
 
 from loracle.active.loop import ActiveLearningLoop, run_active_learning
 from loracle.active.predict import RoundCalibration, predict_with_run
+from loracle.active.report import calibrated_test_probs
 from loracle.active.state import RunState
 from loracle.errors import LoracleError
 from loracle.evaluation.metrics import classification_metrics
@@ -278,6 +279,15 @@ def test_recorded_output_metrics_are_those_of_al_predict_default_decision(tmp_pa
         assert m["macro_f1_calibrated"] == pytest.approx(macro_f1(picked, labels), abs=1e-9)
         for c, r in enumerate(per_class_recall(picked, labels)):
             assert m[f"recall_{c}_calibrated"] == pytest.approx(r, abs=1e-9)
+        # the reliability diagram draws the same calibrated output, rebuilt from the stored predictions
+        state = RunState.open(tmp_path / "run")
+        try:
+            drawn, what = calibrated_test_probs(state, row)
+        finally:
+            state.close()
+        assert classification_metrics(drawn, labels)["ece"] == pytest.approx(m["ece_calibrated"], abs=1e-4)
+        assert what.startswith("ensemble of 3 at T ") and what.endswith(", in the pool's prior") == (
+            "pool_prior_0" in m)
         if row["round"] > 0:  # the forced shift moved round 1 to the pool's prior: the prior carried is that one
             state = RunState.open(tmp_path / "run")
             try:

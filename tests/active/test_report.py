@@ -133,6 +133,33 @@ def test_summary_status_and_report(tmp_path, capsys):
     assert lines[5].split() == ["2", "8", "0.900", "0.850", "0.033", "n/a", "n/a", "1.5", "n/a"]  # nothing scored
     assert lines[6] == (f"area under the curve: accuracy {summary['aulc_accuracy']:.3f}, "
                         f"macro-F1 {summary['aulc_macro_f1']:.3f}, ECE {summary['aulc_ece']:.3f}")
+    assert summary["aulc_ece_calibrated"] is None  # nothing calibrated in this run
+
+
+def test_status_and_curve_show_the_calibrated_ece_beside_the_round_models(tmp_path, capsys):
+    """A run whose rounds recorded a calibrated ECE: its area under the curve is printed after the round model's,
+    and the learning curve's ECE panel draws both (the PNG differs from one drawn without it)."""
+    from loracle.active.report import learning_curve
+
+    run = fake_run(tmp_path / "star", "star", [0.6, 0.8, 0.9])
+    state = RunState.open(run)
+    try:
+        with state.transaction() as db:
+            for t, value in enumerate((0.05, 0.04, 0.03)):
+                row = state.rounds()[t]
+                db.execute("UPDATE rounds SET metrics = ? WHERE round = ?",
+                           (json.dumps({**row["metrics"], "ece_calibrated": value}), t))
+        summary = write_report(state)
+    finally:
+        state.close()
+    assert summary["aulc_ece_calibrated"] == pytest.approx(area_under_curve([4, 6, 8], [0.05, 0.04, 0.03]))
+    assert main(["al", "status", str(run)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("area under the curve"))
+    assert line.endswith(f"ECE {summary['aulc_ece']:.3f} (round model), ECE cal. 0.040")
+    raw_only = {k: v for k, v in summary["curve"].items() if k != "ece_calibrated"}
+    learning_curve({"star": raw_only}, tmp_path / "raw.png")
+    learning_curve({"star": summary["curve"]}, tmp_path / "both.png")
+    assert (tmp_path / "raw.png").read_bytes() != (tmp_path / "both.png").read_bytes()
 
 
 def test_compare_defaults_beside_the_first_run_and_prints_three_decimals(tmp_path, capsys):

@@ -199,7 +199,7 @@ def run_summary(state: RunState) -> dict[str, Any]:
         "training_recipe": _recipe(state, config),
         "curve": curve,
         **{f"aulc_{key}": area_under_curve(curve["n_labels"], curve[key]) if rounds and key in curve else None
-           for key in ("accuracy", "macro_f1", "ece")},
+           for key in ("accuracy", "macro_f1", "ece", "ece_calibrated")},
         "rounds": rounds,
         "config": config.to_dict(),
     }
@@ -226,7 +226,8 @@ def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float | None]]], pat
 
     Args:
         runs: ``{name: {"n_labels": [...], "accuracy": [...], "macro_f1": [...], "ece": [...]}}``; a metric a
-            run lacks is left out of its panel; optional ``"<metric>_std"`` lists draw bands (across seeds).
+            run lacks is left out of its panel; optional ``"<metric>_std"`` lists draw bands (across seeds). A run
+            with ``"ece_calibrated"`` draws it solid in the ECE panel, beside the round model's ``"ece"`` dashed.
         path: PNG to write.
         title: the figure's title (say strategy, dataset and model).
         baseline: majority-class scores (:func:`majority_baseline`), drawn dashed on the accuracy and macro-F1
@@ -252,13 +253,20 @@ def learning_curve(runs: Mapping[str, Mapping[str, Sequence[float | None]]], pat
             if key not in curve:
                 continue
             x = list(curve["n_labels"])
-            y = [float("nan") if v is None else v for v in curve[key]]
-            last = next((v for v in reversed(y) if not math.isnan(v)), None)
-            (line,) = ax.plot(x, y, marker="o", label=f"{name} (last {format_value(last)})")
-            std = curve.get(f"{key}_std")
-            if std is not None:
-                ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)], alpha=0.15,
-                                color=line.get_color())
+            # the ECE panel: the calibrated output's (what `al predict` gives) solid, the round model's dashed
+            calibrated = key == "ece" and any(v is not None for v in curve.get("ece_calibrated") or [])
+            color = None
+            for series, suffix, style in ((("ece_calibrated", ", calibrated", "-"), (key, ", round model", "--"))
+                                          if calibrated else ((key, "", "-"),)):
+                y = [float("nan") if v is None else v for v in curve[series]]
+                last = next((v for v in reversed(y) if not math.isnan(v)), None)
+                (line,) = ax.plot(x, y, marker="o", linestyle=style, color=color,
+                                  label=f"{name}{suffix} (last {format_value(last)})")
+                color = line.get_color()
+                std = curve.get(f"{series}_std")
+                if std is not None:
+                    ax.fill_between(x, [a - s for a, s in zip(y, std)], [a + s for a, s in zip(y, std)],
+                                    alpha=0.15, color=color)
             drawn = True
         if baseline is not None and key in baseline:
             ax.axhline(baseline[key], color="grey", linestyle="--", linewidth=1.2,
@@ -300,32 +308,54 @@ def write_report(state: RunState) -> dict[str, Any]:
         if state.is_generation():
             _answer_reliability(state, last["round"])
         else:
-            _reliability(state, last["round"], last["metrics"].get("temperature"),
-                         ensemble="ensemble_members" in last["metrics"])
+            _reliability(state, last)
     return summary
 
 
-def _reliability(state: RunState, round_index: int, temperature: float | None, ensemble: bool = False) -> None:
-    """Classification: the reliability diagram of the last round's calibrated test predictions
-    (``reliability.png``): temperature-scaled when the round fitted a temperature, the mean of the round model and
-    its fold models for ``calibration="ensemble"``, raw otherwise. Runs from before these were stored draw none."""
+def calibrated_test_probs(state: RunState, row: Mapping[str, Any]) -> tuple[Any, str] | None:
+    """``(probs, description)``: round ``row``'s calibrated test predictions as the run reported them
+    (``ece_calibrated``), rebuilt from its stored test predictions (the round model's and its fold models') by the
+    rule its checkpoint records (:class:`~loracle.active.predict.RoundCalibration`: the members' mean, the
+    temperature, the move to the pool's prior); the round model's own where the round calibrated nothing. None
+    where the round stored no test predictions."""
     import torch
 
-    from loracle.evaluation.calibration import apply_temperature
+    from loracle.active.predict import RoundCalibration
+
+    t = row["round"]
+    probs = state.get_signal(f"test_probs/{t}")
+    if probs is None or not len(probs):
+        return None
+    metrics = row["metrics"] or {}
+    folder = state.run_dir / (row["checkpoint"] or "")
+    if "ece_calibrated" not in metrics or not row["checkpoint"] or not folder.is_dir():
+        return probs, "round model"
+    calibration = RoundCalibration.read(folder)
+    members = [probs]
+    if len(calibration.members) > 1:
+        folds = state.get_signal(f"calibration_oof/{t}/test_probs")
+        if folds is None or len(folds) != len(calibration.members) - 1:
+            return probs, "round model"
+        members += list(folds)
+    out = calibration.apply([torch.as_tensor(m) for m in members]).float()
+    what = {"ensemble": f"ensemble of {len(members)}",
+            "matched": f"ensemble of {len(members)} at T {calibration.temperature or 1.0:.2f}",
+            "temperature": f"temperature {calibration.temperature or 1.0:.2f}", "none": "round model"}
+    return out, what[calibration.method] + (", in the pool's prior" if calibration.pool_prior is not None else "")
+
+
+def _reliability(state: RunState, row: Mapping[str, Any]) -> None:
+    """Classification: the reliability diagram of the last round's calibrated test predictions
+    (``reliability.png``, :func:`calibrated_test_probs`: what ``ece_calibrated`` and ``al predict`` give). Runs
+    from before these were stored draw none."""
     from loracle.evaluation.plots import reliability_diagram
 
-    probs, labels = state.get_signal(f"test_probs/{round_index}"), state.get_signal("test_labels")
-    if probs is None or labels is None or not len(probs):
+    labels = state.get_signal("test_labels")
+    calibrated = calibrated_test_probs(state, row)
+    if calibrated is None or labels is None:
         return
-    title = f"round {round_index}"
-    folds = state.get_signal(f"calibration_oof/{round_index}/test_probs") if ensemble else None
-    if folds is not None:
-        probs = torch.cat([probs[None], folds]).mean(0)
-        title += f", ensemble of {len(folds) + 1}"
-    elif temperature is not None:
-        probs = apply_temperature(probs.clamp_min(1e-12).log(), temperature)
-        title += f", temperature {temperature:.2f}"
-    reliability_diagram(probs, labels, state.run_dir / RELIABILITY_FILE, title=title)
+    probs, what = calibrated
+    reliability_diagram(probs, labels, state.run_dir / RELIABILITY_FILE, title=f"round {row['round']}, {what}")
 
 
 def _answer_reliability(state: RunState, round_index: int) -> None:

@@ -537,8 +537,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                  format_value(r["train_seconds"], 1), format_value(r["score_seconds"], 1)]
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     if summary["rounds"]:
+        calibrated = summary.get("aulc_ece_calibrated")
         print("area under the curve: " + ", ".join(f"{label} {format_value(summary[f'aulc_{key}'])}"
-                                                   for key, label in METRICS))
+                                                   for key, label in METRICS)
+              + ("" if calibrated is None else f" (round model), ECE cal. {format_value(calibrated)}"))
     stopping = summary.get("stopping")
     if stopping:
         print(f"stopping: {stopping['reason']}")

@@ -65,7 +65,7 @@ def _draw_reliability(confidence: torch.Tensor, acc: torch.Tensor, count: torch.
     top.plot(confidence[filled].tolist(), acc[filled].tolist(), "o", color="tab:red", ms=3, label="bin mean conf.")
     top.set_ylabel("accuracy")
     top.set_ylim(0, 1)
-    top.set_title(f"{title or 'Reliability'} (ECE {ece:.3f}, n={int(count.sum())})")
+    top.set_title(f"{title or 'Reliability'}\n(ECE {ece:.3f}, n={int(count.sum())})", fontsize=10)
     top.legend(loc="upper left", fontsize=8)
     bottom.bar(centres, count.tolist(), width=1 / n_bins, edgecolor="black", color="tab:grey")
     bottom.set_xlabel(xlabel)

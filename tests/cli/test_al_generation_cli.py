@@ -38,6 +38,38 @@ def test_generation_run_and_status(setup, tmp_path, capsys):
     assert "strategy star_generation, done, rounds 2/2, labels 10" in capsys.readouterr().out
 
 
+def test_generation_run_exports_raw_to_peft(setup, tmp_path, capsys):
+    """A generation run has no classification head to fold a temperature into: `al export` says so in one line,
+    and `--calibration none` writes the round's LoRA as a PEFT folder whose model gives the round model's logits."""
+    import json
+
+    import torch
+
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from loracle.adapters import load_adapter
+
+    _, data, model_dir = setup
+    out = tmp_path / "run"
+    assert main(["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(out), *FLAGS,
+                 "--rounds", "0", "--strategy", "sequence_nll"]) == 0
+    capsys.readouterr()
+    assert main(["al", "export", str(out)]) == 2
+    assert "a calibration can be folded only into a classification head; export with --calibration none" in \
+        capsys.readouterr().err
+    assert main(["al", "export", str(out), "--calibration", "none"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["round"], info["temperature"], info["label_names"]) == (0, None, None) and "test" not in info
+    ids = torch.tensor([[1, 5, 7, 9, 3]])
+    mine = load_adapter(AutoModelForCausalLM.from_pretrained(model_dir), out / "rounds" / "000").eval()
+    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), out / "peft").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(input_ids=ids).logits, mine(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+        base = AutoModelForCausalLM.from_pretrained(model_dir)(input_ids=ids).logits
+        assert (base - mine(input_ids=ids).logits).abs().max() > 1e-4  # the trained adapter changes the model
+
+
 def test_generation_refuses_a_class_strategy(setup, tmp_path, capsys):
     _, data, model_dir = setup
     assert main(["al", "run", "--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "x"),
